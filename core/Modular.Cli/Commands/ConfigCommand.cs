@@ -1,0 +1,38 @@
+using System.CommandLine;
+using Modular.Core.Config;
+
+namespace Modular.Cli.Commands;
+
+/// <summary><c>modular config check FILE</c>: validates a config file and prints what it means.</summary>
+internal static class ConfigCommand
+{
+    internal static Command Create()
+    {
+        var fileArgument = new Argument<string>("FILE") { Description = "The JSON config file to check." };
+        var check = new Command("check", "Validate a config file (and --set overrides); print every problem with its JSON path, or a summary when it is valid.");
+        check.Arguments.Add(fileArgument);
+        check.Options.Add(CliApp.SetOption);
+        check.SetAction(parse =>
+        {
+            try
+            {
+                ModularConfig config = ConfigLoader.Load(parse.GetValue(fileArgument), CliApp.Overrides(parse.GetValue(CliApp.SetOption)));
+                Console.WriteLine($"{config.Source}: valid.");
+                Console.WriteLine($"  machine: {config.Machine.Accelerator}, {ByteSize.Format(config.Machine.MemoryBytes)} RAM, {config.Machine.Vcpus} vCPU(s), kernel {config.Machine.Kernel ?? "(none)"}");
+                Console.WriteLine($"  devices: {string.Join(", ", config.Devices.Select(d => $"{d.Id} ({d.Type})"))}");
+                Console.WriteLine($"  migration: capabilities on: {string.Join(", ", config.Migration.Capabilities.Where(c => c.Value).Select(c => c.Key).DefaultIfEmpty("none"))}; downtime-limit {config.Migration.DowntimeLimitMs} ms");
+                Console.WriteLine($"  qmp: {config.QmpSocket ?? "(none)"}");
+                return ExitCodes.Success;
+            }
+            catch (ConfigException ex)
+            {
+                Console.Error.WriteLine(ex.Message);
+                return ExitCodes.Usage;
+            }
+        });
+
+        var command = new Command("config", "Work with config files.");
+        command.Subcommands.Add(check);
+        return command;
+    }
+}

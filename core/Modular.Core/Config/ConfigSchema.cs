@@ -1,0 +1,68 @@
+namespace Modular.Core.Config;
+
+/// <summary>The shape a config value must have.</summary>
+internal enum ConfigValueKind
+{
+    Invalid = 0,
+    String = 1,
+    Size = 2,
+    Integer = 3,
+    Boolean = 4,
+    Section = 5,
+    StringList = 6,
+    DeviceList = 7,
+}
+
+/// <summary>One documented config key (docs/config.md lists exactly these).</summary>
+/// <param name="Path">Dotted JSON path, e.g. <c>machine.memory</c>.</param>
+/// <param name="Kind">The expected shape.</param>
+/// <param name="Default">The default, as the docs print it.</param>
+/// <param name="Description">One line for the docs.</param>
+/// <param name="Choices">For strings with a closed set of values.</param>
+internal sealed record ConfigKey(string Path, ConfigValueKind Kind, string Default, string Description, string[]? Choices = null)
+{
+    internal string Name => Path[(Path.LastIndexOf('.') + 1)..];
+
+    internal string Parent => Path.Contains('.', StringComparison.Ordinal) ? Path[..Path.LastIndexOf('.')] : string.Empty;
+}
+
+/// <summary>Every key Modular's config file knows. Device sections' own keys belong to the device plugins.</summary>
+internal static class ConfigSchema
+{
+    internal static readonly string[] Capabilities =
+    [
+        "postcopy-ram", "return-path", "postcopy-blocktime", "events", "zero-blocks", "pause-before-switchover",
+    ];
+
+    internal static readonly IReadOnlyList<ConfigKey> Keys =
+    [
+        new("machine", ConfigValueKind.Section, "", "The virtual machine."),
+        new("machine.accelerator", ConfigValueKind.String, "kvm", "kvm runs guest code on /dev/kvm; synthetic runs no guest code, only a workload thread that reads and dirties guest RAM (for hosts without KVM and for tests).", ["kvm", "synthetic"]),
+        new("machine.memory", ConfigValueKind.Size, "256M", "Guest RAM size: bytes, or a number with K, M, G or T (binary units). A multiple of the page size."),
+        new("machine.vcpus", ConfigValueKind.Integer, "1", "Number of vCPUs (1 to 64)."),
+        new("machine.kernel", ConfigValueKind.String, "(none)", "A Multiboot v1 kernel image (ELF32 or a.out kludge), loaded as QEMU's -kernel. Relative paths are relative to the config file. Required with kvm unless the machine is started with --incoming."),
+        new("machine.hugepages", ConfigValueKind.Boolean, "false", "Back guest RAM with 2 MiB hugetlbfs pages (needs pages reserved in /proc/sys/vm/nr_hugepages)."),
+        new("machine.paused", ConfigValueKind.Boolean, "false", "Start with the vCPUs stopped, as QEMU's -S; resume with QMP cont."),
+        new("machine.synthetic", ConfigValueKind.Section, "", "The synthetic accelerator's workload."),
+        new("machine.synthetic.pages-per-second", ConfigValueKind.Integer, "20000", "Pages the workload dirties per second (0 = as fast as it can)."),
+        new("devices", ConfigValueKind.DeviceList, "[{\"id\": \"com1\", \"type\": \"serial\"}]", "The devices: a list of objects with type (a device type a plugin offers), an optional id, and the device's own keys (see docs/devices.md)."),
+        new("migration", ConfigValueKind.Section, "", "Live migration."),
+        new("migration.capabilities", ConfigValueKind.Section, "", "QEMU migration capabilities, each true or false (as migrate-set-capabilities)."),
+        .. Capabilities.Select(c => new ConfigKey("migration.capabilities." + c, ConfigValueKind.Boolean, "false", $"The '{c}' capability (QEMU semantics).")),
+        new("migration.parameters", ConfigValueKind.Section, "", "QEMU migration parameters (as migrate-set-parameters)."),
+        new("migration.parameters.downtime-limit", ConfigValueKind.Integer, "300", "Largest acceptable downtime in milliseconds."),
+        new("migration.parameters.max-bandwidth", ConfigValueKind.Size, "0", "Bandwidth cap in bytes per second; 0 means unlimited (QEMU's default is 128M)."),
+        new("migration.fault-backend", ConfigValueKind.String, "userfaultfd", "The fault backend plugin a postcopy destination uses."),
+        new("migration.incoming", ConfigValueKind.String, "(none)", "Wait for an incoming migration on this URI (as QEMU's -incoming), e.g. tcp:0.0.0.0:4444, unix:/run/mig.sock, file:/tmp/vm.state."),
+        new("plugins", ConfigValueKind.Section, "", "Plugin loading."),
+        new("plugins.directories", ConfigValueKind.StringList, "[]", "Extra directories of plugin folders, searched after plugins/ beside the executable. Relative paths are relative to the config file."),
+        new("qmp", ConfigValueKind.Section, "", "The QMP control socket."),
+        new("qmp.socket", ConfigValueKind.String, "(none)", "Path of the QMP unix socket (created with mode 0600)."),
+    ];
+
+    internal static ConfigKey? Find(string path) =>
+        Keys.FirstOrDefault(k => string.Equals(k.Path, path, StringComparison.OrdinalIgnoreCase));
+
+    internal static IEnumerable<ConfigKey> ChildrenOf(string parent) =>
+        Keys.Where(k => string.Equals(k.Parent, parent, StringComparison.OrdinalIgnoreCase));
+}

@@ -1,0 +1,36 @@
+using Modular.Abstractions.Devices;
+
+namespace Modular.Core.Config;
+
+/// <summary>A validated config file: what <c>modular run</c> starts.</summary>
+/// <param name="Source">The file it came from, or "defaults".</param>
+/// <param name="Machine">The machine section.</param>
+/// <param name="Devices">The devices, in config order.</param>
+/// <param name="Migration">The migration section.</param>
+/// <param name="PluginDirectories">Extra plugin directories (absolute).</param>
+/// <param name="QmpSocket">The QMP socket path, or null for none.</param>
+public sealed record ModularConfig(
+    string Source,
+    MachineConfig Machine,
+    IReadOnlyList<DeviceConfig> Devices,
+    MigrationConfig Migration,
+    IReadOnlyList<string> PluginDirectories,
+    string? QmpSocket);
+
+/// <summary>The machine section.</summary>
+/// <param name="Accelerator">"kvm" or "synthetic".</param>
+/// <param name="MemoryBytes">Guest RAM in bytes.</param>
+/// <param name="Vcpus">Number of vCPUs.</param>
+/// <param name="Kernel">Absolute path of the Multiboot image, or null.</param>
+/// <param name="Hugepages">Back RAM with 2 MiB hugetlbfs pages.</param>
+/// <param name="Paused">Start stopped (QEMU's -S).</param>
+/// <param name="SyntheticPagesPerSecond">The synthetic workload's dirty rate (0 = unthrottled).</param>
+public sealed record MachineConfig(string Accelerator, ulong MemoryBytes, int Vcpus, string? Kernel, bool Hugepages, bool Paused, long SyntheticPagesPerSecond);
+
+/// <summary>The migration section.</summary>
+/// <param name="Capabilities">Capability name to state, for every known capability.</param>
+/// <param name="DowntimeLimitMs">downtime-limit in milliseconds.</param>
+/// <param name="MaxBandwidth">max-bandwidth in bytes per second (0 = unlimited).</param>
+/// <param name="FaultBackend">The fault backend name for postcopy.</param>
+/// <param name="Incoming">The incoming URI, or null.</param>
+public sealed record MigrationConfig(IReadOnlyDictionary<string, bool> Capabilities, long DowntimeLimitMs, ulong MaxBandwidth, string FaultBackend, string? Incoming);
