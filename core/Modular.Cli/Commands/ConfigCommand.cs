@@ -31,8 +31,32 @@ internal static class ConfigCommand
             }
         });
 
+        var keys = new Command("keys", "Print every config key with its default and meaning, as a Markdown table (docs/config.md holds it).");
+        keys.SetAction(_ =>
+        {
+            Console.Write(KeysTable());
+            return ExitCodes.Success;
+        });
+
         var command = new Command("config", "Work with config files.");
         command.Subcommands.Add(check);
+        command.Subcommands.Add(keys);
         return command;
     }
+
+    internal static string KeysTable()
+    {
+        var sb = new System.Text.StringBuilder();
+        sb.AppendLine("| key | default | meaning |");
+        sb.AppendLine("| --- | --- | --- |");
+        foreach (ConfigKey key in ConfigSchema.Keys.Where(k => k.Kind != ConfigValueKind.Section))
+        {
+            string choices = key.Choices is null ? string.Empty : " One of: " + string.Join(", ", key.Choices) + ".";
+            sb.AppendLine($"| `{key.Path}` | {Escape(key.Default)} | {Escape(key.Description)}{choices} |");
+        }
+
+        return sb.ToString();
+    }
+
+    private static string Escape(string text) => text.Replace("|", "\\|", StringComparison.Ordinal);
 }

@@ -21,11 +21,12 @@ public static partial class ConfigLoader
                 Hugepages: Boolean("machine.hugepages"),
                 Paused: Boolean("machine.paused"),
                 SyntheticPagesPerSecond: Integer("machine.synthetic.pages-per-second", 0, long.MaxValue));
-            if (machine.MemoryBytes != 0 && machine.MemoryBytes % 4096 != 0)
+            bool memoryParsed = !errors.Any(e => e.StartsWith("machine.memory:", StringComparison.Ordinal));
+            if (memoryParsed && machine.MemoryBytes % 4096 != 0)
             {
                 errors.Add($"machine.memory: {machine.MemoryBytes} bytes is not a multiple of the 4096-byte page size.");
             }
-            else if (machine.MemoryBytes < (2UL << 20))
+            else if (memoryParsed && machine.MemoryBytes < (2UL << 20))
             {
                 errors.Add($"machine.memory: {ByteSize.Format(machine.MemoryBytes)} is too small; at least 2M is needed for a Multiboot guest.");
             }

@@ -1,15 +1,30 @@
 namespace Modular.Core.Config;
 
 /// <summary>The shape a config value must have.</summary>
-internal enum ConfigValueKind
+public enum ConfigValueKind
 {
+    /// <summary>Not a valid kind.</summary>
     Invalid = 0,
+
+    /// <summary>A string.</summary>
     String = 1,
+
+    /// <summary>A size such as 256M.</summary>
     Size = 2,
+
+    /// <summary>A whole number.</summary>
     Integer = 3,
+
+    /// <summary>true or false.</summary>
     Boolean = 4,
+
+    /// <summary>An object of further keys.</summary>
     Section = 5,
+
+    /// <summary>A list of strings.</summary>
     StringList = 6,
+
+    /// <summary>A list of device objects.</summary>
     DeviceList = 7,
 }
 
@@ -19,22 +34,26 @@ internal enum ConfigValueKind
 /// <param name="Default">The default, as the docs print it.</param>
 /// <param name="Description">One line for the docs.</param>
 /// <param name="Choices">For strings with a closed set of values.</param>
-internal sealed record ConfigKey(string Path, ConfigValueKind Kind, string Default, string Description, string[]? Choices = null)
+public sealed record ConfigKey(string Path, ConfigValueKind Kind, string Default, string Description, string[]? Choices = null)
 {
-    internal string Name => Path[(Path.LastIndexOf('.') + 1)..];
+    /// <summary>The last part of the path.</summary>
+    public string Name => Path[(Path.LastIndexOf('.') + 1)..];
 
-    internal string Parent => Path.Contains('.', StringComparison.Ordinal) ? Path[..Path.LastIndexOf('.')] : string.Empty;
+    /// <summary>The path of the enclosing section, or empty.</summary>
+    public string Parent => Path.Contains('.', StringComparison.Ordinal) ? Path[..Path.LastIndexOf('.')] : string.Empty;
 }
 
 /// <summary>Every key Modular's config file knows. Device sections' own keys belong to the device plugins.</summary>
-internal static class ConfigSchema
+public static class ConfigSchema
 {
-    internal static readonly string[] Capabilities =
+    /// <summary>The migration capabilities Modular knows, with QEMU's names.</summary>
+    public static readonly string[] Capabilities =
     [
         "postcopy-ram", "return-path", "postcopy-blocktime", "events", "zero-blocks", "pause-before-switchover",
     ];
 
-    internal static readonly IReadOnlyList<ConfigKey> Keys =
+    /// <summary>Every key, in documentation order.</summary>
+    public static readonly IReadOnlyList<ConfigKey> Keys =
     [
         new("machine", ConfigValueKind.Section, "", "The virtual machine."),
         new("machine.accelerator", ConfigValueKind.String, "kvm", "kvm runs guest code on /dev/kvm; synthetic runs no guest code, only a workload thread that reads and dirties guest RAM (for hosts without KVM and for tests).", ["kvm", "synthetic"]),
@@ -60,9 +79,13 @@ internal static class ConfigSchema
         new("qmp.socket", ConfigValueKind.String, "(none)", "Path of the QMP unix socket (created with mode 0600)."),
     ];
 
-    internal static ConfigKey? Find(string path) =>
+    /// <summary>The key at a dotted path (case-insensitive), or null.</summary>
+    /// <param name="path">A dotted path.</param>
+    public static ConfigKey? Find(string path) =>
         Keys.FirstOrDefault(k => string.Equals(k.Path, path, StringComparison.OrdinalIgnoreCase));
 
-    internal static IEnumerable<ConfigKey> ChildrenOf(string parent) =>
+    /// <summary>The keys directly under <paramref name="parent"/>.</summary>
+    /// <param name="parent">A dotted path, or empty for the top level.</param>
+    public static IEnumerable<ConfigKey> ChildrenOf(string parent) =>
         Keys.Where(k => string.Equals(k.Parent, parent, StringComparison.OrdinalIgnoreCase));
 }
