@@ -1,0 +1,76 @@
+using Modular.Tests.Support;
+
+namespace Modular.Tests.Cli;
+
+[TestClass]
+public sealed class CliTests
+{
+    [TestMethod]
+    [DataRow("--help")]
+    [DataRow("plugins", "--help")]
+    [DataRow("config", "--help")]
+    [DataRow("config", "check", "--help")]
+    [DataRow("config", "keys", "--help")]
+    public void EveryCommandHasHelp(params string[] args)
+    {
+        CliProcess.Result result = CliProcess.Run(args);
+
+        Assert.AreEqual(0, result.ExitCode, result.StdErr);
+        StringAssert.Contains(result.StdOut, "Usage:");
+        StringAssert.Contains(result.StdOut, "--log-level");
+    }
+
+    [TestMethod]
+    public void AnUnknownOptionIsAUsageErrorWithExitCode2()
+    {
+        CliProcess.Result result = CliProcess.Run("plugins", "--frobnicate");
+
+        Assert.AreEqual(2, result.ExitCode);
+        StringAssert.Contains(result.StdErr, "Unrecognized command or argument '--frobnicate'");
+        StringAssert.Contains(result.StdErr, "modular --help");
+    }
+
+    [TestMethod]
+    public void ConfigCheckReportsProblemsWithExitCode2()
+    {
+        string dir = TestPluginCompiler.TempDirectory("cli-config");
+        string path = Path.Combine(dir, "bad.json");
+        File.WriteAllText(path, """{ "machine": { "vcpu": 2 } }""");
+
+        CliProcess.Result result = CliProcess.Run("config", "check", path);
+
+        Assert.AreEqual(2, result.ExitCode);
+        StringAssert.Contains(result.StdErr, "machine.vcpu: unknown key 'vcpu' in machine; did you mean 'vcpus'?");
+        Directory.Delete(dir, true);
+    }
+
+    [TestMethod]
+    public void ConfigCheckSummarisesAValidFileAndAppliesOverrides()
+    {
+        string dir = TestPluginCompiler.TempDirectory("cli-config");
+        string path = Path.Combine(dir, "good.json");
+        File.WriteAllText(path, """{ "machine": { "memory": "512M" } }""");
+
+        CliProcess.Result result = CliProcess.Run("config", "check", path, "--set", "machine.vcpus=2");
+
+        Assert.AreEqual(0, result.ExitCode, result.StdErr);
+        StringAssert.Contains(result.StdOut, "valid.");
+        StringAssert.Contains(result.StdOut, "kvm, 512M RAM, 2 vCPU(s)");
+        Directory.Delete(dir, true);
+    }
+
+    [TestMethod]
+    public void PluginsListsThePartsFoundInAnExtraDirectory()
+    {
+        string root = TestPluginCompiler.TempDirectory("cli-plugins");
+        TestPluginCompiler.Compile(Path.Combine(root, "transport-zeta"), "Zeta.Transport", TestPluginCompiler.TransportSource("Zeta", "zeta", notUsableReason: "zeta needs a flux capacitor"));
+
+        CliProcess.Result result = CliProcess.Run("plugins", "--plugins", root);
+
+        Assert.AreEqual(0, result.ExitCode, result.StdErr);
+        StringAssert.Contains(result.StdOut, "transport-zeta");
+        StringAssert.Contains(result.StdOut, "no: zeta needs a flux capacitor");
+        StringAssert.Contains(result.StdOut, "Zeta.Transport.dll");
+        Directory.Delete(root, true);
+    }
+}
