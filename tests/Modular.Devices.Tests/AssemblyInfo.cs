@@ -1,0 +1,2 @@
+// The machine has two shared cores; keep tests sequential within the assembly.
+[assembly: DoNotParallelize]
