@@ -95,7 +95,7 @@ public static class QmpMachineCommands
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         {
-            throw new QmpException(QmpErrorClass.GenericError, $"Could not open '{filename}': {DescribeOpenError(e)}", e);
+            throw new QmpException(QmpErrorClass.GenericError, $"Could not open '{filename}': {DescribeOpenError(filename, e)}", e);
         }
 
         using (file)
@@ -133,8 +133,9 @@ public static class QmpMachineCommands
     }
 
     /// <summary>The strerror text QEMU would print after "Could not open '...': ".</summary>
-    private static string DescribeOpenError(Exception e) => e switch
+    private static string DescribeOpenError(string filename, Exception e) => e switch
     {
+        UnauthorizedAccessException when Directory.Exists(filename) => "Is a directory",
         FileNotFoundException or DirectoryNotFoundException => "No such file or directory",
         UnauthorizedAccessException => "Permission denied",
         IOException io when io.HResult > 0 => Marshal.GetPInvokeErrorMessage(io.HResult),

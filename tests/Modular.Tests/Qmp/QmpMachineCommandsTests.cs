@@ -124,6 +124,10 @@ public sealed class QmpMachineCommandsTests
         Assert.AreEqual($"Could not open '{unwritable}': No such file or directory", error.Description);
 
         error = await Assert.ThrowsAsync<QmpErrorException>(() =>
+            _client.ExecuteAsync("pmemsave", new JsonObject { ["val"] = 0, ["size"] = 16, ["filename"] = _directory.Path }));
+        Assert.AreEqual($"Could not open '{_directory.Path}': Is a directory", error.Description);
+
+        error = await Assert.ThrowsAsync<QmpErrorException>(() =>
             _client.ExecuteAsync("pmemsave", new JsonObject { ["val"] = 0, ["size"] = 16 }));
         Assert.AreEqual("Parameter 'filename' is missing", error.Description);
 
