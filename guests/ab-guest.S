@@ -14,13 +14,13 @@
 # COM1 carries only 'A' and 'B' (and an "E: ..." line if the guest cannot run).
 #
 # Assembly-time options (as --defsym NAME=VALUE):
-#   PASSES_PER_B  passes between two 'B's (default 4: one pass over 256 MiB takes ~0.25 s on this
-#                 machine's nested KVM, so 256 MiB prints a 'B' about every second; QEMU prints one
-#                 every pass)
+#   PASSES_PER_B  passes between two 'B's (default 3: one pass over 256 MiB took 0.35 s on this
+#                 machine's nested KVM when idle, 0.77 s under heavy load, so a 256 MiB guest prints a
+#                 'B' every ~1 s idle, ~2.3 s loaded; QEMU's guest prints one every pass)
 #   MAX_GIB       highest RAM address the guest maps, in GiB (default 64)
 
         .ifndef PASSES_PER_B
-        .set PASSES_PER_B, 4
+        .set PASSES_PER_B, 3
         .endif
 
         .include "multiboot-header.inc"
