@@ -148,8 +148,6 @@ internal sealed partial class UserfaultfdBackend : IFaultBackend
         };
     }
 
-    private const int EBUSY = 16;
-
     private void EnsureHugeZeroPage(ulong pageSize)
     {
         // hugetlbfs has no UFFDIO_ZEROPAGE: a zero huge page is placed with UFFDIO_COPY from this

@@ -22,6 +22,7 @@ internal static partial class Interop
         public const int EAGAIN = 11;
         public const int ENOMEM = 12;
         public const int EACCES = 13;
+        public const int EBUSY = 16;
         public const int EEXIST = 17;
         public const int EINVAL = 22;
         public const int ENOTTY = 25;
@@ -201,6 +202,7 @@ internal static partial class Interop
                 EAGAIN => "EAGAIN",
                 ENOMEM => "ENOMEM",
                 EACCES => "EACCES",
+                EBUSY => "EBUSY",
                 EEXIST => "EEXIST",
                 EINVAL => "EINVAL",
                 ENOTTY => "ENOTTY",
