@@ -90,6 +90,10 @@ internal static partial class Interop
         [LibraryImport(Library, EntryPoint = "munmap", SetLastError = true)]
         internal static partial int Munmap(nint address, nuint length);
 
+        /// <summary>memcpy without SuppressGCTransition: a thread faulting inside it is in preemptive GC mode.</summary>
+        [LibraryImport(Library, EntryPoint = "memcpy")]
+        internal static partial nint Memcpy(nint destination, nint source, nuint count);
+
         /// <summary>MAP_FAILED.</summary>
         public static readonly nint MapFailed = -1;
 
