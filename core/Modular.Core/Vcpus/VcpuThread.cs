@@ -187,39 +187,39 @@ public sealed class VcpuThread : IDisposable
             }
 
             _vcpu.SetSignalMask(runMask);
+            bool exitPending = false;
             while (true)
             {
+                if (exitPending && ParkRequested())
+                {
+                    // KVM finishes an I/O exit (advancing RIP past OUT, loading IN's value) only on
+                    // the next KVM_RUN. Run once with immediate_exit so the state a paused vCPU
+                    // shows is complete; it returns EINTR without entering the guest.
+                    string? flushFatal = RunAndDispatch(immediateExit: true, out exitPending);
+                    if (flushFatal is not null)
+                    {
+                        reason = flushFatal;
+                        _handler.OnShutdown(VcpuId, flushFatal);
+                        break;
+                    }
+
+                    if (exitPending)
+                    {
+                        continue; // the completion produced another exit (string I/O): go again
+                    }
+                }
+
                 if (!WaitUntilRunnable())
                 {
                     break;
                 }
 
-                int errno = _vcpu.RunOnce();
-                if (errno == Libc.EINTR || errno == Libc.EAGAIN)
-                {
-                    VcpuKickSignal.ConsumePending();
-                    continue;
-                }
-
-                if (errno != 0)
-                {
-                    throw new KvmIoctlException($"KVM_RUN on vCPU {VcpuId}", errno);
-                }
-
-                string? fatal = VcpuExitDispatcher.Dispatch(_vcpu, _handler, out bool halted);
+                string? fatal = RunAndDispatch(immediateExit: false, out exitPending);
                 if (fatal is not null)
                 {
                     reason = fatal;
                     _handler.OnShutdown(VcpuId, fatal);
                     break;
-                }
-
-                if (halted)
-                {
-                    lock (_gate)
-                    {
-                        _halted = true;
-                    }
                 }
             }
         }
@@ -244,6 +244,52 @@ public sealed class VcpuThread : IDisposable
                 _state = VcpuRunState.Stopped;
                 Monitor.PulseAll(_gate);
             }
+        }
+    }
+
+    /// <summary>
+    /// One KVM_RUN and the dispatch of its exit. <paramref name="exitPending"/> is true after a
+    /// guest exit (KVM may still owe the completion of an I/O instruction), false after EINTR.
+    /// Returns the reason when the vCPU cannot go on. vCPU thread.
+    /// </summary>
+    private string? RunAndDispatch(bool immediateExit, out bool exitPending)
+    {
+        if (immediateExit)
+        {
+            _vcpu.ImmediateExit = true;
+        }
+
+        int errno = _vcpu.RunOnce();
+        if (errno == Libc.EINTR || errno == Libc.EAGAIN)
+        {
+            VcpuKickSignal.ConsumePending();
+            exitPending = false;
+            return null;
+        }
+
+        if (errno != 0)
+        {
+            throw new KvmIoctlException($"KVM_RUN on vCPU {VcpuId}", errno);
+        }
+
+        exitPending = true;
+        string? fatal = VcpuExitDispatcher.Dispatch(_vcpu, _handler, out bool halted);
+        if (halted)
+        {
+            lock (_gate)
+            {
+                _halted = true;
+            }
+        }
+
+        return fatal;
+    }
+
+    private bool ParkRequested()
+    {
+        lock (_gate)
+        {
+            return _pauseRequested || _stopRequested || _halted;
         }
     }
 
