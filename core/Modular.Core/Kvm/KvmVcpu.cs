@@ -113,7 +113,7 @@ public sealed unsafe partial class KvmVcpu : IDisposable
         fixed (byte* buffer = area)
         {
             // SAFETY: buffer is pinned and as large as KVM_CAP_XSAVE2 says the kernel writes.
-            KvmCall.Checked(_fd, xsave2 ? KvmIoctls.GetXsave2 : KvmIoctls.GetXsave, buffer, $"KVM_GET_XSAVE2 on vCPU {Id}");
+            KvmCall.Checked(_fd, xsave2 ? KvmIoctls.GetXsave2 : KvmIoctls.GetXsave, buffer, $"{(xsave2 ? "KVM_GET_XSAVE2" : "KVM_GET_XSAVE")} on vCPU {Id}");
         }
 
         return area;

@@ -126,7 +126,7 @@ public sealed unsafe class RamBlock : IDisposable
     }
 
     /// <summary>Advises transparent huge pages for the block (MADV_HUGEPAGE); harmless when the kernel has none.</summary>
-    internal void AdviseHugePages()
+    public void AdviseTransparentHugePages()
     {
         _ = Libc.Madvise(HostAddress, (nuint)Size, Libc.MADV_HUGEPAGE);
     }

@@ -93,8 +93,7 @@ public sealed class VcpuThread : IDisposable
         {
             if (_state is VcpuRunState.Created or VcpuRunState.Stopped)
             {
-                _pauseRequested = _state == VcpuRunState.Created;
-                return;
+                return; // nothing runs; Start(paused: true) starts parked
             }
 
             _pauseRequested = true;

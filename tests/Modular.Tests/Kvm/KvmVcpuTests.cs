@@ -128,6 +128,7 @@ public sealed class KvmVcpuTests
             clock.Stop();
             Assert.AreEqual(VcpuRunState.Paused, machine.Thread.State);
             Assert.IsTrue(clock.ElapsedMilliseconds < 500, $"Pause took {clock.ElapsedMilliseconds} ms");
+            Console.WriteLine($"Pause {round}: {clock.Elapsed.TotalMilliseconds:0.000} ms");
 
             long frozen = machine.Handler.PortWrites;
             uint counter = machine.ReadCounter();
@@ -140,6 +141,36 @@ public sealed class KvmVcpuTests
             WaitFor(() => machine.Handler.PortWrites > frozen + 20, "the guest to continue after Resume");
             Assert.IsTrue(machine.ReadCounter() > counter);
         }
+    }
+
+    [TestMethod]
+    public void PauseKicksAGuestThatNeverExitsOnItsOwn()
+    {
+        using KvmSystem kvm = TinyGuest.OpenKvmOrSkip();
+        using var machine = new TinyMachine(kvm, TinyGuest.SilentCounter);
+        machine.Thread.Start();
+        WaitFor(() => machine.ReadCounter() > 1000, "the counter in RAM to pass 1000");
+
+        for (int round = 0; round < 3; round++)
+        {
+            var clock = Stopwatch.StartNew();
+            machine.Thread.Pause();
+            clock.Stop();
+            Console.WriteLine($"Pause of a silent guest {round}: {clock.Elapsed.TotalMilliseconds:0.000} ms");
+            Assert.IsTrue(clock.ElapsedMilliseconds < 500, $"Pause took {clock.ElapsedMilliseconds} ms");
+            uint frozen = machine.ReadCounter();
+            Thread.Sleep(50);
+            Assert.AreEqual(frozen, machine.ReadCounter(), "the guest ran while paused");
+            Assert.AreEqual(0, machine.Handler.PortWrites);
+
+            machine.Thread.Resume();
+            WaitFor(() => machine.ReadCounter() > frozen + 1000, "the guest to continue after Resume");
+        }
+
+        var stopClock = Stopwatch.StartNew();
+        machine.Thread.Stop();
+        Assert.IsTrue(stopClock.ElapsedMilliseconds < 500, $"Stop took {stopClock.ElapsedMilliseconds} ms");
+        Assert.AreEqual("stopped", machine.Thread.ExitReason);
     }
 
     [TestMethod]
@@ -174,6 +205,7 @@ public sealed class KvmVcpuTests
 
         destination.Vm.SetClock(clock);
         IReadOnlyList<uint> skipped = destination.Vcpu.RestoreState(state);
+        Console.WriteLine($"MSRs captured: {state.Msrs.Length}, skipped on restore: {string.Join(", ", skipped.Select(i => "0x" + i.ToString("x", CultureInfo.InvariantCulture)))}; xsave {state.Xsave.Length} bytes; CPUID entries {state.Cpuid.Length}");
         Assert.IsTrue(skipped.Count <= 2, "skipped MSRs: " + string.Join(", ", skipped.Select(i => "0x" + i.ToString("x", CultureInfo.InvariantCulture))));
         Assert.AreEqual(state.Regs.Rip, destination.Vcpu.GetRegs().Rip);
 

@@ -31,6 +31,16 @@ internal static class TinyGuest
         0xEB, 0xF9,                   // jmp l
     ];
 
+    /// <summary>
+    /// Counts in RAM and never exits: <c>l: inc dword [0x5000]; jmp l</c>. Only the kick signal can
+    /// get this vCPU out of KVM_RUN.
+    /// </summary>
+    internal static readonly byte[] SilentCounter =
+    [
+        0xFF, 0x05, 0x00, 0x50, 0x00, 0x00, // l: inc dword [0x5000]
+        0xEB, 0xF8,                         // jmp l
+    ];
+
     /// <summary>Where the string guest's message is.</summary>
     internal const uint MessageAddress = 0x2000;
 
