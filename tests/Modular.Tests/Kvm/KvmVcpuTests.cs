@@ -113,6 +113,26 @@ public sealed class KvmVcpuTests
     }
 
     [TestMethod]
+    public void RamAboveThreeGibIsTwoKvmSlotsWhoseDirtyLogsMergeByBlockOffset()
+    {
+        using KvmSystem kvm = TinyGuest.OpenKvmOrSkip();
+        using var machine = new TinyMachine(kvm, TinyGuest.Counter, ramSize: (3UL << 30) + (64UL << 20));
+        RamBlock block = machine.Ram.GetBlock(GuestRam.MainBlockName);
+        Assert.AreEqual(2, block.Regions.Count);
+        var dirty = new DirtyBitmap(block.PageCount);
+        machine.Ram.SyncDirtyBitmap(block, dirty);
+        dirty.ClearAll();
+
+        machine.Thread.Start();
+        WaitFor(() => machine.Handler.PortWrites >= 50, "50 port writes");
+        machine.Thread.Pause();
+        machine.Ram.Write(new GuestPhysicalAddress((4UL << 30) + 0x3000), [9]);
+        machine.Ram.SyncDirtyBitmap(block, dirty);
+        long highPage = (long)(((3UL << 30) + 0x3000) / 4096);
+        CollectionAssert.AreEqual(new long[] { 5, highPage }, dirty.EnumerateSet().ToArray());
+    }
+
+    [TestMethod]
     public void PauseIsPromptAndTheGuestContinuesAfterResume()
     {
         using KvmSystem kvm = TinyGuest.OpenKvmOrSkip();
