@@ -1,0 +1,134 @@
+using System.Runtime.InteropServices;
+
+namespace Modular.Core.Interop;
+
+/// <summary>
+/// The C library calls the VMM needs (glibc, x86-64). Raw imports only: callers go through the
+/// safe wrappers in <c>Kvm/</c> and <c>Memory/</c>. Every import sets the last error so callers can
+/// report errno.
+/// </summary>
+internal static unsafe partial class Libc
+{
+    private const string Library = "libc";
+
+    // open(2)
+    internal const int O_RDWR = 0x2;
+    internal const int O_CLOEXEC = 0x80000;
+
+    // mmap(2)
+    internal const int PROT_READ = 0x1;
+    internal const int PROT_WRITE = 0x2;
+    internal const int MAP_SHARED = 0x01;
+    internal const int MAP_PRIVATE = 0x02;
+    internal const int MAP_ANONYMOUS = 0x20;
+    internal const int MAP_NORESERVE = 0x4000;
+    internal const int MAP_HUGETLB = 0x40000;
+    internal const int MAP_HUGE_SHIFT = 26;
+    internal const int MAP_HUGE_2MB = 21 << MAP_HUGE_SHIFT;
+    internal static readonly nint MAP_FAILED = -1;
+
+    // madvise(2)
+    internal const int MADV_DONTNEED = 4;
+    internal const int MADV_HUGEPAGE = 14;
+
+    // eventfd(2)
+    internal const int EFD_NONBLOCK = 0x800;
+    internal const int EFD_CLOEXEC = 0x80000;
+
+    // sigprocmask(2)
+    internal const int SIG_BLOCK = 0;
+    internal const int SIG_UNBLOCK = 1;
+    internal const int SIG_SETMASK = 2;
+
+    /// <summary>glibc's user-space sigset_t is 1024 bits.</summary>
+    internal const int GlibcSigsetBytes = 128;
+
+    /// <summary>The kernel's sigset_t (what KVM_SET_SIGNAL_MASK takes) is 64 bits on x86-64.</summary>
+    internal const int KernelSigsetBytes = 8;
+
+    // errno values (asm-generic/errno-base.h)
+    internal const int EPERM = 1;
+    internal const int ENOENT = 2;
+    internal const int ESRCH = 3;
+    internal const int EINTR = 4;
+    internal const int E2BIG = 7;
+    internal const int EAGAIN = 11;
+    internal const int ENOMEM = 12;
+    internal const int EACCES = 13;
+    internal const int EINVAL = 22;
+
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct Timespec
+    {
+        public long Seconds;
+        public long Nanoseconds;
+    }
+
+    [LibraryImport(Library, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int Open(string path, int flags);
+
+    [LibraryImport(Library, EntryPoint = "close", SetLastError = true)]
+    internal static partial int Close(int fd);
+
+    [LibraryImport(Library, EntryPoint = "ioctl", SetLastError = true)]
+    internal static partial int Ioctl(SafeFileDescriptor fd, nuint request, nint argument);
+
+    [LibraryImport(Library, EntryPoint = "ioctl", SetLastError = true)]
+    internal static partial int Ioctl(SafeFileDescriptor fd, nuint request, void* argument);
+
+    [LibraryImport(Library, EntryPoint = "mmap", SetLastError = true)]
+    internal static partial nint Mmap(nint address, nuint length, int protection, int flags, int fd, long offset);
+
+    [LibraryImport(Library, EntryPoint = "mmap", SetLastError = true)]
+    internal static partial nint Mmap(nint address, nuint length, int protection, int flags, SafeFileDescriptor fd, long offset);
+
+    [LibraryImport(Library, EntryPoint = "munmap", SetLastError = true)]
+    internal static partial int Munmap(nint address, nuint length);
+
+    [LibraryImport(Library, EntryPoint = "madvise", SetLastError = true)]
+    internal static partial int Madvise(nint address, nuint length, int advice);
+
+    /// <summary>
+    /// memcpy: every copy to or from guest RAM goes through here so that a thread faulting on a page
+    /// is in preemptive GC mode (DESIGN.md §5). Deliberately not <c>SuppressGCTransition</c>.
+    /// </summary>
+    [LibraryImport(Library, EntryPoint = "memcpy")]
+    internal static partial nint Memcpy(void* destination, void* source, nuint length);
+
+    [LibraryImport(Library, EntryPoint = "eventfd", SetLastError = true)]
+    internal static partial int Eventfd(uint initialValue, int flags);
+
+    [LibraryImport(Library, EntryPoint = "getpid")]
+    internal static partial int Getpid();
+
+    [LibraryImport(Library, EntryPoint = "gettid")]
+    internal static partial int Gettid();
+
+    [LibraryImport(Library, EntryPoint = "tgkill", SetLastError = true)]
+    internal static partial int Tgkill(int processId, int threadId, int signal);
+
+    [LibraryImport(Library, EntryPoint = "pthread_sigmask")]
+    internal static partial int PthreadSigmask(int how, byte* set, byte* oldSet);
+
+    [LibraryImport(Library, EntryPoint = "sigemptyset", SetLastError = true)]
+    internal static partial int Sigemptyset(byte* set);
+
+    [LibraryImport(Library, EntryPoint = "sigaddset", SetLastError = true)]
+    internal static partial int Sigaddset(byte* set, int signal);
+
+    [LibraryImport(Library, EntryPoint = "sigtimedwait", SetLastError = true)]
+    internal static partial int Sigtimedwait(byte* set, void* info, Timespec* timeout);
+
+    [LibraryImport(Library, EntryPoint = "__libc_current_sigrtmin")]
+    internal static partial int CurrentSigrtmin();
+
+    [LibraryImport(Library, EntryPoint = "strerror")]
+    private static partial nint Strerror(int errno);
+
+    /// <summary>The C library's text for <paramref name="errno"/>, e.g. "Permission denied (EACCES=13)".</summary>
+    internal static string DescribeErrno(int errno)
+    {
+        string text = Marshal.PtrToStringUTF8(Strerror(errno)) ?? "unknown error";
+        return $"{text} (errno {errno})";
+    }
+}

@@ -1,0 +1,177 @@
+using Modular.Abstractions.Memory;
+using Modular.Core.Interop;
+
+namespace Modular.Core.Memory;
+
+/// <summary>A guest-physical range backed by part of a RAM block (one KVM memory slot).</summary>
+/// <param name="GuestBase">Where the range starts in guest-physical space.</param>
+/// <param name="BlockOffset">Where it starts inside the block.</param>
+/// <param name="Size">Length in bytes.</param>
+public readonly record struct RamRegion(GuestPhysicalAddress GuestBase, ulong BlockOffset, ulong Size)
+{
+    /// <summary>True when [address, +length) lies inside this region.</summary>
+    public bool Contains(GuestPhysicalAddress address, ulong length) =>
+        address.Value >= GuestBase.Value && length <= Size && address.Value - GuestBase.Value <= Size - length;
+}
+
+/// <summary>
+/// One named block of guest RAM (QEMU's RAMBlock: "pc.ram"), one host mapping, addressed by
+/// block offset in the migration stream. Its <see cref="Regions"/> say where it appears in
+/// guest-physical space (for more than 3 GiB: below and above the 4 GiB hole). Page copies go
+/// through native memcpy (DESIGN.md §5); callable from any thread.
+/// </summary>
+public sealed unsafe class RamBlock : IDisposable
+{
+    /// <summary>The target page size: dirty tracking and migration work in 4 KiB pages.</summary>
+    public const int TargetPageSize = 4096;
+
+    private readonly MappedMemory _mapping;
+
+    internal RamBlock(string name, MappedMemory mapping, ulong hostPageSize, IReadOnlyList<RamRegion> regions)
+    {
+        Name = name;
+        _mapping = mapping;
+        Size = mapping.Length;
+        HostPageSize = hostPageSize;
+        Regions = regions;
+        VmmDirty = new DirtyBitmap((long)(Size / TargetPageSize));
+    }
+
+    /// <summary>The block id in the migration stream, e.g. "pc.ram".</summary>
+    public string Name { get; }
+
+    /// <summary>Guest-physical address of block offset 0 (the first region).</summary>
+    public GuestPhysicalAddress GuestBase => Regions[0].GuestBase;
+
+    /// <summary>Size in bytes.</summary>
+    public ulong Size { get; }
+
+    /// <summary>Host virtual address of block offset 0 (for KVM slots and the fault backend; never dereference it from managed code).</summary>
+    public nint HostAddress => _mapping.DangerousGetHandle();
+
+    /// <summary>The host page size of the mapping (4096, or 2 MiB for hugetlbfs).</summary>
+    public ulong HostPageSize { get; }
+
+    /// <summary>Number of target pages.</summary>
+    public long PageCount => (long)(Size / TargetPageSize);
+
+    /// <summary>Where the block appears in guest-physical space.</summary>
+    public IReadOnlyList<RamRegion> Regions { get; }
+
+    /// <summary>Pages the VMM itself wrote (device models, loaders): KVM never logs those.</summary>
+    public DirtyBitmap VmmDirty { get; }
+
+    /// <summary>Copies block bytes at <paramref name="offset"/> into <paramref name="destination"/> (native memcpy).</summary>
+    public void CopyOut(ulong offset, Span<byte> destination)
+    {
+        CheckRange(offset, (ulong)destination.Length);
+        Copy(offset, destination, toGuest: false);
+    }
+
+    /// <summary>Copies <paramref name="source"/> into the block at <paramref name="offset"/> (native memcpy) without marking pages dirty: for incoming migration.</summary>
+    public void CopyIn(ulong offset, ReadOnlySpan<byte> source)
+    {
+        CheckRange(offset, (ulong)source.Length);
+        fixed (byte* from = source)
+        {
+            Copy(offset, new Span<byte>(from, source.Length), toGuest: true);
+        }
+    }
+
+    /// <summary>Marks the target pages under [offset, +length) in <see cref="VmmDirty"/>.</summary>
+    public void MarkDirty(ulong offset, ulong length)
+    {
+        if (length == 0)
+        {
+            return;
+        }
+
+        CheckRange(offset, length);
+        long first = (long)(offset / TargetPageSize);
+        long last = (long)((offset + length - 1) / TargetPageSize);
+        VmmDirty.SetRange(first, last - first + 1);
+    }
+
+    /// <summary>Drops the contents of [offset, +length) (MADV_DONTNEED): anonymous memory reads as zero afterwards. Both must be host-page aligned.</summary>
+    public void Discard(ulong offset, ulong length)
+    {
+        CheckRange(offset, length);
+        if (offset % HostPageSize != 0 || length % HostPageSize != 0)
+        {
+            throw new ArgumentException($"Discard of {Name} offset 0x{offset:x} length 0x{length:x} is not aligned to the host page size {HostPageSize}.");
+        }
+
+        bool added = false;
+        _mapping.DangerousAddRef(ref added);
+        try
+        {
+            if (Libc.Madvise(HostAddress + (nint)offset, (nuint)length, Libc.MADV_DONTNEED) != 0)
+            {
+                int errno = System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
+                throw new IOException($"madvise(MADV_DONTNEED) on RAM block {Name} offset 0x{offset:x} length 0x{length:x} failed: {Libc.DescribeErrno(errno)}.");
+            }
+        }
+        finally
+        {
+            _mapping.DangerousRelease();
+        }
+    }
+
+    /// <summary>True when the target page at <paramref name="offset"/> is all zero (copied out natively, then checked vectorized).</summary>
+    public bool IsZeroPage(ulong offset)
+    {
+        Span<byte> page = stackalloc byte[TargetPageSize];
+        CopyOut(offset, page);
+        return !page.ContainsAnyExcept((byte)0);
+    }
+
+    /// <summary>Advises transparent huge pages for the block (MADV_HUGEPAGE); harmless when the kernel has none.</summary>
+    public void AdviseTransparentHugePages()
+    {
+        _ = Libc.Madvise(HostAddress, (nuint)Size, Libc.MADV_HUGEPAGE);
+    }
+
+    /// <inheritdoc />
+    public void Dispose() => _mapping.Dispose();
+
+    private void Copy(ulong offset, Span<byte> buffer, bool toGuest)
+    {
+        if (buffer.IsEmpty)
+        {
+            return;
+        }
+
+        bool added = false;
+        _mapping.DangerousAddRef(ref added);
+        try
+        {
+            fixed (byte* local = buffer)
+            {
+                byte* guest = (byte*)HostAddress + offset;
+                // SAFETY: [offset, +length) was range-checked against the live mapping, which the
+                // AddRef keeps mapped; the copy is a native call so a fault on an armed page blocks
+                // this thread in preemptive mode (DESIGN.md §5).
+                if (toGuest)
+                {
+                    Libc.Memcpy(guest, local, (nuint)buffer.Length);
+                }
+                else
+                {
+                    Libc.Memcpy(local, guest, (nuint)buffer.Length);
+                }
+            }
+        }
+        finally
+        {
+            _mapping.DangerousRelease();
+        }
+    }
+
+    private void CheckRange(ulong offset, ulong length)
+    {
+        if (offset > Size || length > Size - offset)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset), $"Range 0x{offset:x}+0x{length:x} is outside RAM block {Name} (0x{Size:x} bytes).");
+        }
+    }
+}

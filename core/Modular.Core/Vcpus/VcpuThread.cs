@@ -1,0 +1,318 @@
+using Modular.Core.Interop;
+using Modular.Core.Kvm;
+
+namespace Modular.Core.Vcpus;
+
+/// <summary>
+/// A dedicated thread that runs one vCPU: the KVM_RUN loop, exit dispatch to an
+/// <see cref="IVcpuExitHandler"/>, and prompt pause/resume/stop from any other thread.
+/// <para>
+/// Kicking, and why it is race-free:
+/// <code>
+///   controller (Pause/Stop)                      vCPU thread
+///   lock { request = X; immediate_exit = 1;      lock { immediate_exit = 0; read request }
+///          tgkill(vcpu tid, kick) }              KVM_RUN  -> EINTR (signal or immediate_exit)
+///                                                sigtimedwait(kick, 0)  (else every later run exits)
+/// </code>
+/// Either the controller's lock comes first and the vCPU sees the request before running, or it
+/// comes after and immediate_exit (set after the reset) or the signal (unblocked only inside
+/// KVM_RUN) makes the run return at once. tgkill happens under the lock, and the thread takes the
+/// lock to end, so the thread id is never stale.
+/// </para>
+/// </summary>
+public sealed class VcpuThread : IDisposable
+{
+    private readonly KvmVcpu _vcpu;
+    private readonly IVcpuExitHandler _handler;
+    private readonly Thread _thread;
+    private readonly object _gate = new();
+    private VcpuRunState _state = VcpuRunState.Created;
+    private bool _pauseRequested;
+    private bool _stopRequested;
+    private bool _halted;
+    private int _threadId;
+
+    /// <summary>Creates the thread (not started) for <paramref name="vcpu"/>.</summary>
+    public VcpuThread(KvmVcpu vcpu, IVcpuExitHandler handler)
+    {
+        _vcpu = vcpu ?? throw new ArgumentNullException(nameof(vcpu));
+        _handler = handler ?? throw new ArgumentNullException(nameof(handler));
+        _thread = new Thread(ThreadMain) { IsBackground = true, Name = $"vcpu{vcpu.Id}" };
+    }
+
+    /// <summary>The vCPU index.</summary>
+    public int VcpuId => _vcpu.Id;
+
+    /// <summary>The current state. Any thread.</summary>
+    public VcpuRunState State
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _state;
+            }
+        }
+    }
+
+    /// <summary>Why the thread ended (null while it runs): "stopped", or the shutdown/failure reason.</summary>
+    public string? ExitReason { get; private set; }
+
+    /// <summary>The exception that ended the thread, if any (a failing ioctl or handler).</summary>
+    public Exception? Failure { get; private set; }
+
+    /// <summary>Starts the thread. With <paramref name="paused"/> it parks before the first KVM_RUN.</summary>
+    public void Start(bool paused = false)
+    {
+        lock (_gate)
+        {
+            if (_state != VcpuRunState.Created)
+            {
+                throw new InvalidOperationException($"vCPU {VcpuId} thread was already started.");
+            }
+
+            _pauseRequested = paused;
+            _state = VcpuRunState.Running;
+        }
+
+        _thread.Start();
+        if (paused)
+        {
+            WaitWhileRunning();
+        }
+    }
+
+    /// <summary>
+    /// Kicks the vCPU out of KVM_RUN and returns once it is parked (state Paused, Halted or
+    /// Stopped): its registers can then be read or written. Any thread except the vCPU's own.
+    /// </summary>
+    public void Pause()
+    {
+        ThrowIfOnVcpuThread(nameof(Pause));
+        lock (_gate)
+        {
+            if (_state is VcpuRunState.Created or VcpuRunState.Stopped)
+            {
+                return; // nothing runs; Start(paused: true) starts parked
+            }
+
+            _pauseRequested = true;
+            KickLocked();
+        }
+
+        WaitWhileRunning();
+    }
+
+    /// <summary>Lets a paused or halted vCPU run again. Any thread.</summary>
+    public void Resume()
+    {
+        lock (_gate)
+        {
+            _pauseRequested = false;
+            _halted = false;
+            Monitor.PulseAll(_gate);
+        }
+    }
+
+    /// <summary>Ends the thread cleanly (kicking it out of KVM_RUN) and waits for it. Any thread except the vCPU's own.</summary>
+    public void Stop()
+    {
+        ThrowIfOnVcpuThread(nameof(Stop));
+        lock (_gate)
+        {
+            if (_state == VcpuRunState.Created)
+            {
+                _state = VcpuRunState.Stopped;
+                ExitReason = "stopped before it started";
+                return;
+            }
+
+            _stopRequested = true;
+            if (_state != VcpuRunState.Stopped)
+            {
+                KickLocked();
+            }
+
+            Monitor.PulseAll(_gate);
+        }
+
+        _thread.Join();
+    }
+
+    /// <summary>Waits until the thread has ended, up to <paramref name="timeout"/>.</summary>
+    public bool Join(TimeSpan timeout) => _state == VcpuRunState.Created || _thread.Join(timeout);
+
+    /// <inheritdoc />
+    public void Dispose() => Stop();
+
+    private void KickLocked()
+    {
+        _vcpu.ImmediateExit = true;
+        if (_threadId != 0 && _state != VcpuRunState.Stopped)
+        {
+            VcpuKickSignal.Send(_threadId);
+        }
+    }
+
+    private void WaitWhileRunning()
+    {
+        lock (_gate)
+        {
+            while (_state == VcpuRunState.Running)
+            {
+                Monitor.Wait(_gate);
+            }
+        }
+    }
+
+    private void ThrowIfOnVcpuThread(string operation)
+    {
+        if (Thread.CurrentThread == _thread)
+        {
+            throw new InvalidOperationException($"{operation} of vCPU {VcpuId} was called on its own thread (from an exit handler); call it from another thread.");
+        }
+    }
+
+    /// <summary>The vCPU thread: park while asked to, run, dispatch, repeat.</summary>
+    private void ThreadMain()
+    {
+        string reason = "stopped";
+        try
+        {
+            ulong runMask = VcpuKickSignal.BlockInCurrentThread();
+            lock (_gate)
+            {
+                _threadId = Libc.Gettid();
+            }
+
+            _vcpu.SetSignalMask(runMask);
+            bool exitPending = false;
+            while (true)
+            {
+                if (exitPending && ParkRequested())
+                {
+                    // KVM finishes an I/O exit (advancing RIP past OUT, loading IN's value) only on
+                    // the next KVM_RUN. Run once with immediate_exit so the state a paused vCPU
+                    // shows is complete; it returns EINTR without entering the guest.
+                    string? flushFatal = RunAndDispatch(immediateExit: true, out exitPending);
+                    if (flushFatal is not null)
+                    {
+                        reason = flushFatal;
+                        _handler.OnShutdown(VcpuId, flushFatal);
+                        break;
+                    }
+
+                    if (exitPending)
+                    {
+                        continue; // the completion produced another exit (string I/O): go again
+                    }
+                }
+
+                if (!WaitUntilRunnable())
+                {
+                    break;
+                }
+
+                string? fatal = RunAndDispatch(immediateExit: false, out exitPending);
+                if (fatal is not null)
+                {
+                    reason = fatal;
+                    _handler.OnShutdown(VcpuId, fatal);
+                    break;
+                }
+            }
+        }
+        catch (Exception e)
+        {
+            Failure = e;
+            reason = $"vCPU {VcpuId} failed: {e.Message}";
+            try
+            {
+                _handler.OnShutdown(VcpuId, reason);
+            }
+            catch (Exception handlerFailure)
+            {
+                Failure = new AggregateException(e, handlerFailure);
+            }
+        }
+        finally
+        {
+            lock (_gate)
+            {
+                ExitReason = reason;
+                _state = VcpuRunState.Stopped;
+                Monitor.PulseAll(_gate);
+            }
+        }
+    }
+
+    /// <summary>
+    /// One KVM_RUN and the dispatch of its exit. <paramref name="exitPending"/> is true after a
+    /// guest exit (KVM may still owe the completion of an I/O instruction), false after EINTR.
+    /// Returns the reason when the vCPU cannot go on. vCPU thread.
+    /// </summary>
+    private string? RunAndDispatch(bool immediateExit, out bool exitPending)
+    {
+        if (immediateExit)
+        {
+            _vcpu.ImmediateExit = true;
+        }
+
+        int errno = _vcpu.RunOnce();
+        if (errno == Libc.EINTR || errno == Libc.EAGAIN)
+        {
+            VcpuKickSignal.ConsumePending();
+            exitPending = false;
+            return null;
+        }
+
+        if (errno != 0)
+        {
+            throw new KvmIoctlException($"KVM_RUN on vCPU {VcpuId}", errno);
+        }
+
+        exitPending = true;
+        string? fatal = VcpuExitDispatcher.Dispatch(_vcpu, _handler, out bool halted);
+        if (halted)
+        {
+            lock (_gate)
+            {
+                _halted = true;
+            }
+        }
+
+        return fatal;
+    }
+
+    private bool ParkRequested()
+    {
+        lock (_gate)
+        {
+            return _pauseRequested || _stopRequested || _halted;
+        }
+    }
+
+    /// <summary>Parks while paused or halted; false when asked to stop. vCPU thread.</summary>
+    private bool WaitUntilRunnable()
+    {
+        lock (_gate)
+        {
+            _vcpu.ImmediateExit = false;
+            while (!_stopRequested && (_pauseRequested || _halted))
+            {
+                _state = _halted && !_pauseRequested ? VcpuRunState.Halted : VcpuRunState.Paused;
+                Monitor.PulseAll(_gate);
+                Monitor.Wait(_gate);
+                _vcpu.ImmediateExit = false;
+            }
+
+            if (_stopRequested)
+            {
+                return false;
+            }
+
+            _state = VcpuRunState.Running;
+            return true;
+        }
+    }
+}
