@@ -36,7 +36,7 @@ internal sealed partial class RdmaConnection
                         TrySendCreditUpdateLocked();
                     }
 
-                    _sendWake.Release();
+                    WakeSendPump();
                     if (message.Fin)
                     {
                         await writer.CompleteAsync().ConfigureAwait(false);

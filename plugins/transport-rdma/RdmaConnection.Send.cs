@@ -50,7 +50,9 @@ internal sealed partial class RdmaConnection
         }
         catch (Exception e)
         {
-            error = _failure ?? (e is TransportException ? e : new TransportException($"Sending to {RemoteDescription} failed: {e.Message}", e));
+            error = _failure
+                ?? (_peerDisconnected ? new TransportException($"The peer {RemoteDescription} closed the connection before this side's stream ended.", e) : null)
+                ?? (e is TransportException ? e : new TransportException($"Sending to {RemoteDescription} failed: {e.Message}", e));
             if (e is not OperationCanceledException)
             {
                 Fail(error);
@@ -125,7 +127,7 @@ internal sealed partial class RdmaConnection
             TrySendCreditUpdateLocked();
         }
 
-        _sendWake.Release();
+        WakeSendPump();
     }
 
     /// <summary>Completion thread: a send (data, FIN or update) completed; its slot, if any, is free again.</summary>
@@ -142,7 +144,16 @@ internal sealed partial class RdmaConnection
             TrySendCreditUpdateLocked();
         }
 
-        _sendWake.Release();
+        WakeSendPump();
+    }
+
+    /// <summary>Wakes the send pump if it waits; one pending wake is enough since it re-checks everything.</summary>
+    private void WakeSendPump()
+    {
+        if (_sendWake.CurrentCount == 0)
+        {
+            _sendWake.Release();
+        }
     }
 
     /// <summary>Waits until no send is outstanding (every message reached the peer). DisposeAsync.</summary>

@@ -146,10 +146,8 @@ internal sealed partial class RdmaConnection : IMigrationConnection, IPageChanne
             _exposed.Clear();
         }
 
+        // The cancellation sources are not disposed: Closed may still be read after disposal.
         _pair.Dispose();
-        _closed.Dispose();
-        _abort.Dispose();
-        _sendStop.Dispose();
     }
 
     /// <summary>A message taken from a receive slot by the completion thread, for the delivery task.</summary>

@@ -84,35 +84,38 @@ internal sealed class RdmaListener : IMigrationListener
                 pair = RdmaQueuePair.Create(id);
                 id.ConnectOrAccept(StreamLayout.Hello, StreamLayout.ReadDepth, accept: true);
                 ConnectionManagerEvents.Expect(id.Channel, RdmaCmConstants.RDMA_CM_EVENT_ESTABLISHED, "accepting a connection", cancellationToken);
-                var connection = new RdmaConnection(pair, $"{Endpoint.Scheme}:peer of {Endpoint.Address}");
+                string peer = id.PeerAddress is { } address ? $"{Endpoint.Scheme}:{address}" : $"{Endpoint.Scheme}:peer of {Endpoint.Address}";
+                var connection = new RdmaConnection(pair, peer);
                 connection.Start();
                 return connection;
             }
             catch (TransportException)
             {
                 // The request failed half-way (the peer went away); wait for the next one.
-                if (pair is not null)
-                {
-                    pair.Dispose();
-                }
-                else
-                {
-                    id.Dispose();
-                }
+                DisposeRequest(id, pair);
             }
             catch (OperationCanceledException)
             {
-                if (pair is not null)
-                {
-                    pair.Dispose();
-                }
-                else
-                {
-                    id.Dispose();
-                }
-
+                DisposeRequest(id, pair);
                 throw;
             }
+        }
+    }
+
+    /// <summary>Releases a half-accepted request: the queue pair (which owns the id and its channel), or the id and the channel it was moved to.</summary>
+    private void DisposeRequest(CmIdHandle id, RdmaQueuePair? pair)
+    {
+        if (pair is not null)
+        {
+            pair.Dispose();
+            return;
+        }
+
+        EventChannelHandle channel = id.Channel;
+        id.Dispose();
+        if (channel != _channel)
+        {
+            channel.Dispose();
         }
     }
 

@@ -103,6 +103,7 @@ public sealed class AbiTests
         yield return ("offsetof(struct rdma_cm_event, param.conn)", Off<RdmaCmEvent>(nameof(RdmaCmEvent.Conn)));
         yield return ("offsetof(struct rdma_cm_id, verbs)", RdmaCmLayout.IdVerbs);
         yield return ("offsetof(struct rdma_cm_id, qp)", RdmaCmLayout.IdQp);
+        yield return ("offsetof(struct rdma_cm_id, route.addr.dst_addr)", RdmaCmLayout.IdPeerAddress);
         yield return ("offsetof(struct rdma_event_channel, fd)", RdmaCmLayout.EventChannelFd);
         yield return ("sizeof(struct sockaddr_in)", RdmaCmLayout.SockaddrIn);
         yield return ("sizeof(struct sockaddr_in6)", RdmaCmLayout.SockaddrIn6);

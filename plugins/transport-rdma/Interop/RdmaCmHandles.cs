@@ -66,6 +66,28 @@ internal sealed class CmIdHandle : NativeHandle
         }
     }
 
+    /// <summary>
+    /// The peer's address and port. rdma_get_peer_addr is a static inline in rdma_cma.h returning
+    /// <c>&amp;id-&gt;route.addr.dst_addr</c>; this reads the same field (offset ABI-tested).
+    /// </summary>
+    internal unsafe System.Net.IPEndPoint? PeerAddress
+    {
+        get
+        {
+            // SAFETY: the id is alive; dst_addr is a sockaddr_storage-sized union inside the id, read as
+            // sockaddr_in or sockaddr_in6 according to its family.
+            byte* sockaddr = (byte*)(Pointer + RdmaCmLayout.IdPeerAddress);
+            ushort family = *(ushort*)sockaddr;
+            int port = System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(*(ushort*)(sockaddr + 2));
+            return family switch
+            {
+                RdmaCmConstants.AF_INET => new System.Net.IPEndPoint(new System.Net.IPAddress(new ReadOnlySpan<byte>(sockaddr + 4, 4)), port),
+                RdmaCmConstants.AF_INET6 => new System.Net.IPEndPoint(new System.Net.IPAddress(new ReadOnlySpan<byte>(sockaddr + 8, 16), *(uint*)(sockaddr + 24)), port),
+                _ => null,
+            };
+        }
+    }
+
     internal static unsafe CmIdHandle Create(EventChannelHandle channel)
     {
         nint id = 0;

@@ -36,6 +36,8 @@ internal static class RdmaCmLayout
     internal const int IdVerbs = 0;
     /// <summary>offsetof(struct rdma_cm_id, qp)</summary>
     internal const int IdQp = 24;
+    /// <summary>offsetof(struct rdma_cm_id, route.addr.dst_addr): what the inline rdma_get_peer_addr returns.</summary>
+    internal const int IdPeerAddress = 160;
     /// <summary>offsetof(struct rdma_event_channel, fd)</summary>
     internal const int EventChannelFd = 0;
     /// <summary>sizeof(struct sockaddr_in)</summary>
