@@ -202,7 +202,16 @@ public sealed class DataPathTests
         }
     }
 
-    private static unsafe nint NativeMemoryAlloc(int size) => (nint)NativeMemory.AlignedAlloc((nuint)size, 4096);
+    /// <summary>Stands in for guest RAM: memory the transport does not own, registered by ExposeRegion.</summary>
+    private static unsafe nint NativeMemoryAlloc(int size)
+    {
+        // SAFETY: a fresh allocation, freed by NativeMemoryFree in the test's finally.
+        return (nint)NativeMemory.AlignedAlloc((nuint)size, 4096);
+    }
 
-    private static unsafe void NativeMemoryFree(nint pointer) => NativeMemory.AlignedFree((void*)pointer);
+    private static unsafe void NativeMemoryFree(nint pointer)
+    {
+        // SAFETY: pointer came from NativeMemoryAlloc and is freed once, after the connections are disposed.
+        NativeMemory.AlignedFree((void*)pointer);
+    }
 }
