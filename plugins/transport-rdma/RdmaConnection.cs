@@ -114,6 +114,13 @@ internal sealed partial class RdmaConnection : IMigrationConnection, IPageChanne
             return;
         }
 
+        if (Thread.CurrentThread == _completionThread)
+        {
+            // Called from a Closed callback on the completion thread: continue on the pool so the thread
+            // can be joined before the CQ it polls is destroyed.
+            await Task.Yield();
+        }
+
         await _output.Writer.CompleteAsync().ConfigureAwait(false);
         using (var grace = new CancellationTokenSource(TimeSpan.FromSeconds(5)))
         {
@@ -130,7 +137,7 @@ internal sealed partial class RdmaConnection : IMigrationConnection, IPageChanne
 
         Fail(new TransportException($"The migration connection {RemoteDescription} was closed."));
         _stopping = true;
-        if (_completionThread.IsAlive && Thread.CurrentThread != _completionThread)
+        if (_completionThread.IsAlive)
         {
             _completionThread.Join();
         }
