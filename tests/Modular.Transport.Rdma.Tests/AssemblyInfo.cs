@@ -1,0 +1,2 @@
+// The data-path tests open RDMA devices and ports; keep the assembly sequential.
+[assembly: DoNotParallelize]
