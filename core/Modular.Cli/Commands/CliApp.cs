@@ -38,6 +38,7 @@ internal static class CliApp
         root.Options.Add(PluginsOption);
         root.Subcommands.Add(PluginsCommand.Create());
         root.Subcommands.Add(ConfigCommand.Create());
+        root.Subcommands.Add(RunCommand.Create());
         return root;
     }
 

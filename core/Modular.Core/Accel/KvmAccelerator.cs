@@ -1,0 +1,207 @@
+using Microsoft.Extensions.Logging;
+using Modular.Abstractions.Devices;
+using Modular.Abstractions.Memory;
+using Modular.Core.Boot;
+using Modular.Core.Devices;
+using Modular.Core.Interop;
+using Modular.Core.Kvm;
+using Modular.Core.Memory;
+using Modular.Core.Vcpus;
+
+namespace Modular.Core.Accel;
+
+/// <summary>
+/// Runs guest code on /dev/kvm: one VM, guest RAM mapped with dirty logging, one thread per vCPU whose
+/// exits go to the machine's bus. Without an in-kernel irqchip there is no INIT/SIPI, so only vCPU 0
+/// runs; the others exist (and migrate) parked, like application processors never started.
+/// </summary>
+internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
+{
+    private readonly KvmSystem _kvm;
+    private readonly KvmVm _vm;
+    private readonly List<KvmVcpu> _vcpus = new();
+    private readonly List<VcpuThread> _threads = new();
+    private readonly IoBus _bus;
+    private readonly ILogger _logger;
+    private readonly Action<string> _onFatal;
+    private readonly Action _onHalt;
+    private bool _started;
+    private bool _running;
+
+    internal KvmAccelerator(GuestRam ram, IoBus bus, int vcpuCount, ILogger logger, Action onHalt, Action<string> onFatal)
+    {
+        _bus = bus;
+        _logger = logger;
+        _onHalt = onHalt;
+        _onFatal = onFatal;
+        _kvm = KvmSystem.Open();
+        try
+        {
+            _vm = _kvm.CreateVm();
+            _vm.EnableManualDirtyLogProtect();
+            _vm.MapRam(ram, logDirty: true);
+            for (int i = 0; i < vcpuCount; i++)
+            {
+                KvmVcpu vcpu = _vm.CreateVcpu(i);
+                _vcpus.Add(vcpu);
+                _threads.Add(new VcpuThread(vcpu, this));
+            }
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+
+        StateSections = [.. _vcpus.Select(v => (ISaveVmSection)new VcpuSection(v)), new ClockSection(_vm)];
+    }
+
+    public string Description => $"KVM ({_kvm.Path}, API {_kvm.ApiVersion}), {_vcpus.Count} vCPU(s)";
+
+    public bool IsRunning => Volatile.Read(ref _running);
+
+    public IReadOnlyList<ISaveVmSection> StateSections { get; }
+
+    /// <summary>Sets vCPU 0 up for a Multiboot entry, as QEMU's -kernel does.</summary>
+    /// <param name="boot">Where the loader put the entry point and the info block.</param>
+    internal void SetBootState(MultibootBoot boot) =>
+        _vcpus[0].SetMultibootEntry(checked((uint)boot.Entry.Value), checked((uint)boot.InfoAddress.Value));
+
+    public void Start()
+    {
+        if (_started)
+        {
+            Resume();
+            return;
+        }
+
+        _started = true;
+        Volatile.Write(ref _running, true);
+        _threads[0].Start();
+    }
+
+    public void Pause()
+    {
+        Volatile.Write(ref _running, false);
+        if (!_started)
+        {
+            return;
+        }
+
+        foreach (VcpuThread thread in _threads.Where(t => t.State is VcpuRunState.Running))
+        {
+            thread.Pause();
+        }
+    }
+
+    public void Resume()
+    {
+        if (!_started)
+        {
+            Start();
+            return;
+        }
+
+        Volatile.Write(ref _running, true);
+        foreach (VcpuThread thread in _threads.Where(t => t.State is VcpuRunState.Paused))
+        {
+            thread.Resume();
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (VcpuThread thread in _threads)
+        {
+            thread.Stop();
+        }
+
+        foreach (KvmVcpu vcpu in _vcpus)
+        {
+            vcpu.Dispose();
+        }
+
+        _vm?.Dispose();
+        _kvm.Dispose();
+    }
+
+    // IVcpuExitHandler: vCPU threads.
+    void IVcpuExitHandler.PortIn(ushort port, Span<byte> data) => _bus.PortIn(port, data);
+
+    void IVcpuExitHandler.PortOut(ushort port, ReadOnlySpan<byte> data) => _bus.PortOut(port, data);
+
+    void IVcpuExitHandler.MmioRead(GuestPhysicalAddress address, Span<byte> data) => _bus.MmioRead(address, data);
+
+    void IVcpuExitHandler.MmioWrite(GuestPhysicalAddress address, ReadOnlySpan<byte> data) => _bus.MmioWrite(address, data);
+
+    void IVcpuExitHandler.OnHalt(int vcpu)
+    {
+        _logger.LogInformation("vCPU {Vcpu} halted", vcpu);
+        _onHalt();
+    }
+
+    void IVcpuExitHandler.OnShutdown(int vcpu, string reason)
+    {
+        _logger.LogError("vCPU {Vcpu} stopped: {Reason}", vcpu, reason);
+        Volatile.Write(ref _running, false);
+        _onFatal($"vCPU {vcpu} stopped: {reason}");
+    }
+
+    /// <summary>The "cpu" section: one vCPU's complete state (VcpuState's own versioned format inside).</summary>
+    private sealed class VcpuSection(KvmVcpu vcpu) : ISaveVmSection
+    {
+        public string IdString => "cpu";
+
+        public uint InstanceId => (uint)vcpu.Id;
+
+        public uint Version => 1;
+
+        public uint MinimumVersion => 1;
+
+        public void Save(SaveVmWriter writer)
+        {
+            VcpuState state = vcpu.CaptureState();
+            byte[] bytes = new byte[state.SerializedSize];
+            state.WriteTo(bytes);
+            writer.WriteBuffer(bytes);
+        }
+
+        public void Load(SaveVmReader reader, uint version)
+        {
+            ReadOnlySpan<byte> bytes = reader.ReadBuffer(16 << 20, "vCPU state");
+            reader.ExpectEnd();
+            VcpuState state;
+            try
+            {
+                state = VcpuState.ReadFrom(bytes);
+            }
+            catch (VcpuStateFormatException ex)
+            {
+                throw new DeviceStateException($"Section '{reader.SectionName}': {ex.Message}", ex);
+            }
+
+            vcpu.RestoreState(state);
+        }
+    }
+
+    /// <summary>The "kvmclock" section: the VM clock, so guest time does not jump backwards.</summary>
+    private sealed class ClockSection(KvmVm vm) : ISaveVmSection
+    {
+        public string IdString => "kvmclock";
+
+        public uint InstanceId => 0;
+
+        public uint Version => 1;
+
+        public uint MinimumVersion => 1;
+
+        public void Save(SaveVmWriter writer) => writer.WriteBe64(vm.GetClock().Clock);
+
+        public void Load(SaveVmReader reader, uint version)
+        {
+            ulong clock = reader.ReadBe64("clock");
+            reader.ExpectEnd();
+            vm.SetClock(new KvmClockData { Clock = clock });
+        }
+    }
+}

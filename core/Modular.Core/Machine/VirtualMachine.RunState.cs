@@ -1,0 +1,153 @@
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using Modular.Core.Qmp;
+
+namespace Modular.Core.Machine;
+
+/// <summary>Run state: start, stop, continue, quit, and how the guest ends.</summary>
+public sealed partial class VirtualMachine
+{
+    /// <summary>
+    /// Starts the machine after <see cref="Create"/>: runs the guest unless it was configured paused
+    /// (QEMU's -S) or waits for an incoming migration.
+    /// </summary>
+    public void Start()
+    {
+        lock (_stateGate)
+        {
+            if (_runState != QmpRunState.Prelaunch || Config.Machine.Paused)
+            {
+                return;
+            }
+        }
+
+        Resume();
+    }
+
+    /// <inheritdoc />
+    public void Stop() => StopAs(QmpRunState.Paused);
+
+    /// <summary>
+    /// Stops the vCPUs and enters <paramref name="state"/> (paused, finish-migrate, ...); emits STOP if
+    /// they were running. Returns when no vCPU runs guest code. Any thread but a vCPU thread.
+    /// </summary>
+    /// <param name="state">The run state to enter.</param>
+    public void StopAs(QmpRunState state)
+    {
+        bool wasRunning;
+        lock (_stateGate)
+        {
+            if (_runState == QmpRunState.InMigrate)
+            {
+                _startWhenIncomingEnds = false;
+                return;
+            }
+
+            wasRunning = _runState == QmpRunState.Running;
+            Accelerator.Pause();
+            if (_runState is QmpRunState.Running or QmpRunState.Paused or QmpRunState.Prelaunch or QmpRunState.FinishMigrate or QmpRunState.PostMigrate)
+            {
+                _runState = state;
+            }
+        }
+
+        if (wasRunning)
+        {
+            Emit("STOP");
+        }
+    }
+
+    /// <inheritdoc />
+    public void Resume()
+    {
+        lock (_stateGate)
+        {
+            if (_runState == QmpRunState.InMigrate)
+            {
+                _startWhenIncomingEnds = true;
+                return;
+            }
+
+            if (_runState is QmpRunState.Running or QmpRunState.Shutdown or QmpRunState.InternalError)
+            {
+                return;
+            }
+
+            _runState = QmpRunState.Running;
+            Accelerator.Resume();
+        }
+
+        Emit("RESUME");
+    }
+
+    /// <summary>
+    /// An incoming migration has loaded everything: leave inmigrate and run the guest unless the
+    /// machine was started paused (or <c>stop</c> came meanwhile). Destination main incoming thread.
+    /// </summary>
+    /// <returns>True when the guest was started.</returns>
+    public bool CompleteIncoming()
+    {
+        bool start;
+        lock (_stateGate)
+        {
+            start = _startWhenIncomingEnds;
+            _runState = QmpRunState.Paused;
+        }
+
+        if (start)
+        {
+            Resume();
+        }
+
+        return start;
+    }
+
+    /// <summary>Enters a run state without touching the vCPUs (e.g. postmigrate after a completed outgoing migration).</summary>
+    /// <param name="state">The state.</param>
+    public void SetRunState(QmpRunState state)
+    {
+        lock (_stateGate)
+        {
+            _runState = state;
+        }
+    }
+
+    /// <inheritdoc />
+    public void Quit() => RequestExit(0, "host-qmp-quit", guest: false);
+
+    /// <summary>Ends the machine: stops the vCPUs, emits SHUTDOWN, and completes <see cref="Exited"/> with <paramref name="exitCode"/>.</summary>
+    /// <param name="exitCode">The process exit code.</param>
+    /// <param name="reason">QEMU's SHUTDOWN reason (host-qmp-quit, guest-shutdown, host-signal, ...).</param>
+    /// <param name="guest">True when the guest asked for it.</param>
+    public void RequestExit(int exitCode, string reason, bool guest = true)
+    {
+        lock (_stateGate)
+        {
+            if (_runState == QmpRunState.Shutdown)
+            {
+                return;
+            }
+
+            _runState = QmpRunState.Shutdown;
+        }
+
+        // A vCPU thread may be the caller (debug-exit): never wait for vCPUs here; the process owner
+        // disposes the machine, which stops them.
+        Emit("SHUTDOWN", new JsonObject { ["guest"] = guest, ["reason"] = reason });
+        _exit.TrySetResult(exitCode);
+    }
+
+    private void OnGuestHalted() => _logger.LogInformation("The guest halted; it stays halted until reset or quit.");
+
+    private void OnFatal(string reason)
+    {
+        FatalError = reason;
+        lock (_stateGate)
+        {
+            _runState = QmpRunState.InternalError;
+        }
+
+        Emit("STOP");
+        _exit.TrySetResult(1);
+    }
+}
