@@ -61,10 +61,11 @@ public abstract record StreamCommand
     public static async ValueTask<StreamCommand> ReadFromAsync(MigrationStreamReader reader)
     {
         ArgumentNullException.ThrowIfNull(reader);
-        reader.BeginRecord("command");
+        long start = reader.Position - 1; // the 0x08 type byte
+        reader.BeginRecord("command", start);
         ushort raw = await reader.ReadBe16Async("command number").ConfigureAwait(false);
         var kind = (MigrationCommand)raw;
-        reader.BeginRecord(RecordName(kind));
+        reader.BeginRecord(RecordName(kind), start);
         long lengthAt = reader.Position;
         ushort length = await reader.ReadBe16Async("payload length").ConfigureAwait(false);
         int expected = kind switch

@@ -55,10 +55,15 @@ public sealed partial class MigrationStreamReader
 
     /// <summary>Names the record that starts at the current position, for error messages.</summary>
     /// <param name="record">E.g. <c>section START</c>, <c>command PING</c>, <c>ram record</c>.</param>
-    public void BeginRecord(string record)
+    public void BeginRecord(string record) => BeginRecord(record, _position);
+
+    /// <summary>Names the record that started at <paramref name="start"/> (e.g. at its already-read type byte).</summary>
+    /// <param name="record">The record name.</param>
+    /// <param name="start">Offset of the record's first byte.</param>
+    public void BeginRecord(string record, long start)
     {
         _record = record;
-        _recordStart = _position;
+        _recordStart = start;
     }
 
     /// <summary>An error for the current record, placed at the record's first byte.</summary>

@@ -59,7 +59,7 @@ public readonly record struct SectionHeader(SectionType Type, uint SectionId, st
     public static async ValueTask<SectionHeader> ReadFromAsync(MigrationStreamReader reader, SectionType type)
     {
         ArgumentNullException.ThrowIfNull(reader);
-        reader.BeginRecord(RecordName(type));
+        reader.BeginRecord(RecordName(type), reader.Position - 1); // starts at the type byte
         reader.ResetRamBlock();
         uint id = await reader.ReadBe32Async("section id").ConfigureAwait(false);
         if (type is SectionType.Part or SectionType.End)
@@ -162,7 +162,7 @@ public sealed record VmDescription(string Json)
     public static async ValueTask<VmDescription> ReadFromAsync(MigrationStreamReader reader)
     {
         ArgumentNullException.ThrowIfNull(reader);
-        reader.BeginRecord("VMDESCRIPTION");
+        reader.BeginRecord("VMDESCRIPTION", reader.Position - 1);
         long at = reader.Position;
         uint length = await reader.ReadBe32Async("JSON length").ConfigureAwait(false);
         byte[] json = await reader.ReadBlobAsync(length, reader.Limits.MaxVmDescriptionLength, at, "JSON").ConfigureAwait(false);

@@ -93,7 +93,8 @@ public sealed record ConfigurationSection(string MachineType, uint? TargetPageBi
     public static async ValueTask<ConfigurationSection> ReadFromAsync(MigrationStreamReader reader)
     {
         ArgumentNullException.ThrowIfNull(reader);
-        reader.BeginRecord("CONFIGURATION");
+        long start = reader.Position - 1;
+        reader.BeginRecord("CONFIGURATION", start);
         long lengthAt = reader.Position;
         uint length = await reader.ReadBe32Async("machine type length").ConfigureAwait(false);
         byte[] name = await reader.ReadBlobAsync(length, reader.Limits.MaxConfigurationNameLength, lengthAt, "machine type").ConfigureAwait(false);
@@ -127,7 +128,7 @@ public sealed record ConfigurationSection(string MachineType, uint? TargetPageBi
                 throw reader.ErrorAt(at, $"unknown subsection '{sub.Name}' in CONFIGURATION");
             }
 
-            reader.BeginRecord("CONFIGURATION");
+            reader.BeginRecord("CONFIGURATION", start);
         }
 
         return new ConfigurationSection(Encoding.UTF8.GetString(name), bits, caps);
