@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
 using System.Text;
 
 namespace Modular.Core.Migration.Stream;
@@ -119,6 +120,7 @@ public sealed partial class MigrationStreamReader
 
         return Slow(count, what);
 
+        [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
         async ValueTask<ReadOnlySequence<byte>> Slow(int count, string what)
         {
             await FillAsync(count, what).ConfigureAwait(false);
@@ -247,14 +249,19 @@ public sealed partial class MigrationStreamReader
         return result;
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<byte> SlowU8(string what) { await FillAsync(1, what).ConfigureAwait(false); return TakeU8(); }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<ushort> SlowBe16(string what) { await FillAsync(2, what).ConfigureAwait(false); return TakeBe16(); }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<uint> SlowBe32(string what) { await FillAsync(4, what).ConfigureAwait(false); return TakeBe32(); }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<ulong> SlowBe64(string what) { await FillAsync(8, what).ConfigureAwait(false); return TakeBe64(); }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask FillAsync(long count, string what, long? wanted = null)
     {
         if (!await TryFillAsync(count, what).ConfigureAwait(false))
@@ -269,6 +276,7 @@ public sealed partial class MigrationStreamReader
     // Reads from the pipe until at least count bytes are buffered; false when the writer completed first.
     // The pipe requires AdvanceTo before each further ReadAsync: everything before _buffer.Start is
     // consumed, everything up to its end has been examined.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> TryFillAsync(long count, string what)
     {
         while (_buffer.Length < count)

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
 using System.Text;
 
 namespace Modular.Core.Migration.Stream;
@@ -187,6 +188,7 @@ public sealed class MigrationStreamWriter
     /// <summary>Flushes the output when it is a <see cref="PipeWriter"/>; otherwise does nothing.</summary>
     /// <param name="cancellationToken">Cancels the flush.</param>
     /// <returns>True when the reader has completed (nobody will read further bytes).</returns>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<bool> FlushAsync(CancellationToken cancellationToken = default)
     {
         if (_output is PipeWriter pipe)

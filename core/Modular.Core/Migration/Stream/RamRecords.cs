@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.CompilerServices;
 
 namespace Modular.Core.Migration.Stream;
 
@@ -124,6 +125,7 @@ public sealed partial class MigrationStreamReader
 
         return Slow();
 
+        [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
         async ValueTask<RamRecordHeader> Slow()
         {
             ulong word = await ReadBe64Async("offset and flags").ConfigureAwait(false);
@@ -131,6 +133,7 @@ public sealed partial class MigrationStreamReader
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<RamRecordHeader> FinishRamHeader(RamRecordFlags flags, ulong offset)
     {
         RamRecordFlags unsupported = flags & ~SupportedRamFlags;
@@ -162,6 +165,7 @@ public sealed partial class MigrationStreamReader
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<string> ReadRamBlockIdAsync()
     {
         int length = await ReadU8Async("RAM block id length").ConfigureAwait(false);
