@@ -1,0 +1,202 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
+using System.Text;
+
+namespace Modular.Core.Migration.Stream;
+
+/// <summary>
+/// Writes the migration stream into an <see cref="IBufferWriter{T}"/> (normally the transport's
+/// <see cref="PipeWriter"/>): big-endian primitives plus the RAM record helpers that track the
+/// CONTINUE flag. Wire types write themselves with their <c>WriteTo(MigrationStreamWriter)</c>.
+/// Writes go straight into the output's memory; nothing is buffered here, so call
+/// <see cref="FlushAsync"/> at record boundaries that should leave the machine.
+/// Not thread-safe: one writer thread (the migration thread, or the return-path writer under its lock).
+/// </summary>
+public sealed class MigrationStreamWriter
+{
+    private readonly IBufferWriter<byte> _output;
+    private string? _lastRamBlockId;
+
+    /// <summary>Writes to <paramref name="output"/>.</summary>
+    /// <param name="output">The transport's pipe writer, or a buffer (for PACKAGED blobs and tests).</param>
+    /// <param name="basePosition">The stream offset of the first byte written (for nested blobs).</param>
+    public MigrationStreamWriter(IBufferWriter<byte> output, long basePosition = 0)
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        _output = output;
+        Position = basePosition;
+    }
+
+    /// <summary>Number of bytes written so far (plus the base position).</summary>
+    public long Position { get; private set; }
+
+    /// <summary>Writes one byte.</summary>
+    /// <param name="value">The byte.</param>
+    public void WriteU8(byte value)
+    {
+        _output.GetSpan(1)[0] = value;
+        Advance(1);
+    }
+
+    /// <summary>Writes a big-endian 16-bit value.</summary>
+    /// <param name="value">The value.</param>
+    public void WriteBe16(ushort value)
+    {
+        BinaryPrimitives.WriteUInt16BigEndian(_output.GetSpan(2), value);
+        Advance(2);
+    }
+
+    /// <summary>Writes a big-endian 32-bit value.</summary>
+    /// <param name="value">The value.</param>
+    public void WriteBe32(uint value)
+    {
+        BinaryPrimitives.WriteUInt32BigEndian(_output.GetSpan(4), value);
+        Advance(4);
+    }
+
+    /// <summary>Writes a big-endian 64-bit value.</summary>
+    /// <param name="value">The value.</param>
+    public void WriteBe64(ulong value)
+    {
+        BinaryPrimitives.WriteUInt64BigEndian(_output.GetSpan(8), value);
+        Advance(8);
+    }
+
+    /// <summary>Writes raw bytes.</summary>
+    /// <param name="bytes">The bytes.</param>
+    public void WriteBytes(ReadOnlySpan<byte> bytes)
+    {
+        while (!bytes.IsEmpty)
+        {
+            Span<byte> span = _output.GetSpan(1);
+            int n = Math.Min(span.Length, bytes.Length);
+            bytes[..n].CopyTo(span);
+            Advance(n);
+            bytes = bytes[n..];
+        }
+    }
+
+    /// <summary>Writes a u8 length and the ASCII/UTF-8 bytes of <paramref name="value"/> (QEMU's counted string).</summary>
+    /// <param name="value">At most 255 bytes in UTF-8.</param>
+    /// <exception cref="ArgumentException">The string is longer than 255 bytes.</exception>
+    public void WriteCountedString(string value)
+    {
+        ArgumentNullException.ThrowIfNull(value);
+        int length = Encoding.UTF8.GetByteCount(value);
+        if (length > byte.MaxValue)
+        {
+            throw new ArgumentException($"'{value}' is {length} bytes long; the stream allows at most 255 for an id string.", nameof(value));
+        }
+
+        Span<byte> span = _output.GetSpan(1 + length);
+        span[0] = (byte)length;
+        Encoding.UTF8.GetBytes(value, span.Slice(1, length));
+        Advance(1 + length);
+    }
+
+    /// <summary>Returns at least <paramref name="sizeHint"/> contiguous bytes of the output to fill; then call <see cref="Advance"/>.</summary>
+    /// <param name="sizeHint">How many bytes are needed.</param>
+    public Span<byte> GetSpan(int sizeHint) => _output.GetSpan(sizeHint);
+
+    /// <summary>Commits <paramref name="count"/> bytes written into the span from <see cref="GetSpan"/>.</summary>
+    /// <param name="count">Bytes written.</param>
+    public void Advance(int count)
+    {
+        _output.Advance(count);
+        Position += count;
+    }
+
+    /// <summary>Writes the byte that ends the device state (QEMU_VM_EOF).</summary>
+    public void WriteEof() => WriteU8((byte)SectionType.Eof);
+
+    /// <summary>
+    /// Forgets the RAM block of the previous RAM record, so the next one carries its id string.
+    /// Called by <see cref="SectionHeader.WriteTo"/>: every section part names its block again, which
+    /// costs a few bytes and lets a reader start at any part.
+    /// </summary>
+    public void ResetRamBlock() => _lastRamBlockId = null;
+
+    /// <summary>
+    /// Writes the be64 word <c>offset | flags</c> of a RAM record and, unless it is the same block as
+    /// the previous record (then CONTINUE is set), the block's id string.
+    /// </summary>
+    /// <param name="flags"><see cref="RamRecordFlags.Page"/> or <see cref="RamRecordFlags.Zero"/>.</param>
+    /// <param name="blockId">The RAM block, e.g. <c>pc.ram</c>.</param>
+    /// <param name="offset">Page-aligned offset in the block.</param>
+    public void WriteRamRecordHeader(RamRecordFlags flags, string blockId, ulong offset)
+    {
+        if ((offset & (StreamFormat.TargetPageSize - 1)) != 0)
+        {
+            throw new ArgumentException($"RAM offset 0x{offset:x} in '{blockId}' is not aligned to {StreamFormat.TargetPageSize} bytes.", nameof(offset));
+        }
+
+        if (ReferenceEquals(blockId, _lastRamBlockId) || string.Equals(blockId, _lastRamBlockId, StringComparison.Ordinal))
+        {
+            WriteBe64(offset | (ulong)(flags | RamRecordFlags.Continue));
+            return;
+        }
+
+        WriteBe64(offset | (ulong)flags);
+        WriteCountedString(blockId);
+        _lastRamBlockId = blockId;
+    }
+
+    /// <summary>
+    /// Starts a PAGE record and returns the <see cref="StreamFormat.TargetPageSize"/> bytes of output
+    /// memory to copy the page into (with the native copy; see DESIGN.md §5). Call <see cref="CommitRamPage"/> next.
+    /// </summary>
+    /// <param name="blockId">The RAM block.</param>
+    /// <param name="offset">Page-aligned offset in the block.</param>
+    public Span<byte> BeginRamPage(string blockId, ulong offset)
+    {
+        WriteRamRecordHeader(RamRecordFlags.Page, blockId, offset);
+        return _output.GetSpan(StreamFormat.TargetPageSize)[..StreamFormat.TargetPageSize];
+    }
+
+    /// <summary>Commits the page bytes written into the span from <see cref="BeginRamPage"/>.</summary>
+    public void CommitRamPage() => Advance(StreamFormat.TargetPageSize);
+
+    /// <summary>Writes a PAGE record with the given page bytes.</summary>
+    /// <param name="blockId">The RAM block.</param>
+    /// <param name="offset">Page-aligned offset in the block.</param>
+    /// <param name="page">Exactly <see cref="StreamFormat.TargetPageSize"/> bytes.</param>
+    public void WriteRamPage(string blockId, ulong offset, ReadOnlySpan<byte> page)
+    {
+        if (page.Length != StreamFormat.TargetPageSize)
+        {
+            throw new ArgumentException($"A RAM page is {StreamFormat.TargetPageSize} bytes, not {page.Length}.", nameof(page));
+        }
+
+        page.CopyTo(BeginRamPage(blockId, offset));
+        CommitRamPage();
+    }
+
+    /// <summary>Writes a ZERO record (the page is all zeroes): header, then the fill byte 0.</summary>
+    /// <param name="blockId">The RAM block.</param>
+    /// <param name="offset">Page-aligned offset in the block.</param>
+    public void WriteRamZeroPage(string blockId, ulong offset)
+    {
+        WriteRamRecordHeader(RamRecordFlags.Zero, blockId, offset);
+        WriteU8(0);
+    }
+
+    /// <summary>Writes the EOS word that ends a part of the RAM section.</summary>
+    public void WriteRamEos() => WriteBe64((ulong)RamRecordFlags.Eos);
+
+    /// <summary>Flushes the output when it is a <see cref="PipeWriter"/>; otherwise does nothing.</summary>
+    /// <param name="cancellationToken">Cancels the flush.</param>
+    /// <returns>True when the reader has completed (nobody will read further bytes).</returns>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    public async ValueTask<bool> FlushAsync(CancellationToken cancellationToken = default)
+    {
+        if (_output is PipeWriter pipe)
+        {
+            FlushResult result = await pipe.FlushAsync(cancellationToken).ConfigureAwait(false);
+            return result.IsCompleted;
+        }
+
+        return false;
+    }
+}
