@@ -1,17 +1,39 @@
 using Microsoft.Extensions.Logging;
 using Modular.Core.Config;
 using Modular.Core.Machine;
-using Modular.Core.Plugins;
+using Modular.Core.Migration.Engine;
 using Modular.Core.Qmp;
 
 namespace Modular.Cli.Commands;
 
-/// <summary>The incoming-migration part of <c>modular run</c>.</summary>
+/// <summary>The incoming-migration part of <c>modular run</c> (QEMU's -incoming).</summary>
 internal static partial class RunCommand
 {
-    private static Task StartIncomingAsync(VirtualMachine machine, ModularConfig config, PluginCatalog plugins, QmpServer? qmp, ILoggerFactory loggers, CancellationToken cancellationToken)
+    /// <summary>Listens on migration.incoming, prints the endpoint bound, and ends the process if the migration fails.</summary>
+    private static async Task StartIncomingAsync(VirtualMachine machine, MigrationController migration, ModularConfig config, ILogger logger)
     {
-        _ = (machine, config, plugins, qmp, loggers, cancellationToken);
-        throw new MachineCreationException($"migration.incoming: incoming migration ({config.Migration.Incoming}) is not implemented yet in this build.", null, isConfigError: true);
+        IncomingMigration incoming;
+        try
+        {
+            incoming = await migration.StartIncomingAsync(config.Migration.Incoming!);
+        }
+        catch (QmpException ex)
+        {
+            throw new MachineCreationException($"migration.incoming: {ex.Message}", ex, isConfigError: false);
+        }
+
+        await Console.Error.WriteLineAsync($"modular: listening for an incoming migration on {incoming.BoundEndpoint}");
+        _ = incoming.Completion.ContinueWith(
+            task =>
+            {
+                if (task.IsFaulted)
+                {
+                    string message = task.Exception!.InnerException!.Message;
+                    logger.LogError("{Message}", message);
+                    Console.Error.WriteLine("modular: " + message);
+                    machine.RequestExit(ExitCodes.Failure, "migration-failed", guest: false);
+                }
+            },
+            TaskScheduler.Default);
     }
 }

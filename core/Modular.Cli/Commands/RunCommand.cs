@@ -4,6 +4,7 @@ using Microsoft.Extensions.Logging;
 using Modular.Abstractions.Devices;
 using Modular.Core.Config;
 using Modular.Core.Machine;
+using Modular.Core.Migration.Engine;
 using Modular.Core.Plugins;
 using Modular.Core.Qmp;
 
@@ -105,6 +106,7 @@ internal static partial class RunCommand
 
         using (machine)
         {
+            var migration = new MigrationController(machine, plugins, loggers);
             QmpServer? qmp = null;
             try
             {
@@ -112,7 +114,9 @@ internal static partial class RunCommand
                 {
                     qmp = QmpServer.Start(config.QmpSocket, logger: loggers.CreateLogger("qmp"));
                     QmpMachineCommands.Register(qmp.Commands, machine);
+                    MigrationQmpCommands.Register(qmp.Commands, migration);
                     machine.EventRaised += qmp.EmitEvent;
+                    migration.EventRaised += qmp.EmitEvent;
                 }
             }
             catch (QmpServerStartException ex)
@@ -140,11 +144,16 @@ internal static partial class RunCommand
             {
                 if (mode == MachineStartMode.Incoming)
                 {
-                    await StartIncomingAsync(machine, config, plugins, qmp, loggers, cancellationToken);
+                    await StartIncomingAsync(machine, migration, config, loggers.CreateLogger("migration"));
                 }
 
                 machine.Start();
-                exitCode = await machine.Exited;
+                exitCode = await machine.Exited.WaitAsync(cancellationToken);
+            }
+            catch (MachineCreationException ex)
+            {
+                await Console.Error.WriteLineAsync("modular: " + ex.Message);
+                return ex.IsConfigError ? ExitCodes.Usage : ExitCodes.Failure;
             }
             finally
             {

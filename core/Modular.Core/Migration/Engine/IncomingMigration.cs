@@ -1,0 +1,268 @@
+using System.Buffers;
+using Microsoft.Extensions.Logging;
+using Modular.Abstractions.Devices;
+using Modular.Abstractions.Transports;
+using Modular.Core.Machine;
+using Modular.Core.Memory;
+using Modular.Core.Migration.State;
+using Modular.Core.Migration.Stream;
+
+namespace Modular.Core.Migration.Engine;
+
+/// <summary>
+/// One incoming (destination) migration: listens, accepts one connection, and loads the stream:
+/// header, configuration, commands, the "ram" section's pages, every device and vCPU section
+/// (validated by its own Load), EOF. Then it answers SHUT on the return path and starts the guest.
+/// </summary>
+/// <remarks>
+/// Threads: <see cref="LoadAsync"/> is the main incoming task (QEMU's incoming coroutine): it alone
+/// reads the forward path until postcopy's LISTEN hands the stream to the listen thread. Return-path
+/// writes go through <see cref="ReturnPathWriter"/>, whose lock serialises them.
+/// </remarks>
+public sealed partial class IncomingMigration
+{
+    private readonly VirtualMachine _machine;
+    private readonly IMigrationTransport _transport;
+    private readonly TransportEndpoint _endpoint;
+    private readonly MigrationSettings _settings;
+    private readonly ILogger _logger;
+    private readonly CancellationTokenSource _cancel = new();
+    private readonly Dictionary<uint, SectionTarget> _sectionsById = new();
+    private IMigrationListener? _listener;
+    private ReturnPathWriter? _returnPath;
+    private volatile string? _error;
+
+    /// <summary>Prepares an incoming migration into <paramref name="machine"/>, which must be in inmigrate.</summary>
+    /// <param name="machine">The destination machine (built with <see cref="MachineStartMode.Incoming"/>).</param>
+    /// <param name="transport">The transport plugin for the endpoint's scheme.</param>
+    /// <param name="endpoint">Where to listen.</param>
+    /// <param name="settings">The destination's capabilities (postcopy-ram must be set here too).</param>
+    /// <param name="logger">Logging.</param>
+    public IncomingMigration(VirtualMachine machine, IMigrationTransport transport, TransportEndpoint endpoint, MigrationSettings settings, ILogger logger)
+    {
+        _machine = machine;
+        _transport = transport;
+        _endpoint = endpoint;
+        _settings = settings;
+        _logger = logger;
+    }
+
+    /// <summary>The migration's status.</summary>
+    public MigrationStatusMachine Status { get; } = new();
+
+    /// <summary>Counters for query-migrate.</summary>
+    public MigrationStats Stats { get; } = new();
+
+    /// <summary>Why the migration failed, once it has.</summary>
+    public string? Error => _error;
+
+    /// <summary>The endpoint actually bound (the real port when 0 was asked for), once listening.</summary>
+    public TransportEndpoint? BoundEndpoint => _listener?.Endpoint;
+
+    /// <summary>Completes when the migration has finished; faults with the error when it failed.</summary>
+    public Task Completion { get; private set; } = Task.CompletedTask;
+
+    /// <summary>Binds the listener (errors surface here, at once) and starts waiting for the source. QMP loop or main thread.</summary>
+    /// <returns>The endpoint actually bound.</returns>
+    public async Task<TransportEndpoint> ListenAsync()
+    {
+        _listener = await _transport.ListenAsync(_endpoint, _cancel.Token).ConfigureAwait(false);
+        Completion = Task.Run(AcceptAndLoadAsync);
+        return _listener.Endpoint;
+    }
+
+    /// <summary>Stops waiting or loading. Any thread.</summary>
+    public void Cancel() => _cancel.Cancel();
+
+    private async Task AcceptAndLoadAsync()
+    {
+        IMigrationConnection? connection = null;
+        try
+        {
+            connection = await _listener!.AcceptAsync(_cancel.Token).ConfigureAwait(false);
+            Status.MoveTo(MigrationStatus.Setup);
+            await LoadAsync(connection).ConfigureAwait(false);
+            Stats.SetFinished();
+            Status.MoveTo(MigrationStatus.Completed);
+            _machine.CompleteIncoming();
+            _logger.LogInformation("Incoming migration on {Endpoint} completed in {Ms} ms", _endpoint, Stats.TotalMs);
+        }
+        catch (Exception ex)
+        {
+            _error = ex is MigrationStreamException or DeviceStateException or TransportException
+                ? "Incoming migration failed: " + ex.Message
+                : "Incoming migration failed: " + ex.GetType().Name + ": " + ex.Message;
+            Stats.SetFinished();
+            if (Status.Current == MigrationStatus.None)
+            {
+                Status.TryMoveTo(MigrationStatus.Setup, out _);
+            }
+
+            Status.TryMoveTo(MigrationStatus.Failed, out _);
+            _logger.LogError("{Error}", _error);
+            if (_returnPath is not null)
+            {
+                await _returnPath.TrySendAsync(ReturnPathMessage.Shut(1)).ConfigureAwait(false);
+            }
+
+            throw new IncomingMigrationException(_error, ex);
+        }
+        finally
+        {
+            if (connection is not null)
+            {
+                await connection.DisposeAsync().ConfigureAwait(false);
+            }
+
+            if (_listener is not null)
+            {
+                await _listener.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>The main incoming task: reads and applies the whole precopy stream.</summary>
+    private async Task LoadAsync(IMigrationConnection connection)
+    {
+        var reader = new MigrationStreamReader(connection.Transport.Input, cancellationToken: _cancel.Token);
+        await StreamHeader.ReadFromAsync(reader).ConfigureAwait(false);
+        Dictionary<(string, uint), ISaveVmSection> devices = _machine.StateSections().ToDictionary(s => (s.IdString, s.InstanceId));
+        var ram = new RamLoader(_machine.Ram, Stats);
+        bool activeReported = false;
+        while (true)
+        {
+            long at = reader.Position;
+            SectionType type = await reader.ReadSectionTypeAsync().ConfigureAwait(false);
+            if (!activeReported && type is not (SectionType.Configuration or SectionType.Command))
+            {
+                Status.MoveTo(MigrationStatus.Active);
+                activeReported = true;
+            }
+
+            switch (type)
+            {
+                case SectionType.Configuration:
+                    ConfigurationSection configuration = await ConfigurationSection.ReadFromAsync(reader).ConfigureAwait(false);
+                    if (configuration.MachineType != OutgoingMigration.MachineType)
+                    {
+                        throw reader.ErrorAt(at, $"machine type '{configuration.MachineType}' does not match this machine's '{OutgoingMigration.MachineType}'");
+                    }
+
+                    break;
+                case SectionType.Command:
+                    StreamCommand command = await StreamCommand.ReadFromAsync(reader).ConfigureAwait(false);
+                    await HandleCommandAsync(command, connection, reader, at).ConfigureAwait(false);
+                    break;
+                case SectionType.Start or SectionType.Full:
+                    SectionHeader header = await SectionHeader.ReadFromAsync(reader, type).ConfigureAwait(false);
+                    SectionTarget target = Resolve(header, devices, ram, reader, at);
+                    _sectionsById[header.SectionId] = target;
+                    await LoadSectionBodyAsync(target, header, reader, at).ConfigureAwait(false);
+                    break;
+                case SectionType.Part or SectionType.End:
+                    SectionHeader part = await SectionHeader.ReadFromAsync(reader, type).ConfigureAwait(false);
+                    if (!_sectionsById.TryGetValue(part.SectionId, out SectionTarget? known))
+                    {
+                        throw reader.ErrorAt(at, $"section id {part.SectionId} was never started");
+                    }
+
+                    await LoadSectionBodyAsync(known, part, reader, at).ConfigureAwait(false);
+                    break;
+                case SectionType.Eof:
+                    if (!ram.SawMemSize)
+                    {
+                        throw reader.ErrorAt(at, "EOF before any RAM: the stream carries no 'ram' section");
+                    }
+
+                    if (!await reader.IsAtEndAsync().ConfigureAwait(false) && await reader.PeekU8Async("VMDESCRIPTION") == (int)SectionType.VmDescription)
+                    {
+                        await reader.ReadSectionTypeAsync().ConfigureAwait(false);
+                        await VmDescription.ReadFromAsync(reader).ConfigureAwait(false);
+                    }
+
+                    if (_returnPath is not null)
+                    {
+                        await _returnPath.SendAsync(ReturnPathMessage.Shut(0)).ConfigureAwait(false);
+                    }
+
+                    return;
+                default:
+                    throw reader.ErrorAt(at, $"unexpected {type} record at the top level of the stream");
+            }
+        }
+    }
+
+    private SectionTarget Resolve(SectionHeader header, Dictionary<(string, uint), ISaveVmSection> devices, RamLoader ram, MigrationStreamReader reader, long at)
+    {
+        string id = header.IdString!;
+        if (id == RamSaver.SectionName)
+        {
+            if (header.VersionId != RamSaver.SectionVersion)
+            {
+                throw reader.ErrorAt(at, $"section 'ram' has version {header.VersionId}; this machine reads version {RamSaver.SectionVersion}");
+            }
+
+            return new SectionTarget(id, header.InstanceId, null, ram);
+        }
+
+        if (!devices.TryGetValue((id, header.InstanceId), out ISaveVmSection? section))
+        {
+            string known = string.Join(", ", devices.Keys.Select(k => $"{k.Item1}/{k.Item2}"));
+            throw reader.ErrorAt(at, $"unknown section '{id}' instance {header.InstanceId}: this machine has no such device (it has: ram, {known}); give the destination the same devices as the source");
+        }
+
+        if (header.VersionId > section.Version)
+        {
+            throw reader.ErrorAt(at, $"section '{id}' instance {header.InstanceId} has version {header.VersionId}, newer than this device supports ({section.Version}); upgrade the destination's plugin");
+        }
+
+        if (header.VersionId < section.MinimumVersion)
+        {
+            throw reader.ErrorAt(at, $"section '{id}' instance {header.InstanceId} has version {header.VersionId}, older than this device can read (minimum {section.MinimumVersion})");
+        }
+
+        return new SectionTarget(id, header.InstanceId, section, null);
+    }
+
+    private async Task LoadSectionBodyAsync(SectionTarget target, SectionHeader header, MigrationStreamReader reader, long at)
+    {
+        if (target.Ram is not null)
+        {
+            await target.Ram.LoadRecordsAsync(reader, header.Type == SectionType.Start).ConfigureAwait(false);
+        }
+        else
+        {
+            long lengthAt = reader.Position;
+            uint length = await reader.ReadBe32Async("device state length").ConfigureAwait(false);
+            byte[] state = await reader.ReadBlobAsync(length, 64 << 20, lengthAt, "device state").ConfigureAwait(false);
+            try
+            {
+                target.Device!.Load(new SaveVmReader(state, $"{target.IdString}/{target.InstanceId}"), header.VersionId);
+            }
+            catch (DeviceStateException ex)
+            {
+                throw reader.ErrorAt(at, ex.Message.TrimEnd('.'));
+            }
+        }
+
+        await SectionFooter.ReadFromAsync(reader, header.SectionId, target.IdString).ConfigureAwait(false);
+    }
+
+    private sealed record SectionTarget(string IdString, uint InstanceId, ISaveVmSection? Device, RamLoader? Ram);
+}
+
+/// <summary>An incoming migration failed; the message names the byte offset and record where it could.</summary>
+public sealed class IncomingMigrationException : Exception
+{
+    /// <summary>Creates the exception.</summary>
+    public IncomingMigrationException() { }
+
+    /// <summary>Creates the exception with a message.</summary>
+    /// <param name="message">What failed.</param>
+    public IncomingMigrationException(string message) : base(message) { }
+
+    /// <summary>Creates the exception with a message and cause.</summary>
+    /// <param name="message">What failed.</param>
+    /// <param name="innerException">The cause.</param>
+    public IncomingMigrationException(string message, Exception innerException) : base(message, innerException) { }
+}

@@ -1,0 +1,190 @@
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Modular.Abstractions.Transports;
+using Modular.Core.Machine;
+using Modular.Core.Migration.State;
+using Modular.Core.Plugins;
+using Modular.Core.Qmp;
+
+namespace Modular.Core.Migration.Engine;
+
+/// <summary>
+/// A machine's migration front end: its capabilities and parameters, the current (or last) outgoing
+/// or incoming migration, and the QMP commands that drive them with QEMU's names and shapes:
+/// migrate, migrate-incoming, migrate_cancel, migrate-set/query-capabilities, migrate-set/query-parameters,
+/// query-migrate. It raises MIGRATION and MIGRATION_PASS events (when the "events" capability is on,
+/// as QEMU does). QMP loop, except where noted.
+/// </summary>
+public sealed class MigrationController
+{
+    private readonly VirtualMachine _machine;
+    private readonly PluginCatalog _plugins;
+    private readonly ILoggerFactory _loggers;
+    private readonly object _gate = new();
+    private OutgoingMigration? _outgoing;
+    private IncomingMigration? _incoming;
+
+    /// <summary>Creates the controller for <paramref name="machine"/>.</summary>
+    /// <param name="machine">The machine.</param>
+    /// <param name="plugins">Where transports are found.</param>
+    /// <param name="loggers">Logging.</param>
+    public MigrationController(VirtualMachine machine, PluginCatalog plugins, ILoggerFactory? loggers = null)
+    {
+        _machine = machine;
+        _plugins = plugins;
+        _loggers = loggers ?? NullLoggerFactory.Instance;
+        Settings = new MigrationSettings(machine.Config.Migration);
+    }
+
+    /// <summary>Capabilities and parameters.</summary>
+    public MigrationSettings Settings { get; }
+
+    /// <summary>The current or last outgoing migration.</summary>
+    public OutgoingMigration? Outgoing
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _outgoing;
+            }
+        }
+    }
+
+    /// <summary>The current or last incoming migration.</summary>
+    public IncomingMigration? Incoming
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _incoming;
+            }
+        }
+    }
+
+    /// <summary>Raised for MIGRATION and MIGRATION_PASS events (name, data). Any thread.</summary>
+    public event Action<string, JsonObject?>? EventRaised;
+
+    /// <summary>Starts an outgoing migration to <paramref name="uri"/>.</summary>
+    /// <param name="uri">A migration URI such as tcp:127.0.0.1:4444.</param>
+    /// <exception cref="QmpException">A migration is already running, or the URI or its plugin is wrong.</exception>
+    public OutgoingMigration StartOutgoing(string uri)
+    {
+        lock (_gate)
+        {
+            if (_outgoing is { Status.IsFinished: false } || _incoming is { Status.IsFinished: false })
+            {
+                throw QmpException.Generic("There's a migration process in progress");
+            }
+
+            if (_machine.RunState is QmpRunState.InMigrate)
+            {
+                throw QmpException.Generic("Guest is waiting for an incoming migration");
+            }
+
+            (IMigrationTransport transport, TransportEndpoint endpoint) = ResolveTransport(uri);
+            var migration = new OutgoingMigration(_machine, transport, endpoint, Settings.Snapshot(), _loggers.CreateLogger("migration"));
+            Wire(migration.Status, migration.Settings);
+            migration.PassStarted += pass => EmitIf(migration.Settings, "MIGRATION_PASS", new JsonObject { ["pass"] = pass });
+            _outgoing = migration;
+            migration.Start();
+            return migration;
+        }
+    }
+
+    /// <summary>Starts listening for an incoming migration on <paramref name="uri"/>; returns once bound.</summary>
+    /// <param name="uri">A migration URI such as tcp:0.0.0.0:4444 (port 0 picks one).</param>
+    /// <exception cref="QmpException">The machine is not waiting for a migration, or the URI is wrong.</exception>
+    public async Task<IncomingMigration> StartIncomingAsync(string uri)
+    {
+        IncomingMigration migration;
+        lock (_gate)
+        {
+            if (_machine.RunState != QmpRunState.InMigrate)
+            {
+                throw QmpException.Generic("'-incoming' was not specified on the command line");
+            }
+
+            if (_incoming is not null && _incoming.Status.Current != MigrationStatus.Failed)
+            {
+                throw QmpException.Generic("The incoming migration has already been started");
+            }
+
+            (IMigrationTransport transport, TransportEndpoint endpoint) = ResolveTransport(uri);
+            migration = new IncomingMigration(_machine, transport, endpoint, Settings, _loggers.CreateLogger("migration"));
+            Wire(migration.Status, Settings.Snapshot());
+            _incoming = migration;
+        }
+
+        try
+        {
+            await migration.ListenAsync().ConfigureAwait(false);
+        }
+        catch (TransportException ex)
+        {
+            throw QmpException.Generic(ex.Message);
+        }
+
+        return migration;
+    }
+
+    private (IMigrationTransport, TransportEndpoint) ResolveTransport(string uri)
+    {
+        TransportEndpoint endpoint;
+        try
+        {
+            endpoint = TransportEndpoint.Parse(uri);
+        }
+        catch (FormatException ex)
+        {
+            throw QmpException.Generic(ex.Message);
+        }
+
+        try
+        {
+            IMigrationTransport transport = _plugins.GetTransport(endpoint.Scheme);
+            Abstractions.Plugins.PluginAvailability availability = transport.Probe();
+            if (!availability.IsUsable)
+            {
+                throw QmpException.Generic($"Transport '{endpoint.Scheme}' cannot be used on this host: {availability.Reason}");
+            }
+
+            return (transport, endpoint);
+        }
+        catch (PluginException ex)
+        {
+            throw QmpException.Generic(ex.Message);
+        }
+    }
+
+    private void Wire(MigrationStatusMachine status, MigrationSettingsSnapshot settings) =>
+        status.Changed += s => EmitIf(settings, "MIGRATION", new JsonObject { ["status"] = s.ToQmp() });
+
+    private void EmitIf(MigrationSettingsSnapshot settings, string name, JsonObject data)
+    {
+        if (settings.Has("events"))
+        {
+            EventRaised?.Invoke(name, data);
+        }
+    }
+
+    /// <summary>query-migrate: the outgoing migration's figures, else the incoming one's, else {}.</summary>
+    public JsonObject Query()
+    {
+        OutgoingMigration? outgoing = Outgoing;
+        IncomingMigration? incoming = Incoming;
+        if (outgoing is not null)
+        {
+            return outgoing.Stats.ToQmp(outgoing.Status.Current, outgoing.Error, outgoing: true);
+        }
+
+        if (incoming is not null && incoming.Status.Current != MigrationStatus.None)
+        {
+            return incoming.Stats.ToQmp(incoming.Status.Current, incoming.Error, outgoing: false);
+        }
+
+        return new JsonObject();
+    }
+}

@@ -1,0 +1,102 @@
+using System.Text.Json.Nodes;
+using Modular.Core.Config;
+using Modular.Core.Qmp;
+
+namespace Modular.Core.Migration.Engine;
+
+/// <summary>Registers the migration QMP commands of one <see cref="MigrationController"/>, with QEMU's argument names.</summary>
+public static class MigrationQmpCommands
+{
+    /// <summary>Adds migrate, migrate-incoming, migrate_cancel, capabilities, parameters and query-migrate to <paramref name="commands"/>.</summary>
+    /// <param name="commands">The QMP server's registry.</param>
+    /// <param name="controller">The machine's migration controller.</param>
+    public static void Register(QmpCommandRegistry commands, MigrationController controller)
+    {
+        commands.Register("migrate", ["uri", "detach", "blk", "inc", "resume"], (args, _) =>
+        {
+            if (args.GetOptionalBoolean("resume") == true)
+            {
+                throw QmpException.Generic("Postcopy recovery (resume) is not supported by Modular");
+            }
+
+            controller.StartOutgoing(args.GetString("uri"));
+            return ValueTask.FromResult<JsonNode?>(new JsonObject());
+        });
+
+        commands.Register("migrate-incoming", ["uri"], async (args, _) =>
+        {
+            await controller.StartIncomingAsync(args.GetString("uri")).ConfigureAwait(false);
+            return new JsonObject();
+        });
+
+        commands.Register("migrate_cancel", (_, _) =>
+        {
+            controller.Outgoing?.Cancel();
+            return ValueTask.FromResult<JsonNode?>(new JsonObject());
+        });
+
+        commands.Register("query-migrate", (_, _) => ValueTask.FromResult<JsonNode?>(controller.Query()));
+
+        commands.Register("migrate-set-capabilities", ["capabilities"], (args, _) =>
+        {
+            var changes = new List<KeyValuePair<string, bool>>();
+            foreach (JsonNode? item in args.GetArray("capabilities"))
+            {
+                var entry = new QmpArguments(item as JsonObject ?? throw QmpException.Generic("Invalid parameter type for 'capabilities', expected: object"));
+                changes.Add(new(entry.GetString("capability"), entry.GetBoolean("state")));
+            }
+
+            if (controller.Outgoing is { Status.IsFinished: false } || controller.Incoming is { Status.IsFinished: false, Status.Current: not State.MigrationStatus.None })
+            {
+                throw QmpException.Generic("There's a migration process in progress");
+            }
+
+            try
+            {
+                controller.Settings.SetCapabilities(changes);
+            }
+            catch (ArgumentException ex)
+            {
+                throw QmpException.Generic(ex.Message);
+            }
+
+            return ValueTask.FromResult<JsonNode?>(new JsonObject());
+        });
+
+        commands.Register("query-migrate-capabilities", (_, _) =>
+        {
+            MigrationSettingsSnapshot snapshot = controller.Settings.Snapshot();
+            var list = new JsonArray();
+            foreach (string name in ConfigSchema.Capabilities)
+            {
+                list.Add(new JsonObject { ["capability"] = name, ["state"] = snapshot.Has(name) });
+            }
+
+            return ValueTask.FromResult<JsonNode?>(list);
+        });
+
+        commands.Register("migrate-set-parameters", ["downtime-limit", "max-bandwidth"], (args, _) =>
+        {
+            try
+            {
+                controller.Settings.SetParameters(args.GetOptionalInt64("downtime-limit"), args.GetOptionalUInt64("max-bandwidth"));
+            }
+            catch (ArgumentOutOfRangeException ex)
+            {
+                throw QmpException.Generic(ex.Message.Split(" (Parameter", 2)[0]);
+            }
+
+            return ValueTask.FromResult<JsonNode?>(new JsonObject());
+        });
+
+        commands.Register("query-migrate-parameters", (_, _) =>
+        {
+            MigrationSettingsSnapshot snapshot = controller.Settings.Snapshot();
+            return ValueTask.FromResult<JsonNode?>(new JsonObject
+            {
+                ["downtime-limit"] = snapshot.DowntimeLimitMs,
+                ["max-bandwidth"] = snapshot.MaxBandwidth,
+            });
+        });
+    }
+}

@@ -1,0 +1,94 @@
+using Modular.Core.Config;
+
+namespace Modular.Core.Migration.Engine;
+
+/// <summary>
+/// Migration capabilities and parameters of one machine, with QEMU's names, as set by
+/// migrate-set-capabilities / migrate-set-parameters (or the config). A migration takes a snapshot
+/// of them when it starts. Guarded by its own lock; any thread.
+/// </summary>
+public sealed class MigrationSettings
+{
+    private readonly object _gate = new();
+    private readonly Dictionary<string, bool> _capabilities;
+    private long _downtimeLimitMs;
+    private ulong _maxBandwidth;
+
+    /// <summary>Starts from the config's migration section.</summary>
+    /// <param name="config">The validated migration section.</param>
+    public MigrationSettings(MigrationConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        _capabilities = new Dictionary<string, bool>(config.Capabilities, StringComparer.Ordinal);
+        _downtimeLimitMs = config.DowntimeLimitMs;
+        _maxBandwidth = config.MaxBandwidth;
+        FaultBackend = config.FaultBackend;
+    }
+
+    /// <summary>The fault backend a postcopy destination uses.</summary>
+    public string FaultBackend { get; }
+
+    /// <summary>The capability names Modular knows.</summary>
+    public static IReadOnlyList<string> KnownCapabilities => ConfigSchema.Capabilities;
+
+    /// <summary>A consistent copy of the current values.</summary>
+    public MigrationSettingsSnapshot Snapshot()
+    {
+        lock (_gate)
+        {
+            return new MigrationSettingsSnapshot(new Dictionary<string, bool>(_capabilities, StringComparer.Ordinal), _downtimeLimitMs, _maxBandwidth);
+        }
+    }
+
+    /// <summary>Sets capabilities; all or nothing.</summary>
+    /// <param name="changes">Capability names and states.</param>
+    /// <exception cref="ArgumentException">An unknown capability; the message lists the known ones.</exception>
+    public void SetCapabilities(IEnumerable<KeyValuePair<string, bool>> changes)
+    {
+        var list = changes.ToList();
+        foreach ((string name, bool _) in list)
+        {
+            if (!_capabilities.ContainsKey(name))
+            {
+                throw new ArgumentException($"Capability '{name}' is not supported by Modular; supported: {string.Join(", ", KnownCapabilities)}.");
+            }
+        }
+
+        lock (_gate)
+        {
+            foreach ((string name, bool state) in list)
+            {
+                _capabilities[name] = state;
+            }
+        }
+    }
+
+    /// <summary>Sets downtime-limit and/or max-bandwidth.</summary>
+    /// <param name="downtimeLimitMs">New downtime-limit in ms, or null to keep.</param>
+    /// <param name="maxBandwidth">New max-bandwidth in bytes/s, or null to keep.</param>
+    /// <exception cref="ArgumentOutOfRangeException">A value out of QEMU's range.</exception>
+    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth)
+    {
+        if (downtimeLimitMs is < 0 or > 2_000_000)
+        {
+            throw new ArgumentOutOfRangeException(nameof(downtimeLimitMs), "Parameter 'downtime-limit' expects an integer in the range of 0 to 2000000 milliseconds");
+        }
+
+        lock (_gate)
+        {
+            _downtimeLimitMs = downtimeLimitMs ?? _downtimeLimitMs;
+            _maxBandwidth = maxBandwidth ?? _maxBandwidth;
+        }
+    }
+}
+
+/// <summary>The capabilities and parameters one migration runs with.</summary>
+/// <param name="Capabilities">Capability name to state.</param>
+/// <param name="DowntimeLimitMs">downtime-limit.</param>
+/// <param name="MaxBandwidth">max-bandwidth in bytes/s (0 = unlimited).</param>
+public sealed record MigrationSettingsSnapshot(IReadOnlyDictionary<string, bool> Capabilities, long DowntimeLimitMs, ulong MaxBandwidth)
+{
+    /// <summary>True when <paramref name="name"/> is on.</summary>
+    /// <param name="name">A capability name.</param>
+    public bool Has(string name) => Capabilities.TryGetValue(name, out bool on) && on;
+}

@@ -1,0 +1,138 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Modular.Core.Migration.State;
+
+namespace Modular.Core.Migration.Engine;
+
+/// <summary>
+/// Counters of one migration, read by query-migrate (QEMU's field names). Written by the migration
+/// task and the return-path reader with atomic operations; read from the QMP loop.
+/// </summary>
+public sealed class MigrationStats
+{
+    private readonly Stopwatch _clock = Stopwatch.StartNew();
+    private long _transferred;
+    private long _normalPages;
+    private long _duplicatePages;
+    private long _remaining;
+    private long _total;
+    private long _dirtySyncCount;
+    private long _postcopyRequests;
+    private long _setupMs = -1;
+    private long _totalMs = -1;
+    private long _downtimeMs = -1;
+    private long _expectedDowntimeMs;
+    private long _mbpsBits;
+    private long _dirtyPagesRate;
+    private long _pagesPerSecond;
+
+    /// <summary>Bytes written to the transport.</summary>
+    public long Transferred => Interlocked.Read(ref _transferred);
+
+    /// <summary>Pages sent with their data.</summary>
+    public long NormalPages => Interlocked.Read(ref _normalPages);
+
+    /// <summary>Pages sent as zero pages.</summary>
+    public long DuplicatePages => Interlocked.Read(ref _duplicatePages);
+
+    /// <summary>Page requests served (postcopy).</summary>
+    public long PostcopyRequests => Interlocked.Read(ref _postcopyRequests);
+
+    /// <summary>Dirty-bitmap syncs.</summary>
+    public long DirtySyncCount => Interlocked.Read(ref _dirtySyncCount);
+
+    /// <summary>Milliseconds since the migration started.</summary>
+    public long ElapsedMs => _clock.ElapsedMilliseconds;
+
+    /// <summary>The downtime in milliseconds, once known (-1 before).</summary>
+    public long DowntimeMs => Interlocked.Read(ref _downtimeMs);
+
+    /// <summary>Total time in milliseconds, once finished (-1 before).</summary>
+    public long TotalMs => Interlocked.Read(ref _totalMs);
+
+    internal void AddTransferred(long bytes) => Interlocked.Add(ref _transferred, bytes);
+
+    internal void AddNormal() => Interlocked.Increment(ref _normalPages);
+
+    internal void AddDuplicate() => Interlocked.Increment(ref _duplicatePages);
+
+    internal void AddPostcopyRequest() => Interlocked.Increment(ref _postcopyRequests);
+
+    internal void AddDirtySync() => Interlocked.Increment(ref _dirtySyncCount);
+
+    internal void SetTotalBytes(long bytes) => Interlocked.Exchange(ref _total, bytes);
+
+    internal void SetRemaining(long bytes) => Interlocked.Exchange(ref _remaining, bytes);
+
+    internal void SetSetupDone() => Interlocked.Exchange(ref _setupMs, _clock.ElapsedMilliseconds);
+
+    internal void SetDowntime(long ms) => Interlocked.Exchange(ref _downtimeMs, ms);
+
+    internal void SetFinished() => Interlocked.Exchange(ref _totalMs, _clock.ElapsedMilliseconds);
+
+    internal void SetRates(double bytesPerSecond, double dirtyPagesPerSecond, double pagesPerSecond, long expectedDowntimeMs)
+    {
+        Interlocked.Exchange(ref _mbpsBits, BitConverter.DoubleToInt64Bits(bytesPerSecond * 8 / 1e6));
+        Interlocked.Exchange(ref _dirtyPagesRate, (long)dirtyPagesPerSecond);
+        Interlocked.Exchange(ref _pagesPerSecond, (long)pagesPerSecond);
+        Interlocked.Exchange(ref _expectedDowntimeMs, expectedDowntimeMs);
+    }
+
+    /// <summary>The query-migrate reply for a migration in <paramref name="status"/>.</summary>
+    /// <param name="status">The current status.</param>
+    /// <param name="error">The error description when failed.</param>
+    /// <param name="outgoing">True on the source (RAM figures are the source's).</param>
+    public JsonObject ToQmp(MigrationStatus status, string? error, bool outgoing)
+    {
+        var reply = new JsonObject { ["status"] = status.ToQmp() };
+        if (status == MigrationStatus.None)
+        {
+            return reply;
+        }
+
+        long total = Interlocked.Read(ref _totalMs);
+        reply["total-time"] = total >= 0 ? total : _clock.ElapsedMilliseconds;
+        long setup = Interlocked.Read(ref _setupMs);
+        if (setup >= 0)
+        {
+            reply["setup-time"] = setup;
+        }
+
+        long downtime = Interlocked.Read(ref _downtimeMs);
+        if (downtime >= 0)
+        {
+            reply["downtime"] = downtime;
+        }
+        else if (status is MigrationStatus.Active or MigrationStatus.Setup)
+        {
+            reply["expected-downtime"] = Interlocked.Read(ref _expectedDowntimeMs);
+        }
+
+        if (outgoing || Transferred > 0)
+        {
+            long normal = NormalPages;
+            reply["ram"] = new JsonObject
+            {
+                ["transferred"] = Transferred,
+                ["remaining"] = Interlocked.Read(ref _remaining),
+                ["total"] = Interlocked.Read(ref _total),
+                ["duplicate"] = DuplicatePages,
+                ["normal"] = normal,
+                ["normal-bytes"] = normal * 4096,
+                ["dirty-pages-rate"] = Interlocked.Read(ref _dirtyPagesRate),
+                ["mbps"] = BitConverter.Int64BitsToDouble(Interlocked.Read(ref _mbpsBits)),
+                ["dirty-sync-count"] = DirtySyncCount,
+                ["pages-per-second"] = Interlocked.Read(ref _pagesPerSecond),
+                ["postcopy-requests"] = PostcopyRequests,
+                ["page-size"] = 4096,
+            };
+        }
+
+        if (error is not null)
+        {
+            reply["error-desc"] = error;
+        }
+
+        return reply;
+    }
+}

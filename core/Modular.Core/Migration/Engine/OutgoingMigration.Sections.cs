@@ -1,0 +1,125 @@
+using System.IO.Pipelines;
+using System.Text.Json.Nodes;
+using Modular.Abstractions.Devices;
+using Modular.Abstractions.Transports;
+using Modular.Core.Migration.Stream;
+
+namespace Modular.Core.Migration.Engine;
+
+/// <summary>Device sections, the return path, and the end of an outgoing migration.</summary>
+public sealed partial class OutgoingMigration
+{
+    private static readonly TimeSpan DestinationAckTimeout = TimeSpan.FromSeconds(60);
+
+    /// <summary>
+    /// Writes every device and vCPU section as SECTION_FULL: header, be32 length and the state the
+    /// section saved, footer. (QEMU's VMState fields are self-delimiting; Modular's device state is an
+    /// opaque versioned blob, so it carries its length, and the VM description says so.)
+    /// Migration task, vCPUs stopped.
+    /// </summary>
+    internal static uint WriteDeviceSections(MigrationStreamWriter writer, IReadOnlyList<ISaveVmSection> sections, uint firstSectionId, VmDescriptionBuilder? description)
+    {
+        uint id = firstSectionId;
+        foreach (ISaveVmSection section in sections)
+        {
+            var state = new SaveVmWriter();
+            section.Save(state);
+            SectionHeader.Full(id, section.IdString, section.InstanceId, section.Version).WriteTo(writer);
+            writer.WriteBe32((uint)state.Length);
+            writer.WriteBytes(state.WrittenSpan);
+            new SectionFooter(id).WriteTo(writer);
+            description?.AddDevice(section, state.Length);
+            id++;
+        }
+
+        return id;
+    }
+
+    /// <summary>The return-path reader task: SHUT, PONG, and (postcopy) page requests.</summary>
+    private async Task ReadReturnPathAsync(IMigrationConnection connection)
+    {
+        var reader = new MigrationStreamReader(connection.Transport.Input);
+        try
+        {
+            while (!await reader.IsAtEndAsync().ConfigureAwait(false))
+            {
+                ReturnPathMessage message = await ReturnPathMessage.ReadFromAsync(reader).ConfigureAwait(false);
+                switch (message.Type)
+                {
+                    case ReturnPathMessageType.Shut:
+                        _shutReceived.TrySetResult(message.Value);
+                        return;
+                    case ReturnPathMessageType.Pong:
+                        break;
+                    case ReturnPathMessageType.ReqPages or ReturnPathMessageType.ReqPagesId:
+                        OnPageRequest(message);
+                        break;
+                    default:
+                        throw reader.Error($"unexpected {ReturnPathMessage.RecordName(message.Type)} message");
+                }
+            }
+
+            _shutReceived.TrySetException(new IOException("the destination closed the return path without saying whether it loaded the guest"));
+        }
+        catch (Exception ex)
+        {
+            _shutReceived.TrySetException(new IOException("the return path failed: " + ex.Message, ex));
+        }
+    }
+
+    /// <summary>Waits until the destination has everything: its SHUT on the return path, or the connection's close.</summary>
+    private async Task WaitForDestinationAsync(IMigrationConnection connection, bool returnPath, Task returnPathReader)
+    {
+        if (returnPath)
+        {
+            uint error = await _shutReceived.Task.WaitAsync(DestinationAckTimeout, _cancel.Token).ConfigureAwait(false);
+            await returnPathReader.ConfigureAwait(false);
+            if (error != 0)
+            {
+                throw new IOException("the destination could not load the guest (it sent SHUT with the error flag); see the destination's log");
+            }
+
+            return;
+        }
+
+        await connection.Transport.Output.CompleteAsync().ConfigureAwait(false);
+        PipeReader input = connection.Transport.Input;
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_cancel.Token);
+        timeout.CancelAfter(DestinationAckTimeout);
+        while (true)
+        {
+            ReadResult read = await input.ReadAsync(timeout.Token).ConfigureAwait(false);
+            input.AdvanceTo(read.Buffer.End);
+            if (read.IsCompleted || read.IsCanceled)
+            {
+                return;
+            }
+        }
+    }
+
+    private void OnPageRequest(ReturnPathMessage message) =>
+        throw new InvalidOperationException($"the destination requested pages at 0x{message.Start:x}, but this migration is not in postcopy");
+}
+
+/// <summary>Builds the VMDESCRIPTION JSON that follows EOF (QEMU's vmdesc, as analyze-migration.py reads it).</summary>
+internal sealed class VmDescriptionBuilder
+{
+    private readonly JsonArray _devices = new();
+
+    internal void AddRam(uint sectionId) => _ = sectionId;
+
+    internal void AddDevice(ISaveVmSection section, int length) => _devices.Add(new JsonObject
+    {
+        ["name"] = section.IdString,
+        ["instance_id"] = section.InstanceId,
+        ["vmsd_name"] = section.IdString,
+        ["version"] = section.Version,
+        ["fields"] = new JsonArray
+        {
+            new JsonObject { ["name"] = "length", ["type"] = "uint32", ["size"] = 4 },
+            new JsonObject { ["name"] = "state", ["type"] = "buffer", ["size"] = length },
+        },
+    });
+
+    internal string ToJson() => new JsonObject { ["page_size"] = 4096, ["devices"] = _devices }.ToJsonString();
+}

@@ -1,0 +1,266 @@
+using System.Diagnostics;
+using System.IO.Pipelines;
+using Microsoft.Extensions.Logging;
+using Modular.Abstractions.Devices;
+using Modular.Abstractions.Transports;
+using Modular.Core.Machine;
+using Modular.Core.Migration.State;
+using Modular.Core.Migration.Stream;
+using Modular.Core.Qmp;
+
+namespace Modular.Core.Migration.Engine;
+
+/// <summary>
+/// One outgoing (source) migration, precopy as QEMU does it: header, setup sections, RAM iterated
+/// from the dirty bitmap until what remains fits downtime-limit at the measured bandwidth, then stop
+/// the vCPUs, send the rest, every device and vCPU section, EOF and the VM description.
+/// </summary>
+/// <remarks>
+/// Threads: <see cref="RunAsync"/> is the migration task (it alone writes the forward path); the
+/// return-path reader is a second task (it alone reads). <see cref="Cancel"/> and the QMP queries
+/// come from the QMP loop.
+/// </remarks>
+public sealed partial class OutgoingMigration
+{
+    private static readonly TimeSpan IterationBudget = TimeSpan.FromMilliseconds(50);
+
+    private readonly VirtualMachine _machine;
+    private readonly IMigrationTransport _transport;
+    private readonly TransportEndpoint _endpoint;
+    private readonly ILogger _logger;
+    private readonly CancellationTokenSource _cancel = new();
+    private readonly TaskCompletionSource<uint> _shutReceived = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private IMigrationConnection? _connection;
+    private volatile string? _error;
+    private int _pass;
+
+    /// <summary>Prepares a migration of <paramref name="machine"/> to <paramref name="endpoint"/>.</summary>
+    /// <param name="machine">The source machine.</param>
+    /// <param name="transport">The transport plugin for the endpoint's scheme.</param>
+    /// <param name="endpoint">Where the destination listens.</param>
+    /// <param name="settings">Capabilities and parameters, fixed for this migration.</param>
+    /// <param name="logger">Logging.</param>
+    public OutgoingMigration(VirtualMachine machine, IMigrationTransport transport, TransportEndpoint endpoint, MigrationSettingsSnapshot settings, ILogger logger)
+    {
+        _machine = machine;
+        _transport = transport;
+        _endpoint = endpoint;
+        Settings = settings;
+        _logger = logger;
+    }
+
+    /// <summary>The migration's status (QEMU's names); raises the MIGRATION event.</summary>
+    public MigrationStatusMachine Status { get; } = new();
+
+    /// <summary>Counters for query-migrate.</summary>
+    public MigrationStats Stats { get; } = new();
+
+    /// <summary>The capabilities and parameters in force.</summary>
+    public MigrationSettingsSnapshot Settings { get; }
+
+    /// <summary>Why the migration failed, once it has.</summary>
+    public string? Error => _error;
+
+    /// <summary>Completes when the migration has finished (completed, failed or cancelled).</summary>
+    public Task Completion { get; private set; } = Task.CompletedTask;
+
+    /// <summary>Raised for every MIGRATION_PASS (the pass number). Migration task.</summary>
+    public event Action<int>? PassStarted;
+
+    /// <summary>Starts the migration task. QMP loop.</summary>
+    public void Start()
+    {
+        Status.MoveTo(MigrationStatus.Setup);
+        Completion = Task.Run(RunAsync);
+    }
+
+    /// <summary>
+    /// migrate_cancel: in setup or precopy, aborts the connection; the source keeps running with
+    /// nothing lost. Harmless once finished. QMP loop.
+    /// </summary>
+    public void Cancel()
+    {
+        if (Status.TryMoveTo(MigrationStatus.Cancelling, out _))
+        {
+            _cancel.Cancel();
+            _connection?.Abort(new OperationCanceledException("migrate_cancel"));
+        }
+    }
+
+    /// <summary>The migration task: everything a precopy migration writes, in order.</summary>
+    private async Task RunAsync()
+    {
+        bool stoppedByUs = false;
+        bool guestWasRunning = _machine.RunState == QmpRunState.Running;
+        try
+        {
+            IReadOnlyList<ISaveVmSection> sections = _machine.StateSections();
+            var ram = new RamSaver(_machine.Ram, Stats);
+            _connection = await _transport.ConnectAsync(_endpoint, _cancel.Token).ConfigureAwait(false);
+            PipeWriter output = _connection.Transport.Output;
+            var writer = new MigrationStreamWriter(output);
+            bool returnPath = Settings.Has("return-path") || Settings.Has("postcopy-ram");
+            Task returnPathReader = Task.CompletedTask;
+
+            StreamHeader.Current.WriteTo(writer);
+            new ConfigurationSection(MachineType).WriteTo(writer);
+            if (returnPath)
+            {
+                new OpenReturnPathCommand().WriteTo(writer);
+                returnPathReader = ReadReturnPathAsync(_connection);
+            }
+
+            const uint ramSectionId = 0;
+            SectionHeader.Start(ramSectionId, RamSaver.SectionName, 0, RamSaver.SectionVersion).WriteTo(writer);
+            ram.MarkAllDirty();
+            ram.BlockList.WriteTo(writer);
+            writer.WriteRamEos();
+            new SectionFooter(ramSectionId).WriteTo(writer);
+            await FlushAsync(output).ConfigureAwait(false);
+            Stats.SetSetupDone();
+            Status.MoveTo(MigrationStatus.Active);
+
+            var bandwidth = new BandwidthEstimator();
+            var throttle = Stopwatch.StartNew();
+            long throttleBase = writer.Position;
+            long accounted = 0;
+            async ValueTask AfterFlush(long _)
+            {
+                long position = writer.Position;
+                Stats.AddTransferred(position - accounted);
+                bandwidth.Add((ulong)(position - accounted));
+                accounted = position;
+                await ThrottleAsync(position - throttleBase, throttle).ConfigureAwait(false);
+            }
+
+            PassStarted?.Invoke(++_pass);
+            long passStart = Environment.TickCount64;
+            while (true)
+            {
+                _cancel.Token.ThrowIfCancellationRequested();
+                SectionHeader.Part(ramSectionId).WriteTo(writer);
+                bool drained = await ram.SendDirtyAsync(writer, output, IterationBudget, AfterFlush, _cancel.Token).ConfigureAwait(false);
+                writer.WriteRamEos();
+                new SectionFooter(ramSectionId).WriteTo(writer);
+                await FlushAsync(output).ConfigureAwait(false);
+                await AfterFlush(0).ConfigureAwait(false);
+                bandwidth.TryCloseWindow(TimeSpan.FromMilliseconds(100));
+                if (!drained)
+                {
+                    continue;
+                }
+
+                long pending = ram.Sync() * 4096;
+                double bytesPerSecond = bandwidth.BytesPerSecond;
+                long passMs = Math.Max(1, Environment.TickCount64 - passStart);
+                Stats.SetRates(bytesPerSecond, pending / 4096 * 1000.0 / passMs, (Stats.NormalPages + Stats.DuplicatePages) * 1000.0 / Math.Max(1, Stats.ElapsedMs), ConvergenceRule.ExpectedDowntimeMs((ulong)pending, bytesPerSecond));
+                if (pending == 0 || ConvergenceRule.HasConverged((ulong)pending, bytesPerSecond, Settings.DowntimeLimitMs))
+                {
+                    break;
+                }
+
+                PassStarted?.Invoke(++_pass);
+                passStart = Environment.TickCount64;
+            }
+
+            // Switchover: stop the guest, send what is left and the device and vCPU state.
+            long downtimeStart = Stopwatch.GetTimestamp();
+            _machine.StopAs(QmpRunState.FinishMigrate);
+            stoppedByUs = true;
+            ram.Sync();
+            SectionHeader.End(ramSectionId).WriteTo(writer);
+            await ram.SendDirtyAsync(writer, output, TimeSpan.MaxValue, AfterFlush, _cancel.Token).ConfigureAwait(false);
+            writer.WriteRamEos();
+            new SectionFooter(ramSectionId).WriteTo(writer);
+            var description = new VmDescriptionBuilder();
+            description.AddRam(ramSectionId);
+            WriteDeviceSections(writer, sections, firstSectionId: ramSectionId + 1, description);
+            writer.WriteEof();
+            new VmDescription(description.ToJson()).WriteTo(writer);
+            await FlushAsync(output).ConfigureAwait(false);
+            await AfterFlush(0).ConfigureAwait(false);
+            await WaitForDestinationAsync(_connection, returnPath, returnPathReader).ConfigureAwait(false);
+
+            Stats.SetDowntime((long)Stopwatch.GetElapsedTime(downtimeStart).TotalMilliseconds);
+            Stats.SetRemaining(0);
+            Stats.SetFinished();
+            _machine.SetRunState(QmpRunState.PostMigrate);
+            Status.MoveTo(MigrationStatus.Completed);
+            _logger.LogInformation("Migration to {Endpoint} completed in {Ms} ms, downtime {Downtime} ms", _endpoint, Stats.TotalMs, Stats.DowntimeMs);
+        }
+        catch (Exception ex)
+        {
+            Finish(ex, stoppedByUs, guestWasRunning);
+        }
+        finally
+        {
+            if (_connection is not null)
+            {
+                await _connection.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>The machine type written in the CONFIGURATION section; the destination must match it.</summary>
+    internal const string MachineType = "modular-pc-multiboot";
+
+    private void Finish(Exception ex, bool stoppedByUs, bool guestWasRunning)
+    {
+        Stats.SetFinished();
+        bool cancelled = Status.Current == MigrationStatus.Cancelling;
+        _error = cancelled ? null : Describe(ex);
+        if (stoppedByUs && guestWasRunning)
+        {
+            // Precopy failed or was cancelled after the stop: the source still owns the guest.
+            _machine.Resume();
+        }
+
+        if (cancelled)
+        {
+            Status.TryMoveTo(MigrationStatus.Cancelled, out _);
+            _logger.LogInformation("Migration to {Endpoint} cancelled; the guest keeps running here.", _endpoint);
+        }
+        else
+        {
+            Status.TryMoveTo(MigrationStatus.Failed, out _);
+            _logger.LogError("{Error}", _error);
+        }
+    }
+
+    private string Describe(Exception ex)
+    {
+        string cause = ex switch
+        {
+            TransportException te => te.Message,
+            MigrationStreamException me => me.Message,
+            InvalidOperationException ioe => ioe.Message,
+            _ => ex.Message,
+        };
+        return $"Migration to {_endpoint} failed: {cause.TrimEnd('.')}. The guest keeps running on this host.";
+    }
+
+    private async ValueTask FlushAsync(PipeWriter output)
+    {
+        FlushResult result = await output.FlushAsync(_cancel.Token).ConfigureAwait(false);
+        if (result.IsCanceled || result.IsCompleted)
+        {
+            throw new IOException("the destination closed the connection");
+        }
+    }
+
+    private async ValueTask ThrottleAsync(long bytesSent, Stopwatch clock)
+    {
+        ulong max = Settings.MaxBandwidth;
+        if (max == 0)
+        {
+            return;
+        }
+
+        double due = bytesSent / (double)max;
+        double ahead = due - clock.Elapsed.TotalSeconds;
+        if (ahead > 0.001)
+        {
+            await Task.Delay(TimeSpan.FromSeconds(ahead), _cancel.Token).ConfigureAwait(false);
+        }
+    }
+}

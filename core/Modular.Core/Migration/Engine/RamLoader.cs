@@ -1,0 +1,146 @@
+using System.Buffers;
+using Modular.Core.Memory;
+using Modular.Core.Migration.Stream;
+
+namespace Modular.Core.Migration.Engine;
+
+/// <summary>
+/// The destination side of the "ram" section: checks the block list against this machine's RAM and
+/// copies pages in (natively). Main incoming task in precopy; the listen thread in postcopy.
+/// </summary>
+internal sealed class RamLoader
+{
+    private readonly GuestRam _ram;
+    private readonly MigrationStats _stats;
+    private readonly byte[] _scratch = GC.AllocateUninitializedArray<byte>(RamBlock.TargetPageSize, pinned: true);
+    private readonly byte[] _zero = GC.AllocateArray<byte>(RamBlock.TargetPageSize, pinned: true);
+    private RamBlock? _lastBlock;
+
+    internal RamLoader(GuestRam ram, MigrationStats stats)
+    {
+        _ram = ram;
+        _stats = stats;
+    }
+
+    /// <summary>True once the MEM_SIZE record arrived and matched.</summary>
+    internal bool SawMemSize { get; private set; }
+
+    /// <summary>Called for every page placed (postcopy hooks in here); null in precopy.</summary>
+    internal Action<RamBlock, ulong, ReadOnlySpan<byte>>? PlacePage { get; set; }
+
+    /// <summary>Reads RAM records up to and including EOS.</summary>
+    /// <param name="reader">The stream, at the first record of a ram section.</param>
+    /// <param name="isStart">True for the SECTION_START (which carries MEM_SIZE).</param>
+    internal async ValueTask LoadRecordsAsync(MigrationStreamReader reader, bool isStart)
+    {
+        reader.ResetRamBlock();
+        while (true)
+        {
+            long at = reader.Position;
+            RamRecordHeader header = await reader.ReadRamRecordHeaderAsync().ConfigureAwait(false);
+            switch (header.Kind)
+            {
+                case RamRecordFlags.Eos:
+                    return;
+                case RamRecordFlags.MemSize:
+                    if (!isStart)
+                    {
+                        throw reader.ErrorAt(at, "MEM_SIZE outside the section's START");
+                    }
+
+                    RamBlockList blocks = await RamBlockList.ReadFromAsync(reader, header.Offset).ConfigureAwait(false);
+                    CheckBlocks(blocks, reader, at);
+                    SawMemSize = true;
+                    break;
+                case RamRecordFlags.Page:
+                {
+                    RamBlock block = Resolve(header, reader, at);
+                    ReadOnlySequence<byte> page = await reader.ReadRamPageAsync().ConfigureAwait(false);
+                    ReadOnlySpan<byte> bytes;
+                    if (page.IsSingleSegment)
+                    {
+                        bytes = page.FirstSpan;
+                    }
+                    else
+                    {
+                        page.CopyTo(_scratch);
+                        bytes = _scratch;
+                    }
+
+                    Place(block, header.Offset, bytes);
+                    _stats.AddNormal();
+                    break;
+                }
+
+                case RamRecordFlags.Zero:
+                {
+                    RamBlock block = Resolve(header, reader, at);
+                    await reader.ReadRamZeroFillAsync().ConfigureAwait(false);
+                    if (PlacePage is not null || !block.IsZeroPage(header.Offset))
+                    {
+                        Place(block, header.Offset, _zero);
+                    }
+
+                    _stats.AddDuplicate();
+                    break;
+                }
+
+                default:
+                    throw reader.ErrorAt(at, $"unexpected RAM record {header.Kind}");
+            }
+        }
+    }
+
+    private void Place(RamBlock block, ulong offset, ReadOnlySpan<byte> bytes)
+    {
+        if (PlacePage is { } place)
+        {
+            place(block, offset, bytes);
+        }
+        else
+        {
+            block.CopyIn(offset, bytes);
+        }
+    }
+
+    private RamBlock Resolve(RamRecordHeader header, MigrationStreamReader reader, long at)
+    {
+        if (!SawMemSize)
+        {
+            throw reader.ErrorAt(at, "a page arrived before the MEM_SIZE record");
+        }
+
+        RamBlock? block = _lastBlock is { } last && ReferenceEquals(last.Name, header.BlockId) || _lastBlock?.Name == header.BlockId
+            ? _lastBlock
+            : _ram.Blocks.FirstOrDefault(b => b.Name == header.BlockId);
+        if (block is null)
+        {
+            throw reader.ErrorAt(at, $"RAM block '{header.BlockId}' does not exist on this machine (it has {string.Join(", ", _ram.Blocks.Select(b => b.Name))})");
+        }
+
+        if (header.Offset + RamBlock.TargetPageSize > block.Size)
+        {
+            throw reader.ErrorAt(at, $"page offset 0x{header.Offset:x} lies outside RAM block '{block.Name}' (0x{block.Size:x} bytes)");
+        }
+
+        _lastBlock = block;
+        return block;
+    }
+
+    private void CheckBlocks(RamBlockList blocks, MigrationStreamReader reader, long at)
+    {
+        foreach (RamBlockEntry entry in blocks.Blocks)
+        {
+            RamBlock? block = _ram.Blocks.FirstOrDefault(b => b.Name == entry.Id);
+            if (block is null)
+            {
+                throw reader.ErrorAt(at, $"RAM block '{entry.Id}' does not exist on this machine (it has {string.Join(", ", _ram.Blocks.Select(b => b.Name))}); give both sides the same machine");
+            }
+
+            if (block.Size != entry.Length)
+            {
+                throw reader.ErrorAt(at, $"RAM block '{entry.Id}' is 0x{entry.Length:x} bytes on the source but 0x{block.Size:x} here; start the destination with the same memory size ({entry.Length >> 20} MiB)");
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+using System.IO.Pipelines;
+using Modular.Core.Memory;
+using Modular.Core.Migration.Stream;
+
+namespace Modular.Core.Migration.Engine;
+
+/// <summary>
+/// The source side of the "ram" section: the migration bitmap per RAM block, the scan cursor, and
+/// sending pages (zero pages as ZERO records). Migration task only (not thread-safe).
+/// </summary>
+internal sealed class RamSaver
+{
+    internal const string SectionName = "ram";
+    internal const uint SectionVersion = StreamFormat.RamSectionVersion;
+
+    private readonly GuestRam _ram;
+    private readonly MigrationStats _stats;
+    private readonly DirtyBitmap[] _dirty;
+    private readonly byte[] _page = GC.AllocateUninitializedArray<byte>(RamBlock.TargetPageSize, pinned: true);
+    private int _cursorBlock;
+    private long _cursorPage;
+
+    internal RamSaver(GuestRam ram, MigrationStats stats)
+    {
+        _ram = ram;
+        _stats = stats;
+        _dirty = ram.Blocks.Select(b => new DirtyBitmap(b.PageCount)).ToArray();
+        SentMap = ram.Blocks.Select(b => new DirtyBitmap(b.PageCount)).ToArray();
+    }
+
+    /// <summary>Pages sent at least once, per block (the seed's "sent map").</summary>
+    internal DirtyBitmap[] SentMap { get; }
+
+    /// <summary>The migration bitmap of each block (pages that need sending).</summary>
+    internal IReadOnlyList<DirtyBitmap> Dirty => _dirty;
+
+    /// <summary>Pages still marked dirty.</summary>
+    internal long DirtyPages => _dirty.Sum(b => b.Count());
+
+    /// <summary>The MEM_SIZE record's block list.</summary>
+    internal RamBlockList BlockList => new(_ram.Blocks.Select(b => new RamBlockEntry(b.Name, b.Size)).ToList());
+
+    /// <summary>Bulk stage: every page needs sending, and KVM's log (which also holds boot-time writes) is emptied.</summary>
+    internal void MarkAllDirty()
+    {
+        for (int i = 0; i < _dirty.Length; i++)
+        {
+            _dirty[i].SetAll();
+            _ram.SyncDirtyBitmap(_ram.Blocks[i], _dirty[i]);
+        }
+
+        _stats.SetTotalBytes((long)_ram.Size);
+        _stats.SetRemaining((long)_ram.Size);
+    }
+
+    /// <summary>Merges the guest's (KVM) and the VMM's writes into the migration bitmap; returns the pages now dirty.</summary>
+    internal long Sync()
+    {
+        for (int i = 0; i < _dirty.Length; i++)
+        {
+            _ram.SyncDirtyBitmap(_ram.Blocks[i], _dirty[i]);
+        }
+
+        _stats.AddDirtySync();
+        long pages = DirtyPages;
+        _stats.SetRemaining(pages * RamBlock.TargetPageSize);
+        return pages;
+    }
+
+    /// <summary>
+    /// Sends dirty pages, flushing every 256 pages so the transport's backpressure applies, until none
+    /// is left or <paramref name="budget"/> has passed. Returns true when the bitmap is empty.
+    /// </summary>
+    internal async ValueTask<bool> SendDirtyAsync(MigrationStreamWriter writer, PipeWriter output, TimeSpan budget, Func<long, ValueTask> afterFlush, CancellationToken cancellationToken)
+    {
+        long started = Environment.TickCount64;
+        int sinceFlush = 0;
+        while (true)
+        {
+            if (!TryNextDirty(out int blockIndex, out long page))
+            {
+                await FlushAsync(writer, output, afterFlush, cancellationToken).ConfigureAwait(false);
+                return true;
+            }
+
+            SendPage(writer, blockIndex, page);
+            if (++sinceFlush == 256)
+            {
+                sinceFlush = 0;
+                await FlushAsync(writer, output, afterFlush, cancellationToken).ConfigureAwait(false);
+                if (Environment.TickCount64 - started >= budget.TotalMilliseconds)
+                {
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// <summary>Sends one page now (also used for requested pages): a ZERO record when all zero, else a PAGE record.</summary>
+    internal void SendPage(MigrationStreamWriter writer, int blockIndex, long page)
+    {
+        RamBlock block = _ram.Blocks[blockIndex];
+        ulong offset = (ulong)page * RamBlock.TargetPageSize;
+        _dirty[blockIndex].TestAndClear(page);
+        SentMap[blockIndex].Set(page);
+
+        // Copy first (natively), then decide: the copy is what is sent, so a page the guest changes
+        // meanwhile is caught by the dirty log, never torn in the stream.
+        block.CopyOut(offset, _page);
+        if (_page.AsSpan().IndexOfAnyExcept((byte)0) < 0)
+        {
+            writer.WriteRamZeroPage(block.Name, offset);
+            _stats.AddDuplicate();
+        }
+        else
+        {
+            writer.WriteRamPage(block.Name, offset, _page);
+            _stats.AddNormal();
+        }
+    }
+
+    private bool TryNextDirty(out int blockIndex, out long page)
+    {
+        for (int round = 0; round <= _dirty.Length; round++)
+        {
+            DirtyBitmap bitmap = _dirty[_cursorBlock];
+            long next = _cursorPage < bitmap.Length ? bitmap.NextSet(_cursorPage) : -1;
+            if (next >= 0)
+            {
+                blockIndex = _cursorBlock;
+                page = next;
+                _cursorPage = next + 1;
+                return true;
+            }
+
+            _cursorBlock = (_cursorBlock + 1) % _dirty.Length;
+            _cursorPage = 0;
+        }
+
+        blockIndex = 0;
+        page = -1;
+        return false;
+    }
+
+    /// <summary>Moves the scan to just after <paramref name="page"/> (postcopy locality).</summary>
+    internal void MoveCursor(int blockIndex, long page)
+    {
+        _cursorBlock = blockIndex;
+        _cursorPage = page + 1;
+    }
+
+    private static async ValueTask FlushAsync(MigrationStreamWriter writer, PipeWriter output, Func<long, ValueTask> afterFlush, CancellationToken cancellationToken)
+    {
+        long before = writer.Position;
+        FlushResult result = await output.FlushAsync(cancellationToken).ConfigureAwait(false);
+        if (result.IsCanceled || result.IsCompleted)
+        {
+            throw new IOException("the destination closed the connection");
+        }
+
+        await afterFlush(before).ConfigureAwait(false);
+    }
+}

@@ -1,0 +1,49 @@
+using System.IO.Pipelines;
+using Modular.Core.Migration.Stream;
+
+namespace Modular.Core.Migration.Engine;
+
+/// <summary>
+/// The destination's return path. The main incoming task and (in postcopy) the fault thread both
+/// write here; one lock (the seed's rp_mutex) keeps their messages whole and in order.
+/// </summary>
+internal sealed class ReturnPathWriter
+{
+    private readonly PipeWriter _output;
+    private readonly SemaphoreSlim _lock = new(1, 1);
+
+    internal ReturnPathWriter(PipeWriter output) => _output = output;
+
+    /// <summary>Writes and flushes one message. Any thread; serialised by the return-path lock.</summary>
+    internal async ValueTask SendAsync(ReturnPathMessage message, CancellationToken cancellationToken = default)
+    {
+        await _lock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            var writer = new MigrationStreamWriter(_output);
+            message.WriteTo(writer);
+            FlushResult result = await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+            if (result.IsCompleted || result.IsCanceled)
+            {
+                throw new IOException("the source closed the return path");
+            }
+        }
+        finally
+        {
+            _lock.Release();
+        }
+    }
+
+    /// <summary>Like <see cref="SendAsync"/>, but swallows failures (used while failing already).</summary>
+    internal async ValueTask TrySendAsync(ReturnPathMessage message)
+    {
+        try
+        {
+            await SendAsync(message).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is IOException or InvalidOperationException or ObjectDisposedException or OperationCanceledException or Abstractions.Transports.TransportException)
+        {
+            // Already failing: the source will see the connection drop instead.
+        }
+    }
+}
