@@ -39,6 +39,8 @@ internal static class CliApp
         root.Subcommands.Add(PluginsCommand.Create());
         root.Subcommands.Add(ConfigCommand.Create());
         root.Subcommands.Add(RunCommand.Create());
+        root.Subcommands.Add(MigrateCommand.Create());
+        root.Subcommands.Add(DemoCommand.Create());
         return root;
     }
 

@@ -11,6 +11,9 @@ public sealed class CliTests
     [DataRow("config", "--help")]
     [DataRow("config", "check", "--help")]
     [DataRow("config", "keys", "--help")]
+    [DataRow("run", "--help")]
+    [DataRow("migrate", "--help")]
+    [DataRow("demo", "--help")]
     public void EveryCommandHasHelp(params string[] args)
     {
         CliProcess.Result result = CliProcess.Run(args);

@@ -1,0 +1,112 @@
+using System.Text.Json.Nodes;
+using Modular.Core.Qmp;
+using Spectre.Console;
+
+namespace Modular.Cli.Migration;
+
+/// <summary>Starts a migration over QMP and follows query-migrate until it ends, with a progress bar for people.</summary>
+internal static class MigrationMonitor
+{
+    private static readonly string[] FinalStates = ["completed", "failed", "cancelled"];
+
+    /// <summary>Runs migrate (optionally switching to postcopy) and returns the final query-migrate reply.</summary>
+    internal static async Task<JsonObject> MigrateAsync(QmpClient source, string uri, bool postcopy, TextWriter output, CancellationToken cancellationToken)
+    {
+        await source.ExecuteAsync("migrate", new JsonObject { ["uri"] = uri }, cancellationToken);
+        if (postcopy)
+        {
+            await source.ExecuteAsync("migrate-start-postcopy", null, cancellationToken);
+        }
+
+        if (!Console.IsOutputRedirected && ReferenceEquals(output, Console.Out))
+        {
+            JsonObject? last = null;
+            await AnsiConsole.Progress()
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                .StartAsync(async context =>
+                {
+                    ProgressTask task = context.AddTask($"migrate to {Markup.Escape(uri)}", maxValue: 100);
+                    while (true)
+                    {
+                        last = await QueryAsync(source, cancellationToken);
+                        task.Value = Percent(last);
+                        task.Description = $"{Markup.Escape(uri)}: {Markup.Escape(Status(last))}";
+                        if (FinalStates.Contains(Status(last)))
+                        {
+                            task.Value = 100;
+                            return;
+                        }
+
+                        await Task.Delay(100, cancellationToken);
+                    }
+                });
+            return last!;
+        }
+
+        string lastStatus = string.Empty;
+        while (true)
+        {
+            JsonObject reply = await QueryAsync(source, cancellationToken);
+            string status = Status(reply);
+            if (status != lastStatus)
+            {
+                await output.WriteLineAsync($"migration: {status}");
+                lastStatus = status;
+            }
+
+            if (FinalStates.Contains(status))
+            {
+                return reply;
+            }
+
+            await Task.Delay(100, cancellationToken);
+        }
+    }
+
+    /// <summary>Prints the final figures of a query-migrate reply.</summary>
+    internal static void PrintSummary(JsonObject reply, TextWriter output)
+    {
+        JsonObject? ram = reply["ram"] as JsonObject;
+        long transferred = ram?["transferred"]?.GetValue<long>() ?? 0;
+        long totalMs = reply["total-time"]?.GetValue<long>() ?? 0;
+        output.WriteLine($"  status:       {Status(reply)}");
+        output.WriteLine($"  total time:   {totalMs} ms");
+        if (reply["downtime"] is JsonNode downtime)
+        {
+            output.WriteLine($"  downtime:     {downtime.GetValue<long>()} ms");
+        }
+
+        if (ram is not null)
+        {
+            double gbps = totalMs > 0 ? transferred / (totalMs / 1000.0) / 1e9 : 0;
+            output.WriteLine($"  transferred:  {transferred / 1048576.0:F1} MiB ({gbps:F2} GB/s over the whole migration)");
+            output.WriteLine($"  pages:        {ram["normal"]} normal, {ram["duplicate"]} zero, {ram["dirty-sync-count"]} dirty-bitmap syncs");
+            if (ram["postcopy-requests"] is JsonNode requests && requests.GetValue<long>() > 0)
+            {
+                output.WriteLine($"  postcopy:     {requests} page requests");
+            }
+        }
+
+        if (reply["error-desc"] is JsonNode error)
+        {
+            output.WriteLine($"  error:        {error}");
+        }
+    }
+
+    internal static string Status(JsonObject reply) => reply["status"]?.GetValue<string>() ?? "none";
+
+    private static async Task<JsonObject> QueryAsync(QmpClient client, CancellationToken cancellationToken) =>
+        await client.ExecuteAsync("query-migrate", null, cancellationToken) as JsonObject ?? new JsonObject();
+
+    private static double Percent(JsonObject reply)
+    {
+        if (reply["ram"] is not JsonObject ram)
+        {
+            return 0;
+        }
+
+        double total = ram["total"]?.GetValue<long>() ?? 0;
+        double remaining = ram["remaining"]?.GetValue<long>() ?? 0;
+        return total <= 0 ? 0 : Math.Clamp(100.0 * (total - remaining) / total, 0, 99.9);
+    }
+}
