@@ -77,3 +77,23 @@ public sealed class CliTests
         Directory.Delete(root, true);
     }
 }
+
+[TestClass]
+public sealed class DemoTests
+{
+    [TestMethod]
+    public void TheDemoMigratesTheGuestAndTheDestinationPassesTheRamCheck()
+    {
+        if (!File.Exists("/dev/kvm"))
+        {
+            Assert.Inconclusive("/dev/kvm is missing: the demo would run on the synthetic accelerator; this test checks the KVM path.");
+        }
+
+        CliProcess.Result result = CliProcess.Run(TimeSpan.FromMinutes(3), "demo", "--memory", "128M");
+
+        Assert.AreEqual(0, result.ExitCode, result.StdOut + result.StdErr);
+        StringAssert.Contains(result.StdOut, "status:       completed");
+        StringAssert.Contains(result.StdOut, "guest on the destination: still running");
+        StringAssert.Contains(result.StdOut, "RAM check on the destination: passed");
+    }
+}
