@@ -37,6 +37,21 @@ public sealed class RunCommandTests
     }
 
     [TestMethod]
+    public void TheExampleConfigRunsTheAbGuestOnStdout()
+    {
+        Machine.MachineTesting.RequireKvm();
+        string config = Path.Combine(TestPluginCompiler.RepoRoot, "examples", "ab-guest.json");
+        using ModularRun run = ModularRun.Start("--config", config, "--memory", "64M");
+
+        run.WaitUntil(() => run.StdOut.StartsWith("AB", StringComparison.Ordinal), Patience, "'AB' on stdout");
+        run.Signal("INT");
+
+        Assert.IsTrue(run.WaitForExit(Prompt), run.Describe());
+        Assert.AreEqual(0, run.ExitCode, run.Describe());
+        StringAssert.Contains(run.StdErr, "artifacts/guests/ab-guest.elf");
+    }
+
+    [TestMethod]
     public void QmpStopContPmemsaveAndQuit()
     {
         Machine.MachineTesting.RequireKvm();
