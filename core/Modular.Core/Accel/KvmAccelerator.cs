@@ -28,13 +28,13 @@ internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
     private bool _started;
     private bool _running;
 
-    internal KvmAccelerator(GuestRam ram, IoBus bus, int vcpuCount, ILogger logger, Action onHalt, Action<string> onFatal)
+    internal KvmAccelerator(string kvmPath, GuestRam ram, IoBus bus, int vcpuCount, ILogger logger, Action onHalt, Action<string> onFatal)
     {
         _bus = bus;
         _logger = logger;
         _onHalt = onHalt;
         _onFatal = onFatal;
-        _kvm = KvmSystem.Open();
+        _kvm = KvmSystem.Open(kvmPath);
         try
         {
             _vm = _kvm.CreateVm();
@@ -168,6 +168,7 @@ internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
 
         public void Load(SaveVmReader reader, uint version)
         {
+            CheckVersion(reader, version, this);
             ReadOnlySpan<byte> bytes = reader.ReadBuffer(16 << 20, "vCPU state");
             reader.ExpectEnd();
             VcpuState state;
@@ -180,7 +181,19 @@ internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
                 throw new DeviceStateException($"Section '{reader.SectionName}': {ex.Message}", ex);
             }
 
-            vcpu.RestoreState(state);
+            if (state.VcpuId != vcpu.Id)
+            {
+                throw new DeviceStateException($"Section '{reader.SectionName}' holds the state of vCPU {state.VcpuId}, not of vCPU {vcpu.Id}.");
+            }
+
+            try
+            {
+                vcpu.RestoreState(state);
+            }
+            catch (KvmIoctlException ex)
+            {
+                throw new DeviceStateException($"Section '{reader.SectionName}': KVM refused the saved vCPU state: {ex.Message} Was it saved on a host with another CPU model?", ex);
+            }
         }
     }
 
@@ -199,9 +212,27 @@ internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
 
         public void Load(SaveVmReader reader, uint version)
         {
+            CheckVersion(reader, version, this);
             ulong clock = reader.ReadBe64("clock");
             reader.ExpectEnd();
-            vm.SetClock(new KvmClockData { Clock = clock });
+            try
+            {
+                vm.SetClock(new KvmClockData { Clock = clock });
+            }
+            catch (KvmIoctlException ex)
+            {
+                throw new DeviceStateException($"Section '{reader.SectionName}': KVM refused the saved clock 0x{clock:x}: {ex.Message}", ex);
+            }
+        }
+    }
+
+    /// <summary>Refuses a section version outside [MinimumVersion, Version], naming both.</summary>
+    private static void CheckVersion(SaveVmReader reader, uint version, ISaveVmSection section)
+    {
+        if (version < section.MinimumVersion || version > section.Version)
+        {
+            throw new DeviceStateException(
+                $"Section '{reader.SectionName}': version {version} is not supported; this build reads versions {section.MinimumVersion} to {section.Version}.");
         }
     }
 }

@@ -108,6 +108,11 @@ internal sealed class SyntheticWorkload : IAccelerator, ISaveVmSection
 
     void ISaveVmSection.Load(SaveVmReader reader, uint version)
     {
+        if (version != 1)
+        {
+            throw new DeviceStateException($"Section '{reader.SectionName}': version {version} is not supported; the synthetic workload reads version 1.");
+        }
+
         ulong next = reader.ReadBe64("next page");
         ulong passes = reader.ReadBe64("passes");
         reader.ExpectEnd();

@@ -65,7 +65,7 @@ public static partial class ConfigLoader
             IConfigurationSection section = root.GetSection("devices");
             if (!section.Exists())
             {
-                return [new DeviceConfig("com1", "serial", "devices[0]", new Dictionary<string, string>())];
+                return [new DeviceConfig(DefaultDeviceId, DefaultDeviceType, "devices[0]", new Dictionary<string, string>())];
             }
 
             if (section.Value is { Length: > 0 })

@@ -11,6 +11,12 @@ namespace Modular.Core.Config;
 /// </summary>
 public static partial class ConfigLoader
 {
+    /// <summary>The device type of the default device list (one serial port).</summary>
+    internal const string DefaultDeviceType = "serial";
+
+    /// <summary>The device id of the default device list.</summary>
+    internal const string DefaultDeviceId = "com1";
+
     /// <summary>Loads and validates <paramref name="path"/> (or the defaults when null) with <paramref name="overrides"/> applied.</summary>
     /// <param name="path">The JSON config file, or null to start from the defaults.</param>
     /// <param name="overrides">Single keys as dotted paths (<c>machine.memory</c>, <c>devices[0].output</c>) and values.</param>
@@ -20,9 +26,10 @@ public static partial class ConfigLoader
         string source = path is null ? "defaults" : Path.GetFullPath(path);
         string baseDirectory = path is null ? Directory.GetCurrentDirectory() : Path.GetDirectoryName(source)!;
         var builder = new ConfigurationBuilder();
+        bool fileHasDevices = false;
         if (path is not null)
         {
-            CheckJsonSyntax(source);
+            fileHasDevices = CheckJsonSyntax(source);
             builder.AddJsonFile(source, optional: false, reloadOnChange: false);
         }
 
@@ -38,6 +45,18 @@ public static partial class ConfigLoader
             }
 
             overrideKeys[configKey] = value;
+        }
+
+        // Without a devices list in the file, overrides of devices[N] start from the default list
+        // (one serial, com1): --set devices[1].type=debug-exit adds a device beside it and
+        // devices[0].output configures it, while devices[0].type replaces it.
+        if (!fileHasDevices && overrideKeys.Keys.Any(k => k.StartsWith("devices:", StringComparison.OrdinalIgnoreCase)) && !overrideKeys.ContainsKey("devices:0:type"))
+        {
+            builder.AddInMemoryCollection(new Dictionary<string, string?>
+            {
+                ["devices:0:type"] = DefaultDeviceType,
+                ["devices:0:id"] = DefaultDeviceId,
+            });
         }
 
         builder.AddInMemoryCollection(overrideKeys);
@@ -101,7 +120,8 @@ public static partial class ConfigLoader
         return sb.ToString();
     }
 
-    private static void CheckJsonSyntax(string file)
+    /// <summary>Checks that <paramref name="file"/> is a JSON object; returns true when it has a devices key.</summary>
+    private static bool CheckJsonSyntax(string file)
     {
         byte[] bytes;
         try
@@ -120,6 +140,8 @@ public static partial class ConfigLoader
             {
                 throw new ConfigException(file, [$"the top level must be a JSON object with the sections machine, devices, migration, plugins and qmp; found {doc.RootElement.ValueKind}."]);
             }
+
+            return doc.RootElement.EnumerateObject().Any(p => p.Name.Equals("devices", StringComparison.OrdinalIgnoreCase));
         }
         catch (JsonException ex)
         {

@@ -7,6 +7,7 @@ using Modular.Core.Accel;
 using Modular.Core.Boot;
 using Modular.Core.Config;
 using Modular.Core.Devices;
+using Modular.Core.Kvm;
 using Modular.Core.Memory;
 using Modular.Core.Plugins;
 using Modular.Core.Qmp;
@@ -125,7 +126,17 @@ public sealed partial class VirtualMachine : IQmpMachine, IDisposable
     /// <param name="mode">Boot the kernel, or wait for an incoming migration.</param>
     /// <param name="loggers">Logging.</param>
     /// <exception cref="MachineCreationException">Anything in the way; the message names it and what to do.</exception>
-    public static VirtualMachine Create(ModularConfig config, PluginCatalog plugins, MachineStartMode mode, ILoggerFactory? loggers = null)
+    public static VirtualMachine Create(ModularConfig config, PluginCatalog plugins, MachineStartMode mode, ILoggerFactory? loggers = null) =>
+        Create(config, plugins, mode, loggers, KvmSystem.DefaultPath, HostMemory.Read());
+
+    /// <summary>As the public overload, with the KVM device and the host's memory (for tests) given.</summary>
+    /// <param name="config">A validated config.</param>
+    /// <param name="plugins">Where device types are looked up.</param>
+    /// <param name="mode">Boot the kernel, or wait for an incoming migration.</param>
+    /// <param name="loggers">Logging.</param>
+    /// <param name="kvmPath">The KVM device, normally /dev/kvm.</param>
+    /// <param name="hostMemory">The host's RAM and swap in bytes (null: unknown, not checked).</param>
+    internal static VirtualMachine Create(ModularConfig config, PluginCatalog plugins, MachineStartMode mode, ILoggerFactory? loggers, string kvmPath, (ulong Ram, ulong Swap)? hostMemory)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(plugins);
@@ -136,6 +147,7 @@ public sealed partial class VirtualMachine : IQmpMachine, IDisposable
             throw new MachineCreationException("No kernel to boot: set machine.kernel in the config or pass --kernel FILE (a Multiboot v1 image such as guests/ab-guest.elf), or start with --incoming URI to receive a migrated guest.", null, isConfigError: true);
         }
 
+        HostMemory.CheckFits(m.MemoryBytes, hostMemory);
         GuestRam ram;
         try
         {
@@ -149,7 +161,7 @@ public sealed partial class VirtualMachine : IQmpMachine, IDisposable
         var machine = new VirtualMachine(config, ram, loggers.CreateLogger("machine"));
         try
         {
-            machine.Build(plugins, mode, loggers);
+            machine.Build(plugins, mode, loggers, kvmPath);
             return machine;
         }
         catch
@@ -159,7 +171,7 @@ public sealed partial class VirtualMachine : IQmpMachine, IDisposable
         }
     }
 
-    private void Build(PluginCatalog plugins, MachineStartMode mode, ILoggerFactory loggers)
+    private void Build(PluginCatalog plugins, MachineStartMode mode, ILoggerFactory loggers, string kvmPath)
     {
         MachineConfig m = Config.Machine;
         RamLayout = PcRamLayout.For(m.MemoryBytes);
@@ -200,11 +212,17 @@ public sealed partial class VirtualMachine : IQmpMachine, IDisposable
             KvmAccelerator kvm;
             try
             {
-                kvm = new KvmAccelerator(Ram, Bus, m.Vcpus, loggers.CreateLogger("kvm"), OnGuestHalted, OnFatal);
+                kvm = new KvmAccelerator(kvmPath, Ram, Bus, m.Vcpus, loggers.CreateLogger("kvm"), OnGuestHalted, OnFatal);
             }
-            catch (Kvm.KvmUnavailableException ex)
+            catch (KvmUnavailableException ex)
             {
                 throw new MachineCreationException(ex.Message, ex);
+            }
+            catch (KvmIoctlException ex)
+            {
+                // E.g. a memory slot larger than KVM allows (KVM_MEM_MAX_NR_PAGES: 8 TiB per slot).
+                throw new MachineCreationException(
+                    $"KVM could not set up a VM with {ByteSize.Format(m.MemoryBytes)} of RAM and {m.Vcpus} vCPU(s): {ex.Message} Choose less memory or fewer vCPUs, or run with machine.accelerator: \"synthetic\".", ex);
             }
 
             _accelerator = kvm;
@@ -214,6 +232,10 @@ public sealed partial class VirtualMachine : IQmpMachine, IDisposable
                 try
                 {
                     boot = MultibootImage.ReadFile(m.Kernel!).Load(Ram, RamLayout);
+                }
+                catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
+                {
+                    throw new MachineCreationException($"machine.kernel: {m.Kernel} does not exist; give the path of a Multiboot v1 image (such as guests/ab-guest.elf beside the modular executable) in machine.kernel or --kernel.", ex, isConfigError: true);
                 }
                 catch (Exception ex) when (ex is MultibootImageException or MultibootLoadException or IOException or UnauthorizedAccessException)
                 {

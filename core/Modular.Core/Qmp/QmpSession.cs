@@ -58,7 +58,21 @@ internal sealed class QmpSession
         }
     }
 
-    /// <summary>Asks both loops to end and shuts the socket down. Any thread; idempotent.</summary>
+    /// <summary>
+    /// Asks the session to end: the read loop stops taking input (a command already running still
+    /// gets its reply queued), then everything queued, e.g. the reply to <c>quit</c> and the
+    /// <c>SHUTDOWN</c> event, is written before the socket closes (at most 5 s). Any thread; idempotent.
+    /// </summary>
+    /// <remarks>
+    /// Why the queue is not completed here: <c>quit</c> ends the machine from inside its handler, so
+    /// the server is disposed while the handler is still returning:
+    /// <code>
+    ///   QMP read loop                          main thread (machine exited)
+    ///   quit handler: machine.Quit()  -------> QmpServer.DisposeAsync -> Close()
+    ///   queue {"return": {}}                   (completing the queue here would drop that reply)
+    ///   next receive: cancelled -> complete the queue -> writer drains -> socket closed
+    /// </code>
+    /// </remarks>
     internal void Close()
     {
         try
@@ -69,8 +83,6 @@ internal sealed class QmpSession
         {
             // Already finished.
         }
-
-        _outgoing.Writer.TryComplete();
     }
 
     /// <summary>Runs the session until the client disconnects or <see cref="Close"/> is called.</summary>
@@ -255,7 +267,9 @@ internal sealed class QmpSession
         {
             await foreach (byte[] line in _outgoing.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
             {
-                await _socket.SendAsync(line, SocketFlags.None, _stop.Token).ConfigureAwait(false);
+                // Not cancelled by Close: what is queued still goes out; RunAsync disposes the
+                // socket if the client stops reading for 5 s, which ends this send.
+                await _socket.SendAsync(line, SocketFlags.None, CancellationToken.None).ConfigureAwait(false);
             }
         }
         catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException)

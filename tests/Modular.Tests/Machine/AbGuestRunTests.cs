@@ -1,0 +1,115 @@
+using Modular.Core.Config;
+using Modular.Core.Machine;
+using Modular.Core.Plugins;
+using Modular.Core.Qmp;
+using Modular.Core.Verification;
+using Modular.Tests.Support;
+using static Modular.Tests.Machine.MachineTesting;
+
+namespace Modular.Tests.Machine;
+
+/// <summary>
+/// The A/B guest on a real KVM machine built from a config: it prints A then B's, the RAM check
+/// passes whenever it is stopped, and stop/cont keeps the invariant while the guest goes on.
+/// </summary>
+[TestClass]
+public sealed class AbGuestRunTests
+{
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(30);
+    private static PluginCatalog? plugins;
+    private string _dir = string.Empty;
+
+    private static PluginCatalog Plugins => plugins ??= LoadPlugins();
+
+    [ClassCleanup]
+    public static void DisposePlugins() => plugins?.Dispose();
+
+    [TestInitialize]
+    public void CreateDirectory() => _dir = TestPluginCompiler.TempDirectory("machine");
+
+    [TestCleanup]
+    public void DeleteDirectory() => Directory.Delete(_dir, recursive: true);
+
+    [TestMethod]
+    public void AbGuestRunsAndStopContKeepsTheRamInvariant()
+    {
+        RequireKvm();
+        string serial = Path.Combine(_dir, "serial.log");
+        ModularConfig config = ConfigFor(GuestPath("ab-guest.elf"), "128M", serial);
+        using VirtualMachine machine = VirtualMachine.Create(config, Plugins, MachineStartMode.Boot);
+        var events = new List<string>();
+        machine.EventRaised += (name, _) => { lock (events) { events.Add(name); } };
+        StringAssert.StartsWith(machine.AcceleratorDescription, "KVM (/dev/kvm");
+        Assert.AreEqual(QmpRunState.Prelaunch, machine.RunState);
+
+        machine.Start();
+        Assert.AreEqual(QmpRunState.Running, machine.RunState);
+        WaitForBs(serial, 1, Patience);
+        machine.Stop();
+        Assert.AreEqual(QmpRunState.Paused, machine.RunState);
+        AbRamCheckResult first = AssertAbRam(machine);
+        byte firstByte = ByteAt1MiB(machine);
+        Assert.AreEqual(first.FirstByte, firstByte);
+        Assert.AreNotEqual(0, firstByte, "the guest has written the page at 1 MiB");
+        int bsAtStop = ReadSerial(serial).Count(c => c == 'B');
+
+        // While stopped nothing changes.
+        Thread.Sleep(300);
+        Assert.AreEqual(firstByte, ByteAt1MiB(machine), "a stopped guest does not touch RAM");
+
+        machine.Resume();
+        Assert.AreEqual(QmpRunState.Running, machine.RunState);
+        WaitForBs(serial, bsAtStop + 1, Patience);
+        machine.Stop();
+        AbRamCheckResult second = AssertAbRam(machine);
+        Assert.AreNotEqual(firstByte, second.FirstByte, "the first byte at 1 MiB advanced after cont");
+
+        string output = ReadSerial(serial);
+        Assert.AreEqual(1, output.Count(c => c == 'A'), output);
+        Assert.IsTrue(output.Skip(1).All(c => c == 'B'), output);
+        Assert.IsFalse(machine.Exited.IsCompleted, "the A/B guest never exits by itself");
+        lock (events)
+        {
+            CollectionAssert.AreEqual(new[] { "RESUME", "STOP", "RESUME", "STOP" }, events);
+        }
+    }
+
+    [TestMethod]
+    public void FillGuestHaltsWithEveryPageFilled()
+    {
+        RequireKvm();
+        string serial = Path.Combine(_dir, "serial.log");
+        using VirtualMachine machine = VirtualMachine.Create(ConfigFor(GuestPath("fill-halt.elf"), "64M", serial), Plugins, MachineStartMode.Boot);
+
+        machine.Start();
+        WaitUntil(() => ReadSerial(serial) == "F", Patience, () => $"'F' in {serial}; it holds '{ReadSerial(serial)}'");
+        machine.Stop();
+
+        AbRamCheckResult result = AssertAbRam(machine);
+        Assert.AreEqual((byte)0x5a, result.FirstByte, "fill-halt writes FILL_VALUE 0x5a");
+        Assert.IsNull(result.StepAddress, "a halted fill guest leaves no step");
+        Assert.AreEqual((64UL << 20) - (1UL << 20), result.PagesChecked * 4096);
+        Assert.IsNull(machine.FatalError);
+        Assert.IsFalse(machine.Exited.IsCompleted, "a halted guest stays halted until quit");
+    }
+
+    [TestMethod]
+    public void ExitGuestEndsTheMachineWithItsExitCode()
+    {
+        RequireKvm();
+        string serial = Path.Combine(_dir, "serial.log");
+        using VirtualMachine machine = VirtualMachine.Create(ConfigFor(GuestPath("exit-guest.elf"), "64M", serial), Plugins, MachineStartMode.Boot);
+        var events = new List<string>();
+        machine.EventRaised += (name, data) => { lock (events) { events.Add(name + (data is null ? string.Empty : " " + data.ToJsonString())); } };
+
+        machine.Start();
+        Assert.IsTrue(machine.Exited.Wait(Patience), "the exit guest writes to port 0xf4");
+
+        Assert.AreEqual(67, machine.Exited.Result);
+        Assert.AreEqual(QmpRunState.Shutdown, machine.RunState);
+        lock (events)
+        {
+            CollectionAssert.Contains(events, """SHUTDOWN {"guest":true,"reason":"guest-shutdown"}""");
+        }
+    }
+}
