@@ -13,28 +13,13 @@ namespace Modular.Tests.Machine;
 /// passes whenever it is stopped, and stop/cont keeps the invariant while the guest goes on.
 /// </summary>
 [TestClass]
-public sealed class AbGuestRunTests
+public sealed class AbGuestRunTests : MachineTestBase
 {
-    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(30);
-    private static PluginCatalog? plugins;
-    private string _dir = string.Empty;
-
-    private static PluginCatalog Plugins => plugins ??= LoadPlugins();
-
-    [ClassCleanup]
-    public static void DisposePlugins() => plugins?.Dispose();
-
-    [TestInitialize]
-    public void CreateDirectory() => _dir = TestPluginCompiler.TempDirectory("machine");
-
-    [TestCleanup]
-    public void DeleteDirectory() => Directory.Delete(_dir, recursive: true);
-
     [TestMethod]
     public void AbGuestRunsAndStopContKeepsTheRamInvariant()
     {
         RequireKvm();
-        string serial = Path.Combine(_dir, "serial.log");
+        string serial = Path.Combine(Dir, "serial.log");
         ModularConfig config = ConfigFor(GuestPath("ab-guest.elf"), "128M", serial);
         using VirtualMachine machine = VirtualMachine.Create(config, Plugins, MachineStartMode.Boot);
         var events = new List<string>();
@@ -78,7 +63,7 @@ public sealed class AbGuestRunTests
     public void FillGuestHaltsWithEveryPageFilled()
     {
         RequireKvm();
-        string serial = Path.Combine(_dir, "serial.log");
+        string serial = Path.Combine(Dir, "serial.log");
         using VirtualMachine machine = VirtualMachine.Create(ConfigFor(GuestPath("fill-halt.elf"), "64M", serial), Plugins, MachineStartMode.Boot);
 
         machine.Start();
@@ -97,7 +82,7 @@ public sealed class AbGuestRunTests
     public void ExitGuestEndsTheMachineWithItsExitCode()
     {
         RequireKvm();
-        string serial = Path.Combine(_dir, "serial.log");
+        string serial = Path.Combine(Dir, "serial.log");
         using VirtualMachine machine = VirtualMachine.Create(ConfigFor(GuestPath("exit-guest.elf"), "64M", serial), Plugins, MachineStartMode.Boot);
         var events = new List<string>();
         machine.EventRaised += (name, data) => { lock (events) { events.Add(name + (data is null ? string.Empty : " " + data.ToJsonString())); } };

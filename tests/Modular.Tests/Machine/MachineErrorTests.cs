@@ -15,26 +15,12 @@ namespace Modular.Tests.Machine;
 /// truncated or for another vCPU.
 /// </summary>
 [TestClass]
-public sealed class MachineErrorTests
+public sealed class MachineErrorTests : MachineTestBase
 {
-    private static PluginCatalog? plugins;
-    private string _dir = string.Empty;
-
-    private static PluginCatalog Plugins => plugins ??= LoadPlugins();
-
-    [ClassCleanup]
-    public static void DisposePlugins() => plugins?.Dispose();
-
-    [TestInitialize]
-    public void CreateDirectory() => _dir = TestPluginCompiler.TempDirectory("machine-errors");
-
-    [TestCleanup]
-    public void DeleteDirectory() => Directory.Delete(_dir, recursive: true);
-
     [TestMethod]
     public void MissingKvmSuggestsTheSyntheticAccelerator()
     {
-        ModularConfig config = ConfigFor(GuestPath("ab-guest.elf"), "64M", Path.Combine(_dir, "serial.log"));
+        ModularConfig config = ConfigFor(GuestPath("ab-guest.elf"), "64M", Path.Combine(Dir, "serial.log"));
         int fdsBefore = OpenFdCount();
 
         var error = Assert.ThrowsExactly<MachineCreationException>(() =>
@@ -63,7 +49,7 @@ public sealed class MachineErrorTests
     [TestMethod]
     public void RamBeyondTheHostsMemoryIsRefusedBeforeAnythingIsMapped()
     {
-        ModularConfig config = ConfigFor(GuestPath("ab-guest.elf"), "3G", Path.Combine(_dir, "serial.log"));
+        ModularConfig config = ConfigFor(GuestPath("ab-guest.elf"), "3G", Path.Combine(Dir, "serial.log"));
 
         var error = Assert.ThrowsExactly<MachineCreationException>(() =>
             VirtualMachine.Create(config, Plugins, MachineStartMode.Boot, null, KvmSystem.DefaultPath, hostMemory: (2UL << 30, 512UL << 20)));
@@ -80,7 +66,7 @@ public sealed class MachineErrorTests
     {
         RequireKvm();
         // Host memory unknown: the size reaches mmap (MAP_NORESERVE) and KVM, whose slots hold at most 8 TiB.
-        ModularConfig config = ConfigFor(GuestPath("ab-guest.elf"), "16T", Path.Combine(_dir, "serial.log"));
+        ModularConfig config = ConfigFor(GuestPath("ab-guest.elf"), "16T", Path.Combine(Dir, "serial.log"));
 
         var error = Assert.ThrowsExactly<MachineCreationException>(() =>
             VirtualMachine.Create(config, Plugins, MachineStartMode.Boot, null, KvmSystem.DefaultPath, hostMemory: null));
@@ -108,9 +94,9 @@ public sealed class MachineErrorTests
     {
         RequireKvm();
         using VirtualMachine source = VirtualMachine.Create(
-            ConfigFor(GuestPath("ab-guest.elf"), "64M", Path.Combine(_dir, "serial1.log"), ("machine.vcpus", "2")), Plugins, MachineStartMode.Boot);
+            ConfigFor(GuestPath("ab-guest.elf"), "64M", Path.Combine(Dir, "serial1.log"), ("machine.vcpus", "2")), Plugins, MachineStartMode.Boot);
         using VirtualMachine destination = VirtualMachine.Create(
-            ConfigFor(null, "64M", Path.Combine(_dir, "serial2.log"), ("machine.vcpus", "2")), Plugins, MachineStartMode.Incoming);
+            ConfigFor(null, "64M", Path.Combine(Dir, "serial2.log"), ("machine.vcpus", "2")), Plugins, MachineStartMode.Incoming);
         ISaveVmSection cpu0 = Section(destination, "cpu", 0);
         ISaveVmSection clock = Section(destination, "kvmclock", 0);
         byte[] saved0 = Save(Section(source, "cpu", 0));
@@ -146,7 +132,7 @@ public sealed class MachineErrorTests
     public void SyntheticWorkloadSectionsThatAreNewerOrOutsideRamAreRefused()
     {
         using VirtualMachine machine = VirtualMachine.Create(
-            ConfigFor(null, "64M", Path.Combine(_dir, "serial.log"), ("machine.accelerator", "synthetic")), Plugins, MachineStartMode.Incoming);
+            ConfigFor(null, "64M", Path.Combine(Dir, "serial.log"), ("machine.accelerator", "synthetic")), Plugins, MachineStartMode.Incoming);
         ISaveVmSection workload = Section(machine, "synthetic-workload", 0);
         byte[] state = Save(workload);
 

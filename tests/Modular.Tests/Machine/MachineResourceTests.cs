@@ -10,23 +10,8 @@ namespace Modular.Tests.Machine;
 /// serial output file) and every thread it started (vCPU, serial writer, synthetic workload).
 /// </summary>
 [TestClass]
-public sealed class MachineResourceTests
+public sealed class MachineResourceTests : MachineTestBase
 {
-    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(30);
-    private static PluginCatalog? plugins;
-    private string _dir = string.Empty;
-
-    private static PluginCatalog Plugins => plugins ??= LoadPlugins();
-
-    [ClassCleanup]
-    public static void DisposePlugins() => plugins?.Dispose();
-
-    [TestInitialize]
-    public void CreateDirectory() => _dir = TestPluginCompiler.TempDirectory("machine-fds");
-
-    [TestCleanup]
-    public void DeleteDirectory() => Directory.Delete(_dir, recursive: true);
-
     [TestMethod]
     public void DisposingAKvmMachineClosesItsFdsAndEndsItsThreads()
     {
@@ -58,7 +43,7 @@ public sealed class MachineResourceTests
     /// <summary>Builds and runs a machine until its guest shows progress, notes its threads, disposes it.</summary>
     private List<string> RunAndDispose(string? guest, string accelerator, string serialName)
     {
-        string serial = Path.Combine(_dir, serialName);
+        string serial = Path.Combine(Dir, serialName);
         using VirtualMachine machine = VirtualMachine.Create(
             ConfigFor(guest is null ? null : GuestPath(guest), "64M", serial, ("machine.accelerator", accelerator)), Plugins, MachineStartMode.Boot);
         machine.Start();

@@ -12,29 +12,14 @@ namespace Modular.Tests.Machine;
 /// fresh machine in the same process continues the guest there, as migration will.
 /// </summary>
 [TestClass]
-public sealed class SaveRestoreTests
+public sealed class SaveRestoreTests : MachineTestBase
 {
-    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(30);
-    private static PluginCatalog? plugins;
-    private string _dir = string.Empty;
-
-    private static PluginCatalog Plugins => plugins ??= LoadPlugins();
-
-    [ClassCleanup]
-    public static void DisposePlugins() => plugins?.Dispose();
-
-    [TestInitialize]
-    public void CreateDirectory() => _dir = TestPluginCompiler.TempDirectory("machine-save");
-
-    [TestCleanup]
-    public void DeleteDirectory() => Directory.Delete(_dir, recursive: true);
-
     [TestMethod]
     public void AbGuestContinuesOnAFreshMachineAfterSaveAndRestore()
     {
         RequireKvm();
-        string serial1 = Path.Combine(_dir, "serial1.log");
-        string serial2 = Path.Combine(_dir, "serial2.log");
+        string serial1 = Path.Combine(Dir, "serial1.log");
+        string serial2 = Path.Combine(Dir, "serial2.log");
 
         MachineSnapshot snapshot;
         byte sourceByte;
@@ -80,8 +65,8 @@ public sealed class SaveRestoreTests
     public void StopBeforeIncomingCompletesLeavesTheRestoredGuestPaused()
     {
         RequireKvm();
-        string serial1 = Path.Combine(_dir, "serial1.log");
-        string serial2 = Path.Combine(_dir, "serial2.log");
+        string serial1 = Path.Combine(Dir, "serial1.log");
+        string serial2 = Path.Combine(Dir, "serial2.log");
         MachineSnapshot snapshot;
         using (VirtualMachine source = VirtualMachine.Create(ConfigFor(GuestPath("ab-guest.elf"), "64M", serial1), Plugins, MachineStartMode.Boot))
         {

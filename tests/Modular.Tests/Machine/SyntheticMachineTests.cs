@@ -11,28 +11,14 @@ namespace Modular.Tests.Machine;
 /// guest does, so the same RAM check holds; it names itself honestly and migrates its position.
 /// </summary>
 [TestClass]
-public sealed class SyntheticMachineTests
+public sealed class SyntheticMachineTests : MachineTestBase
 {
-    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(20);
-    private static PluginCatalog? plugins;
-    private string _dir = string.Empty;
-
-    private static PluginCatalog Plugins => plugins ??= LoadPlugins();
-
-    [ClassCleanup]
-    public static void DisposePlugins() => plugins?.Dispose();
-
-    [TestInitialize]
-    public void CreateDirectory() => _dir = TestPluginCompiler.TempDirectory("machine-synthetic");
-
-    [TestCleanup]
-    public void DeleteDirectory() => Directory.Delete(_dir, recursive: true);
 
     [TestMethod]
     public void WorkloadKeepsTheRamInvariantAcrossStopAndCont()
     {
         using VirtualMachine machine = VirtualMachine.Create(
-            ConfigFor(null, "64M", Path.Combine(_dir, "serial.log"), ("machine.accelerator", "synthetic"), ("machine.synthetic.pages-per-second", "0")),
+            ConfigFor(null, "64M", Path.Combine(Dir, "serial.log"), ("machine.accelerator", "synthetic"), ("machine.synthetic.pages-per-second", "0")),
             Plugins, MachineStartMode.Boot);
         Assert.AreEqual("synthetic accelerator (no guest code; a workload thread dirties as many pages as it can)", machine.AcceleratorDescription);
 
@@ -54,7 +40,7 @@ public sealed class SyntheticMachineTests
     {
         MachineSnapshot snapshot;
         using (VirtualMachine source = VirtualMachine.Create(
-            ConfigFor(null, "64M", Path.Combine(_dir, "serial1.log"), ("machine.accelerator", "synthetic"), ("machine.synthetic.pages-per-second", "20000")),
+            ConfigFor(null, "64M", Path.Combine(Dir, "serial1.log"), ("machine.accelerator", "synthetic"), ("machine.synthetic.pages-per-second", "20000")),
             Plugins, MachineStartMode.Boot))
         {
             source.Start();
@@ -68,7 +54,7 @@ public sealed class SyntheticMachineTests
 
         CollectionAssert.AreEqual(new[] { "serial/0", "debug-exit/0", "synthetic-workload/0" }, snapshot.Sections.Select(s => s.Name).ToArray());
         using VirtualMachine destination = VirtualMachine.Create(
-            ConfigFor(null, "64M", Path.Combine(_dir, "serial2.log"), ("machine.accelerator", "synthetic"), ("machine.synthetic.pages-per-second", "20000")),
+            ConfigFor(null, "64M", Path.Combine(Dir, "serial2.log"), ("machine.accelerator", "synthetic"), ("machine.synthetic.pages-per-second", "20000")),
             Plugins, MachineStartMode.Incoming);
         snapshot.RestoreInto(destination);
         destination.CompleteIncoming();
