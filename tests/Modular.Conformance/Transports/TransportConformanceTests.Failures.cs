@@ -17,8 +17,8 @@ public abstract partial class TransportConformanceTests
     {
         RequireLivePeer("an abort reaching the peer");
         await using ConnectedPair pair = await ConnectPairAsync().ConfigureAwait(false);
-        Task<ReadResult> localRead = pair.Source.Transport.Input.ReadAsync().AsTask();
-        Task<ReadResult> peerRead = pair.Destination.Transport.Input.ReadAsync().AsTask();
+        Task<ReadResult> localRead = Later(() => pair.Source.Transport.Input.ReadAsync());
+        Task<ReadResult> peerRead = Later(() => pair.Destination.Transport.Input.ReadAsync());
         await Task.Delay(50).ConfigureAwait(false);
         Assert.IsFalse(peerRead.IsCompleted, $"{Name}: the peer's read completed before anything was sent or aborted.");
 
@@ -28,7 +28,7 @@ public abstract partial class TransportConformanceTests
         Assert.IsTrue(Mentions(local, AbortReason),
             $"{Name}: the aborted end's read failed with {local.GetType().Name}: '{local.Message}', which does not carry the reason given to Abort ('{AbortReason}').");
         Assert.IsTrue(await Cancelled(pair.Source.Closed).ConfigureAwait(false), $"{Name}: Abort did not cancel the connection's Closed token.");
-        await ExpectFailureAsync(pair.Source.Transport.Input.ReadAsync().AsTask(), "a read after Abort on the aborted end").ConfigureAwait(false);
+        await ExpectFailureAsync(Later(() => pair.Source.Transport.Input.ReadAsync()), "a read after Abort on the aborted end").ConfigureAwait(false);
 
         // The peer: its pending read must end within the deadline, with an error (or, when the transport
         // cannot carry one, with an early end of stream); data never arrives.
@@ -59,7 +59,7 @@ public abstract partial class TransportConformanceTests
     {
         RequireUsable();
         TransportEndpoint unused = await UnusedEndpointAsync().ConfigureAwait(false);
-        Task<IMigrationConnection> connect = Transport.ConnectAsync(unused).AsTask();
+        Task<IMigrationConnection> connect = Later(() => Transport.ConnectAsync(unused));
         Exception error = await ExpectFailureAsync(connect, $"ConnectAsync({unused}) where nobody listens").ConfigureAwait(false);
         CheckClearError(error, unused, "ConnectAsync where nobody listens");
     }
@@ -75,7 +75,7 @@ public abstract partial class TransportConformanceTests
         }
 
         await using IMigrationListener first = await Step(Transport.ListenAsync(ListenEndpoint()).AsTask(), "ListenAsync").ConfigureAwait(false);
-        Exception error = await ExpectFailureAsync(Transport.ListenAsync(first.Endpoint).AsTask(), $"a second ListenAsync({first.Endpoint})").ConfigureAwait(false);
+        Exception error = await ExpectFailureAsync(Later(() => Transport.ListenAsync(first.Endpoint)), $"a second ListenAsync({first.Endpoint})").ConfigureAwait(false);
         CheckClearError(error, first.Endpoint, "ListenAsync on an endpoint already listened on");
     }
 
@@ -149,6 +149,9 @@ public abstract partial class TransportConformanceTests
             return ex;
         }
     }
+
+    /// <summary>Runs <paramref name="operation"/> so that an exception thrown before it returns its ValueTask also ends up in the task.</summary>
+    private static async Task<T> Later<T>(Func<ValueTask<T>> operation) => await operation().ConfigureAwait(false);
 
     private static async Task DrainUntilEndAsync(PipeReader input, Task<ReadResult> pending)
     {
