@@ -112,6 +112,11 @@ public abstract partial class DeviceModelConformanceTests
     protected static string FirstDifference(byte[] expected, byte[] actual)
     {
         int at = expected.AsSpan().CommonPrefixLength(actual);
+        if (expected.Length == actual.Length && at == expected.Length)
+        {
+            return "identical";
+        }
+
         if (expected.Length != actual.Length && at == Math.Min(expected.Length, actual.Length))
         {
             return $"{expected.Length} bytes expected, {actual.Length} saved";
