@@ -19,33 +19,33 @@ public abstract partial class DeviceModelConformanceTests
             ?? throw new AssertFailedException($"{DeviceType}: Migration is null; return DeviceMigration.Migratable(section) or DeviceMigration.Unmigratable(reason).");
         if (migration.Section is not { } section)
         {
-            Assert.IsFalse(string.IsNullOrWhiteSpace(migration.UnmigratableReason), $"{DeviceType}: an unmigratable device must say why.");
+            Expect.That(!(string.IsNullOrWhiteSpace(migration.UnmigratableReason)), $"{DeviceType}: an unmigratable device must say why.");
             Console.WriteLine($"{DeviceType} is unmigratable: {migration.UnmigratableReason}");
             return;
         }
 
-        Assert.IsFalse(string.IsNullOrEmpty(section.IdString), $"{DeviceType}: the savevm section has an empty IdString; name it (e.g. the device type).");
-        Assert.IsTrue(Encoding.UTF8.GetByteCount(section.IdString) <= 255, $"{DeviceType}: the section id '{section.IdString}' is longer than 255 UTF-8 bytes, the stream's limit.");
-        Assert.IsTrue(section.MinimumVersion <= section.Version,
+        Expect.That(!(string.IsNullOrEmpty(section.IdString)), $"{DeviceType}: the savevm section has an empty IdString; name it (e.g. the device type).");
+        Expect.That(Encoding.UTF8.GetByteCount(section.IdString) <= 255, $"{DeviceType}: the section id '{section.IdString}' is longer than 255 UTF-8 bytes, the stream's limit.");
+        Expect.That(section.MinimumVersion <= section.Version,
             $"{DeviceType}: section '{section.IdString}' has MinimumVersion {section.MinimumVersion} above its Version {section.Version}: it could not read its own state.");
 
         byte[] freshState = Save(fresh.Device);
-        Assert.IsTrue(freshState.AsSpan().SequenceEqual(Save(fresh.Device)),
+        Expect.That(freshState.AsSpan().SequenceEqual(Save(fresh.Device)),
             $"{DeviceType}: saving the same device twice gave different bytes; Save must be deterministic (no clocks, no random, no unordered hash sets).");
         using DeviceUnderTest driven = CreateDrivenDevice();
         byte[] state = Save(driven.Device);
         if (StatelessByDesign is { } why)
         {
-            Assert.AreEqual(0, state.Length + freshState.Length,
+            Expect.That(state.Length + freshState.Length == 0,
                 $"{DeviceType}: StatelessByDesign says '{why}', but section '{section.IdString}' saves {Math.Max(state.Length, freshState.Length)} bytes. Remove the override.");
             Console.WriteLine($"{DeviceType} is stateless by design: {why}");
             return;
         }
 
-        Assert.AreNotEqual(0, state.Length,
+        Expect.That(!Equals(0, state.Length),
             $"{DeviceType}: section '{section.IdString}' version {section.Version} saves zero bytes. A device with state must save it; a device that cannot migrate " +
             "must return DeviceMigration.Unmigratable(reason); a device with truly no state must say so by overriding StatelessByDesign in its conformance test.");
-        Assert.IsFalse(state.AsSpan().SequenceEqual(freshState),
+        Expect.That(!(state.AsSpan().SequenceEqual(freshState)),
             $"{DeviceType}: after DriveToNonDefaultState the device saves the same {state.Length} bytes as a fresh device, so the round trip would prove nothing. " +
             "Make DriveToNonDefaultState change the registers the device saves (or Save is not saving them).");
     }
@@ -67,7 +67,7 @@ public abstract partial class DeviceModelConformanceTests
         }
 
         byte[] loaded = Save(destination.Device);
-        Assert.IsTrue(state.AsSpan().SequenceEqual(loaded),
+        Expect.That(state.AsSpan().SequenceEqual(loaded),
             $"{DeviceType}: after loading the source's state, the destination saves different bytes ({FirstDifference(state, loaded)}). " +
             "Load does not restore everything Save writes, or Save writes something Load ignores.");
     }
@@ -149,10 +149,10 @@ public abstract partial class DeviceModelConformanceTests
                 }
 
                 byte[] after = Save(destination.Device);
-                Assert.IsTrue(before.AsSpan().SequenceEqual(after),
+                Expect.That(before.AsSpan().SequenceEqual(after),
                     $"{DeviceType}: Load refused the state with byte {offset} xor 0x{mask:x2}, but the device changed ({FirstDifference(before, after)}). " +
                     "Load must validate everything first, then change the device.");
-                Assert.AreEqual(writes, destination.Memory.Writes, $"{DeviceType}: a refused load (byte {offset} xor 0x{mask:x2}) wrote guest memory.");
+                Expect.Equal(writes, destination.Memory.Writes, $"{DeviceType}: a refused load (byte {offset} xor 0x{mask:x2}) wrote guest memory.");
             }
         }
 
@@ -186,18 +186,18 @@ public abstract partial class DeviceModelConformanceTests
     public void GuestMemoryIsTouchedOnlyThroughTheGuestMemoryApi()
     {
         using DeviceUnderTest source = CreateDrivenDevice();
-        Assert.AreEqual(0, source.Memory.Outside,
+        Expect.That(source.Memory.Outside == 0,
             $"{DeviceType}: while being driven, the device accessed guest memory outside guest RAM {source.Memory.Outside} time(s); check addresses the guest gives with IGuestMemory.Contains first.");
         if (source.Device.Migration?.Section is not null)
         {
             long writes = source.Memory.Writes;
             Save(source.Device);
-            Assert.AreEqual(writes, source.Memory.Writes,
+            Expect.Equal(writes, source.Memory.Writes,
                 $"{DeviceType}: Save wrote guest memory {source.Memory.Writes - writes} time(s). Save runs after the last RAM pass: pages it dirties would never reach the destination.");
         }
 
         string? pointer = FindNativePointer(source.Device);
-        Assert.IsNull(pointer,
+        Expect.That(pointer is null,
             $"{DeviceType}: {pointer} holds a native pointer. A device must not keep pointers into guest RAM: copy through IGuestMemory.Read/Write (DESIGN.md §5). " +
             "If this field is not about guest RAM, allow it by overriding IsAllowedNativeField.");
     }

@@ -157,19 +157,19 @@ public abstract partial class DeviceModelConformanceTests
             throw new AssertFailedException($"{DeviceType}: loading {what} succeeded; Load must refuse it with DeviceStateException.");
         }
 
-        Assert.IsTrue(refused.Message.Contains(section.IdString, StringComparison.Ordinal),
+        Expect.That(refused.Message.Contains(section.IdString, StringComparison.Ordinal),
             $"{DeviceType}: the error for {what} ('{refused.Message}') does not name the section '{SectionName(section)}' (use reader.SectionName).");
         if (mustMention is not null)
         {
-            Assert.IsTrue(refused.Message.Contains(mustMention, StringComparison.Ordinal),
+            Expect.That(refused.Message.Contains(mustMention, StringComparison.Ordinal),
                 $"{DeviceType}: the error for {what} ('{refused.Message}') does not mention '{mustMention}'.");
         }
 
         byte[] after = Save(destination.Device);
-        Assert.IsTrue(before.AsSpan().SequenceEqual(after),
+        Expect.That(before.AsSpan().SequenceEqual(after),
             $"{DeviceType}: Load refused {what}, but the device changed ({FirstDifference(before, after)}). Load must parse and validate everything first, " +
             "then change the device, so a refused state leaves it as it was.");
-        Assert.AreEqual(writesBefore, destination.Memory.Writes,
+        Expect.Equal(writesBefore, destination.Memory.Writes,
             $"{DeviceType}: Load refused {what}, but wrote guest memory {destination.Memory.Writes - writesBefore} time(s) first; a refused load must leave guest RAM unchanged too.");
     }
 

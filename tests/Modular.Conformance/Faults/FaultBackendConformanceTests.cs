@@ -31,16 +31,16 @@ public abstract class FaultBackendConformanceTests
     public void ProbeSaysWhetherItIsUsableAndWhyNot()
     {
         PluginAvailability availability = Factory.Probe();
-        Assert.IsNotNull(availability, $"{Name}: Probe() returned null; return PluginAvailability.Usable or PluginAvailability.NotUsable(reason).");
+        Expect.That(availability is not null, $"{Name}: Probe() returned null; return PluginAvailability.Usable or PluginAvailability.NotUsable(reason).");
         if (!availability.IsUsable)
         {
-            Assert.IsFalse(string.IsNullOrWhiteSpace(availability.Reason),
+            Expect.That(!(string.IsNullOrWhiteSpace(availability.Reason)),
                 $"{Name}: Probe() says the backend is not usable but gives no reason; the operator needs to know what is missing and what to do.");
             Assert.Inconclusive($"{Name} is not usable on this host: {availability.Reason}");
         }
 
         using IFaultBackend backend = OpenOrFail();
-        Assert.IsNotNull(backend);
+        _ = backend;
     }
 
     /// <summary>A range can be armed, disarmed, and armed again; after disarm the memory is ordinary memory.</summary>
@@ -53,17 +53,17 @@ public abstract class FaultBackendConformanceTests
         backend.Disarm(mapping.Range);
 
         using NativeToucher toucher = NativeToucher.Read(mapping.Page(1), 16);
-        Assert.IsTrue(toucher.Finished(Released),
+        Expect.That(toucher.Finished(Released),
             $"{Name}: a touch of a disarmed range did not complete within {Released.TotalSeconds} s: Disarm must unregister the range, after which missing pages are ordinary zero-filled memory.");
-        CollectionAssert.AreEqual(new byte[16], toucher.Bytes(), $"{Name}: a page of a disarmed anonymous range should read as zeros.");
+        Expect.Bytes(new byte[16], toucher.Bytes(), $"{Name}: a page of a disarmed anonymous range should read as zeros.");
 
         using TestRamMapping second = TestRamMapping.Anonymous(2);
         backend.Arm(second.Range);
         using NativeToucher again = NativeToucher.Read(second.Page(0), 8);
         PageFault fault = ReadOneFault(backend, "after arming a second range");
-        Assert.AreEqual(second.Page(0), PageOf(fault.HostAddress, second.PageSize), $"{Name}: the fault after re-arming names the wrong page.");
-        Assert.AreEqual(PlaceResult.Placed, backend.PlacePage(second.Page(0), Pattern(second.PageSize, 1)));
-        Assert.IsTrue(again.Finished(Released), $"{Name}: placing the page did not wake the toucher.");
+        Expect.Equal(second.Page(0), PageOf(fault.HostAddress, second.PageSize), $"{Name}: the fault after re-arming names the wrong page.");
+        ExpectPlaced(backend.PlacePage(second.Page(0), Pattern(second.PageSize, 1)), "PlacePage of a missing page");
+        Expect.That(again.Finished(Released), $"{Name}: placing the page did not wake the toucher.");
     }
 
     /// <summary>A native touch of an armed missing page arrives as a fault with its address (and thread id, when known); the toucher waits.</summary>
@@ -76,26 +76,26 @@ public abstract class FaultBackendConformanceTests
 
         using NativeToucher reader = NativeToucher.Read(mapping.Page(5) + 100, 8);
         PageFault fault = ReadOneFault(backend, "for a read of page 5");
-        Assert.AreEqual(mapping.Page(5), PageOf(fault.HostAddress, mapping.PageSize),
+        Expect.Equal(mapping.Page(5), PageOf(fault.HostAddress, mapping.PageSize),
             $"{Name}: a read at 0x{mapping.Page(5) + 100:x} was reported at 0x{fault.HostAddress:x}; the fault must carry the touched address (its page at least).");
         if (fault.ThreadId != 0)
         {
-            Assert.AreEqual(reader.ThreadId, fault.ThreadId, $"{Name}: the fault names thread {fault.ThreadId}, but thread {reader.ThreadId} touched the page (report 0 when unknown).");
+            Expect.Equal(reader.ThreadId, fault.ThreadId, $"{Name}: the fault names thread {fault.ThreadId}, but thread {reader.ThreadId} touched the page (report 0 when unknown).");
         }
 
-        Assert.IsFalse(fault.IsWrite, $"{Name}: a read was reported as a write.");
-        Assert.IsFalse(reader.Finished(Blocked), $"{Name}: the touch of a missing armed page completed before the page was placed: it must wait for PlacePage.");
+        Expect.That(!(fault.IsWrite), $"{Name}: a read was reported as a write.");
+        Expect.That(!(reader.Finished(Blocked)), $"{Name}: the touch of a missing armed page completed before the page was placed: it must wait for PlacePage.");
 
         using NativeToucher writer = NativeToucher.Write(mapping.Page(9) + 8, 4, 0x5A);
         PageFault writeFault = ReadOneFault(backend, "for a write of page 9");
-        Assert.AreEqual(mapping.Page(9), PageOf(writeFault.HostAddress, mapping.PageSize), $"{Name}: a write of page 9 was reported at 0x{writeFault.HostAddress:x}.");
-        Assert.IsTrue(writeFault.IsWrite, $"{Name}: a write was reported as a read.");
+        Expect.Equal(mapping.Page(9), PageOf(writeFault.HostAddress, mapping.PageSize), $"{Name}: a write of page 9 was reported at 0x{writeFault.HostAddress:x}.");
+        Expect.That(writeFault.IsWrite, $"{Name}: a write was reported as a read.");
 
-        Assert.AreEqual(PlaceResult.Placed, backend.PlacePage(mapping.Page(5), Pattern(mapping.PageSize, 5)));
-        Assert.AreEqual(PlaceResult.Placed, backend.PlaceZeroPage(mapping.Page(9), mapping.PageSize));
-        Assert.IsTrue(reader.Finished(Released) && writer.Finished(Released), $"{Name}: placing the pages did not wake the touchers.");
+        ExpectPlaced(backend.PlacePage(mapping.Page(5), Pattern(mapping.PageSize, 5)), "PlacePage of a missing page");
+        ExpectPlaced(backend.PlaceZeroPage(mapping.Page(9), mapping.PageSize), "PlaceZeroPage of a missing page");
+        Expect.That(reader.Finished(Released) && writer.Finished(Released), $"{Name}: placing the pages did not wake the touchers.");
         byte[] written = NativeToucher.ReadNow(mapping.Page(9), 16);
-        CollectionAssert.AreEqual(new byte[] { 0, 0, 0, 0, 0, 0, 0, 0, 0x5A, 0x5A, 0x5A, 0x5A, 0, 0, 0, 0 }, written,
+        Expect.Bytes(new byte[] { 0, 0, 0, 0, 0, 0, 0, 0, 0x5A, 0x5A, 0x5A, 0x5A, 0, 0, 0, 0 }, written,
             $"{Name}: the write that faulted must land on the placed zero page once woken.");
     }
 
@@ -114,19 +114,19 @@ public abstract class FaultBackendConformanceTests
             PageOf(ReadOneFault(backend, "for page 1 or 6").HostAddress, mapping.PageSize),
             PageOf(ReadOneFault(backend, "for page 1 or 6").HostAddress, mapping.PageSize),
         };
-        Assert.IsTrue(faulted.SetEquals([mapping.Page(1), mapping.Page(6)]),
+        Expect.That(faulted.SetEquals([mapping.Page(1), mapping.Page(6)]),
             $"{Name}: two threads touched pages 1 and 6, but the faults named {string.Join(", ", faulted.Select(a => $"0x{a:x}"))}.");
 
         byte[] six = Pattern(mapping.PageSize, 6);
-        Assert.AreEqual(PlaceResult.Placed, backend.PlacePage(mapping.Page(6), six), $"{Name}: PlacePage of a missing page must return Placed.");
-        Assert.IsTrue(second.Finished(Released), $"{Name}: placing page 6 did not wake the thread waiting on it.");
-        Assert.IsFalse(first.Finished(Blocked), $"{Name}: placing page 6 released the thread waiting on page 1, whose page is still missing (it would read garbage).");
-        CollectionAssert.AreEqual(six[64..128], second.Bytes(), $"{Name}: the woken thread read something other than the placed contents.");
+        Expect.Equal(PlaceResult.Placed, backend.PlacePage(mapping.Page(6), six), $"{Name}: PlacePage of a missing page must return Placed.");
+        Expect.That(second.Finished(Released), $"{Name}: placing page 6 did not wake the thread waiting on it.");
+        Expect.That(!(first.Finished(Blocked)), $"{Name}: placing page 6 released the thread waiting on page 1, whose page is still missing (it would read garbage).");
+        Expect.Bytes(six[64..128], second.Bytes(), $"{Name}: the woken thread read something other than the placed contents.");
 
         byte[] one = Pattern(mapping.PageSize, 1);
-        Assert.AreEqual(PlaceResult.Placed, backend.PlacePage(mapping.Page(1), one));
-        Assert.IsTrue(first.Finished(Released), $"{Name}: placing page 1 did not wake its waiter.");
-        CollectionAssert.AreEqual(one[..64], first.Bytes(), $"{Name}: page 1's waiter read something other than the placed contents.");
+        ExpectPlaced(backend.PlacePage(mapping.Page(1), one), "PlacePage of a missing page");
+        Expect.That(first.Finished(Released), $"{Name}: placing page 1 did not wake its waiter.");
+        Expect.Bytes(one[..64], first.Bytes(), $"{Name}: page 1's waiter read something other than the placed contents.");
     }
 
     /// <summary>A page that arrives twice is reported AlreadyPresent and keeps its first contents; a zero page does not overwrite it either.</summary>
@@ -138,13 +138,13 @@ public abstract class FaultBackendConformanceTests
         backend.Arm(mapping.Range);
 
         byte[] first = Pattern(mapping.PageSize, 1);
-        Assert.AreEqual(PlaceResult.Placed, backend.PlacePage(mapping.Page(0), first));
+        ExpectPlaced(backend.PlacePage(mapping.Page(0), first), "PlacePage of a missing page");
         PlaceResult again = backend.PlacePage(mapping.Page(0), Pattern(mapping.PageSize, 2));
-        Assert.AreEqual(PlaceResult.AlreadyPresent, again,
+        Expect.Equal(PlaceResult.AlreadyPresent, again,
             $"{Name}: placing a page that is already there returned {again}; it must return AlreadyPresent (and wake waiters) rather than fail or overwrite.");
-        Assert.AreEqual(PlaceResult.AlreadyPresent, backend.PlaceZeroPage(mapping.Page(0), mapping.PageSize),
+        Expect.Equal(PlaceResult.AlreadyPresent, backend.PlaceZeroPage(mapping.Page(0), mapping.PageSize),
             $"{Name}: a zero page over a present page must return AlreadyPresent.");
-        CollectionAssert.AreEqual(first, NativeToucher.ReadNow(mapping.Page(0), (int)mapping.PageSize),
+        Expect.Bytes(first, NativeToucher.ReadNow(mapping.Page(0), (int)mapping.PageSize),
             $"{Name}: a second placement changed the page; the first contents must stay (the guest may already have written to it).");
     }
 
@@ -157,10 +157,11 @@ public abstract class FaultBackendConformanceTests
         backend.Arm(mapping.Range);
 
         using NativeToucher toucher = NativeToucher.Read(mapping.Page(1), (int)mapping.PageSize);
-        Assert.AreEqual(mapping.Page(1), PageOf(ReadOneFault(backend, "for page 1").HostAddress, mapping.PageSize));
-        Assert.AreEqual(PlaceResult.Placed, backend.PlaceZeroPage(mapping.Page(1), mapping.PageSize), $"{Name}: PlaceZeroPage of a missing page must return Placed.");
-        Assert.IsTrue(toucher.Finished(Released), $"{Name}: PlaceZeroPage did not wake the waiter.");
-        CollectionAssert.AreEqual(new byte[mapping.PageSize], toucher.Bytes(), $"{Name}: the zero page does not read as zeros.");
+        nint faultedPage = PageOf(ReadOneFault(backend, "for page 1").HostAddress, mapping.PageSize);
+        Expect.That(faultedPage == mapping.Page(1), $"{Name}: a read of page 1 at 0x{mapping.Page(1):x} was reported at page 0x{faultedPage:x}.");
+        Expect.Equal(PlaceResult.Placed, backend.PlaceZeroPage(mapping.Page(1), mapping.PageSize), $"{Name}: PlaceZeroPage of a missing page must return Placed.");
+        Expect.That(toucher.Finished(Released), $"{Name}: PlaceZeroPage did not wake the waiter.");
+        Expect.Bytes(new byte[mapping.PageSize], toucher.Bytes(), $"{Name}: the zero page does not read as zeros.");
     }
 
     /// <summary>Disarm wakes a waiter; Shutdown ends ReadFaults; Dispose closes every file descriptor the backend opened.</summary>
@@ -176,17 +177,17 @@ public abstract class FaultBackendConformanceTests
             backend.Arm(mapping.Range);
             using NativeToucher toucher = NativeToucher.Read(mapping.Page(3), 8);
             ReadOneFault(backend, "for page 3");
-            Assert.IsFalse(toucher.Finished(Blocked));
+            Expect.That(!toucher.Finished(Blocked), $"{Name}: the touch of a missing armed page completed before the page was placed: it must wait for PlacePage.");
             backend.Disarm(mapping.Range);
-            Assert.IsTrue(toucher.Finished(Released), $"{Name}: Disarm left a thread waiting on a missing page; disarming must wake every waiter in the range.");
+            Expect.That(toucher.Finished(Released), $"{Name}: Disarm left a thread waiting on a missing page; disarming must wake every waiter in the range.");
 
             int result = -1;
             var reader = new Thread(() => result = backend.ReadFaults(new PageFault[4])) { IsBackground = true };
             reader.Start();
-            Assert.IsFalse(reader.Join(Blocked), $"{Name}: ReadFaults returned ({result}) although nothing faulted; it must block until a fault or Shutdown.");
+            Expect.That(!(reader.Join(Blocked)), $"{Name}: ReadFaults returned ({result}) although nothing faulted; it must block until a fault or Shutdown.");
             backend.Shutdown();
-            Assert.IsTrue(reader.Join(Released), $"{Name}: Shutdown did not unblock ReadFaults.");
-            Assert.AreEqual(0, result, $"{Name}: ReadFaults must return 0 after Shutdown.");
+            Expect.That(reader.Join(Released), $"{Name}: Shutdown did not unblock ReadFaults.");
+            Expect.Equal(0, result, $"{Name}: ReadFaults must return 0 after Shutdown.");
             backend.Shutdown();
         }
         finally
@@ -195,7 +196,7 @@ public abstract class FaultBackendConformanceTests
         }
 
         int after = FileDescriptors.CountSettled(before);
-        Assert.AreEqual(before, after, $"{Name}: {after - before} file descriptor(s) are still open after Dispose; {FileDescriptors.Describe()}. Dispose must close everything Open() created.");
+        Expect.That(before == after, $"{Name}: {after - before} file descriptor(s) are still open after Dispose; {FileDescriptors.Describe()}. Dispose must close everything Open() created.");
     }
 
     /// <summary>Opens the backend, or fails the test when the probe said it was usable but Open threw.</summary>
@@ -231,9 +232,12 @@ public abstract class FaultBackendConformanceTests
         using var watchdog = new Timer(_ => backend.Shutdown(), null, Released, Timeout.InfiniteTimeSpan);
         var faults = new PageFault[1];
         int count = backend.ReadFaults(faults);
-        Assert.AreEqual(1, count, $"{Name}: no fault was delivered {what} within {Released.TotalSeconds} s of the touch; ReadFaults must return each fault on an armed missing page.");
+        Expect.Equal(1, count, $"{Name}: no fault was delivered {what} within {Released.TotalSeconds} s of the touch; ReadFaults must return each fault on an armed missing page.");
         return faults[0];
     }
+
+    private void ExpectPlaced(PlaceResult result, string what) =>
+        Expect.That(result == PlaceResult.Placed, $"{Name}: {what} returned {result}; it must place the page and return Placed.");
 
     /// <summary>The page containing <paramref name="address"/>.</summary>
     protected static nint PageOf(nint address, ulong pageSize) => address & ~(nint)(pageSize - 1);

@@ -75,8 +75,13 @@ internal sealed class StreamPattern
                 filled += n;
             }
 
-            await output.FlushAsync().ConfigureAwait(false);
+            FlushResult flushed = await output.FlushAsync().ConfigureAwait(false);
             sent += chunk;
+            if (flushed.IsCompleted)
+            {
+                break; // the reader has gone; it reports what it missed
+            }
+
             if (progress is not null)
             {
                 Volatile.Write(ref progress.Value, sent);

@@ -25,15 +25,13 @@ public abstract partial class TransportConformanceTests
         IDuplexPipe destinationChannel = await Step(accepting, "OpenChannelAsync(1) on the accepted end").ConfigureAwait(false);
 
         const long size = 16L << 20;
-        Task main = Task.WhenAll(
-            new StreamPattern(51).SendAsync(pair.Source.Transport.Output, size),
-            new StreamPattern(51).ReceiveAsync(pair.Destination.Transport.Input, $"{Name} main connection (beside channel 1)", size));
-        Task channel = Task.WhenAll(
-            new StreamPattern(52).SendAsync(sourceChannel.Output, size),
+        await AllAsync(TransferTimeout, $"{Name}: 16 MiB on the main connection and on channel 1",
+            new StreamPattern(51).ReceiveAsync(pair.Destination.Transport.Input, $"{Name} main connection (beside channel 1)", size),
             new StreamPattern(52).ReceiveAsync(destinationChannel.Input, $"{Name} channel 1 forward", size),
-            new StreamPattern(53).SendAsync(destinationChannel.Output, size),
-            new StreamPattern(53).ReceiveAsync(sourceChannel.Input, $"{Name} channel 1 back", size));
-        await BothAsync(main, channel, TransferTimeout, $"{Name}: 16 MiB on the main connection and on channel 1").ConfigureAwait(false);
+            new StreamPattern(53).ReceiveAsync(sourceChannel.Input, $"{Name} channel 1 back", size),
+            new StreamPattern(51).SendAsync(pair.Source.Transport.Output, size),
+            new StreamPattern(52).SendAsync(sourceChannel.Output, size),
+            new StreamPattern(53).SendAsync(destinationChannel.Output, size));
     }
 
     /// <summary>
@@ -70,7 +68,7 @@ public abstract partial class TransportConformanceTests
                 byte[] page = new byte[4096];
                 await Step(destination.ReadAsync("pc.ram", (ulong)offset, page).AsTask(), $"IPageChannel.ReadAsync at offset {offset}").ConfigureAwait(false);
                 int wrong = page.AsSpan().CommonPrefixLength(contents.AsSpan(offset, 4096));
-                Assert.AreEqual(4096, wrong,
+                Expect.Equal(4096, wrong,
                     $"{Name}: IPageChannel.ReadAsync(\"pc.ram\", {offset}) returned a wrong byte at +{wrong}; it must return exactly the source's bytes at that offset.");
             }
         }
@@ -89,7 +87,7 @@ public abstract partial class TransportConformanceTests
             Assert.Inconclusive($"{Name} does not offer {typeof(T).Name}, which is optional.");
         }
 
-        Assert.IsTrue(onSource && onDestination,
+        Expect.That(onSource && onDestination,
             $"{Name}: only the {(onSource ? "connecting" : "accepted")} end implements {typeof(T).Name}; a capability must be offered on both ends of a connection.");
         return (T)(object)pair.Source;
     }

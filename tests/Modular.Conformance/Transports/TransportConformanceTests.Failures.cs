@@ -20,21 +20,21 @@ public abstract partial class TransportConformanceTests
         Task<ReadResult> localRead = Later(() => pair.Source.Transport.Input.ReadAsync());
         Task<ReadResult> peerRead = Later(() => pair.Destination.Transport.Input.ReadAsync());
         await Task.Delay(50).ConfigureAwait(false);
-        Assert.IsFalse(peerRead.IsCompleted, $"{Name}: the peer's read completed before anything was sent or aborted.");
+        Expect.That(!(peerRead.IsCompleted), $"{Name}: the peer's read completed before anything was sent or aborted.");
 
         pair.Source.Abort(new InvalidOperationException(AbortReason));
 
         Exception local = await ExpectFailureAsync(localRead, "the aborted end's own pending read").ConfigureAwait(false);
-        Assert.IsTrue(Mentions(local, AbortReason),
+        Expect.That(Mentions(local, AbortReason),
             $"{Name}: the aborted end's read failed with {local.GetType().Name}: '{local.Message}', which does not carry the reason given to Abort ('{AbortReason}').");
-        Assert.IsTrue(await Cancelled(pair.Source.Closed).ConfigureAwait(false), $"{Name}: Abort did not cancel the connection's Closed token.");
+        Expect.That(await Cancelled(pair.Source.Closed).ConfigureAwait(false), $"{Name}: Abort did not cancel the connection's Closed token.");
         await ExpectFailureAsync(Later(() => pair.Source.Transport.Input.ReadAsync()), "a read after Abort on the aborted end").ConfigureAwait(false);
 
         // The peer: its pending read must end within the deadline, with an error (or, when the transport
         // cannot carry one, with an early end of stream); data never arrives.
         Task peerEnd = DrainUntilEndAsync(pair.Destination.Transport.Input, peerRead);
         Task done = await Task.WhenAny(peerEnd, Task.Delay(AbortDeadline)).ConfigureAwait(false);
-        Assert.AreEqual(peerEnd, done,
+        Expect.That(done == peerEnd,
             $"{Name}: {AbortDeadline.TotalSeconds} s after Abort the peer's read is still waiting. Abort must tear the connection down so the peer's reads end at once " +
             "(for a socket: close it with SO_LINGER 0 to send a reset), not leave it open until a timeout.");
         if (peerEnd.Exception?.InnerException is AssertFailedException wrong)
@@ -44,12 +44,12 @@ public abstract partial class TransportConformanceTests
 
         if (peerEnd.IsCompletedSuccessfully)
         {
-            Assert.IsNotNull(PeerSeesAbortAsEndReason,
+            Expect.That(PeerSeesAbortAsEndReason is not null,
                 $"{Name}: after Abort the peer's read reported a clean end of stream instead of an error, so the destination cannot tell an aborted migration from a finished one. " +
                 "Make the peer's read fail (a TCP reset), or, if the transport truly cannot carry an abort, override PeerSeesAbortAsEndReason with why.");
         }
 
-        Assert.IsTrue(await Cancelled(pair.Destination.Closed).ConfigureAwait(false),
+        Expect.That(await Cancelled(pair.Destination.Closed).ConfigureAwait(false),
             $"{Name}: the peer's Closed token was not cancelled within {AbortDeadline.TotalSeconds} s after its read ended.");
     }
 
@@ -92,7 +92,7 @@ public abstract partial class TransportConformanceTests
         }
 
         int after = FileDescriptors.CountSettled(before);
-        Assert.AreEqual(before, after,
+        Expect.That(before == after,
             $"{Name}: after 5 connections and listeners were disposed, {after - before} more file descriptor(s) are open than before ({FileDescriptors.Describe()}). " +
             "DisposeAsync of a connection and of a listener must close every socket, file and handle they opened.");
 
@@ -123,7 +123,7 @@ public abstract partial class TransportConformanceTests
                 $"{Name}: {what} threw {error.GetType().FullName}: '{error.Message}'. Throw TransportException (wrapping the cause) so the operator gets one clear error naming the endpoint.");
         }
 
-        Assert.IsTrue(error.Message.Contains(endpoint.Address, StringComparison.Ordinal),
+        Expect.That(error.Message.Contains(endpoint.Address, StringComparison.Ordinal),
             $"{Name}: {what} failed with '{error.Message}', which does not name the endpoint '{endpoint}'; say which endpoint and what to do.");
     }
 

@@ -20,8 +20,8 @@ public abstract partial class TransportConformanceTests
         Task<long> receiveBack = new StreamPattern(12).ReceiveAsync(pair.Source.Transport.Input, $"{Name} return path (both directions at once)", back);
         Task<long> sendForward = new StreamPattern(11).SendAsync(pair.Source.Transport.Output, forward);
         Task<long> sendBack = new StreamPattern(12).SendAsync(pair.Destination.Transport.Output, back);
-        await BothAsync(Task.WhenAll(sendForward, receiveForward), Task.WhenAll(sendBack, receiveBack), TransferTimeout,
-            $"{Name}: moving {forward >> 20} MiB forward and {back >> 20} MiB back at once").ConfigureAwait(false);
+        await AllAsync(TransferTimeout, $"{Name}: moving {forward >> 20} MiB forward and {back >> 20} MiB back at once",
+            receiveForward, receiveBack, sendForward, sendBack).ConfigureAwait(false);
     }
 
     /// <summary>At least 1 GiB arrives with every byte equal to what was written, in order.</summary>
@@ -44,7 +44,7 @@ public abstract partial class TransportConformanceTests
             await using ConnectedPair pair = await ConnectPairAsync().ConfigureAwait(false);
             Task<long> receive = new StreamPattern(21).ReceiveAsync(pair.Destination.Transport.Input, $"{Name} large transfer", total);
             Task<long> send = new StreamPattern(21).SendAsync(pair.Source.Transport.Output, total);
-            await BothAsync(send, receive, TransferTimeout, $"{Name}: a {total >> 20} MiB transfer").ConfigureAwait(false);
+            await AllAsync(TransferTimeout, $"{Name}: a {total >> 20} MiB transfer", receive, send).ConfigureAwait(false);
         }
 
         Console.WriteLine($"{Name}: {total >> 20} MiB arrived intact in {clock.Elapsed.TotalSeconds:F1} s ({total / clock.Elapsed.TotalSeconds / 1e6:F0} MB/s, checked byte by byte).");
@@ -94,9 +94,9 @@ public abstract partial class TransportConformanceTests
         worstAhead = Math.Max(worstAhead, Volatile.Read(ref written.Value) - Volatile.Read(ref read.Value));
         await pair.Source.Transport.Output.CompleteAsync().ConfigureAwait(false);
         long total = await receive.WaitAsync(TransferTimeout).ConfigureAwait(false);
-        Assert.AreEqual(await send.ConfigureAwait(false), total, $"{Name}: the slow reader did not get every byte written.");
+        Expect.Equal(await send.ConfigureAwait(false), total, $"{Name}: the slow reader did not get every byte written.");
 
-        Assert.IsTrue(worstAhead <= limit,
+        Expect.That(worstAhead <= limit,
             $"{Name}: a reader taking 64 KiB every 10 ms fell {worstAhead >> 20} MiB behind the writer (limit {limit >> 20} MiB); meanwhile the managed heap " +
             $"grew by {Math.Max(0, heapPeak - heapBefore) >> 20} MiB and RSS by {Math.Max(0, rssPeak - rssBefore) >> 20} MiB. FlushAsync must wait while the peer " +
             "does not keep up (backpressure: bound what the connection buffers, e.g. with PipeOptions.PauseWriterThreshold); otherwise a slow destination " +

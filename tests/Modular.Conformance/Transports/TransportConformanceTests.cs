@@ -86,12 +86,12 @@ public abstract partial class TransportConformanceTests
         }
 
         await using ConnectedPair pair = await ConnectPairAsync(asked).ConfigureAwait(false);
-        Assert.AreEqual(asked.Scheme, pair.Listener.Endpoint.Scheme,
+        Expect.Equal(asked.Scheme, pair.Listener.Endpoint.Scheme,
             $"{Name}: the listener reports the endpoint '{pair.Listener.Endpoint}', whose scheme is not '{asked.Scheme}'.");
         CheckDescription(pair.Source, "connecting");
         CheckDescription(pair.Destination, "accepted");
-        Assert.IsFalse(pair.Source.Closed.IsCancellationRequested, $"{Name}: Closed is cancelled on a fresh connection.");
-        Assert.IsFalse(pair.Destination.Closed.IsCancellationRequested, $"{Name}: Closed is cancelled on a freshly accepted connection.");
+        Expect.That(!(pair.Source.Closed.IsCancellationRequested), $"{Name}: Closed is cancelled on a fresh connection.");
+        Expect.That(!(pair.Destination.Closed.IsCancellationRequested), $"{Name}: Closed is cancelled on a freshly accepted connection.");
         Task<long> forward = new StreamPattern(1).ReceiveAsync(pair.Destination.Transport.Input, $"{Name} forward path", 100_000);
         Task<long> back = new StreamPattern(2).ReceiveAsync(pair.Source.Transport.Input, $"{Name} return path", 100_000);
         await new StreamPattern(1).SendAsync(pair.Source.Transport.Output, 100_000).ConfigureAwait(false);
@@ -104,10 +104,10 @@ public abstract partial class TransportConformanceTests
     protected void RequireUsable()
     {
         PluginAvailability availability = Transport.Probe();
-        Assert.IsNotNull(availability, $"{Name}: Probe() returned null; return PluginAvailability.Usable or PluginAvailability.NotUsable(reason).");
+        Expect.That(availability is not null, $"{Name}: Probe() returned null; return PluginAvailability.Usable or PluginAvailability.NotUsable(reason).");
         if (!availability.IsUsable)
         {
-            Assert.IsFalse(string.IsNullOrWhiteSpace(availability.Reason),
+            Expect.That(!(string.IsNullOrWhiteSpace(availability.Reason)),
                 $"{Name}: Probe() says the transport is not usable here but gives no reason; the operator needs to know what is missing.");
             Assert.Inconclusive($"{Name} is not usable on this host: {availability.Reason}");
         }
@@ -186,24 +186,30 @@ public abstract partial class TransportConformanceTests
         }
     }
 
-    /// <summary>Awaits both tasks; a failure of either is reported at once, and neither may take longer than <paramref name="timeout"/>.</summary>
-    protected static async Task BothAsync(Task a, Task b, TimeSpan timeout, string what)
+    /// <summary>
+    /// Awaits every task; the first failure is reported at once (a dead reader leaves its writer blocked
+    /// on backpressure forever, so waiting for all would hang), and all must finish within <paramref name="timeout"/>.
+    /// </summary>
+    protected static async Task AllAsync(TimeSpan timeout, string what, params Task[] tasks)
     {
-        Task first = await Task.WhenAny(a, b).WaitAsync(timeout).ConfigureAwait(false);
-        await first.ConfigureAwait(false);
-        try
+        var pending = new List<Task>(tasks);
+        var deadline = DateTime.UtcNow + timeout;
+        while (pending.Count > 0)
         {
-            await (first == a ? b : a).WaitAsync(timeout).ConfigureAwait(false);
-        }
-        catch (TimeoutException)
-        {
-            throw new AssertFailedException($"{what} did not finish within {timeout.TotalSeconds} s.");
+            TimeSpan left = deadline - DateTime.UtcNow;
+            Task done = await Task.WhenAny(pending.Append(Task.Delay(left > TimeSpan.Zero ? left : TimeSpan.Zero))).ConfigureAwait(false);
+            if (!pending.Remove(done))
+            {
+                throw new AssertFailedException($"{what} did not finish within {timeout.TotalSeconds} s.");
+            }
+
+            await done.ConfigureAwait(false);
         }
     }
 
     private void CheckDescription(IMigrationConnection connection, string side)
     {
-        Assert.IsFalse(string.IsNullOrWhiteSpace(connection.RemoteDescription),
+        Expect.That(!(string.IsNullOrWhiteSpace(connection.RemoteDescription)),
             $"{Name}: the {side} connection's RemoteDescription is empty; it names the peer in logs and errors (e.g. {Name}:127.0.0.1:4444).");
     }
 }
