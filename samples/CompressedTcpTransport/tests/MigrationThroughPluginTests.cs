@@ -42,7 +42,10 @@ public sealed class MigrationThroughPluginTests
         }
 
         string found = await File.ReadAllTextAsync(listing);
-        StringAssert.Contains(found, "tcpz", $"modular plugins did not list tcpz:\n{found}");
+        Assert.IsTrue(found.Split('\n').Any(line => System.Text.RegularExpressions.Regex.IsMatch(line, @"\btcpz\b.*\btransport\b.*\btcpz\b.*\byes\b")),
+            $"modular plugins did not list tcpz as a usable transport:\n{found}");
+        Assert.IsFalse(found.Split('\n').Any(line => line.StartsWith("problem:", StringComparison.Ordinal) && line.Contains("tcpz", StringComparison.Ordinal)),
+            $"modular plugins reported a problem with tcpz:\n{found}");
 
         int port = FreePort();
         string uri = $"tcpz:127.0.0.1:{port}";
@@ -108,7 +111,7 @@ public sealed class MigrationThroughPluginTests
     {
         try
         {
-            return await QmpConnection.OpenAsync(path, TimeSpan.FromSeconds(30));
+            return await QmpConnection.OpenAsync(path, TimeSpan.FromSeconds(30), () => process.HasExited);
         }
         catch (Exception ex) when (ex is SocketException or IOException)
         {

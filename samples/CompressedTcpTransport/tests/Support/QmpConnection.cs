@@ -19,8 +19,8 @@ internal sealed class QmpConnection : IAsyncDisposable
         _writer = new StreamWriter(stream, new UTF8Encoding(false)) { AutoFlush = true, NewLine = "\n" };
     }
 
-    /// <summary>Connects (retrying while the socket appears), reads the greeting and negotiates capabilities.</summary>
-    public static async Task<QmpConnection> OpenAsync(string path, TimeSpan timeout)
+    /// <summary>Connects (retrying while the socket appears and <paramref name="gaveUp"/> is false), reads the greeting and negotiates capabilities.</summary>
+    public static async Task<QmpConnection> OpenAsync(string path, TimeSpan timeout, Func<bool> gaveUp)
     {
         var deadline = DateTime.UtcNow + timeout;
         while (true)
@@ -34,7 +34,7 @@ internal sealed class QmpConnection : IAsyncDisposable
                 await qmp.ExecuteAsync("qmp_capabilities");
                 return qmp;
             }
-            catch (SocketException) when (DateTime.UtcNow < deadline)
+            catch (SocketException) when (DateTime.UtcNow < deadline && !gaveUp())
             {
                 socket.Dispose();
                 await Task.Delay(100);
