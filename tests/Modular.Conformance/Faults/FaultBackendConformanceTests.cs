@@ -47,19 +47,20 @@ public abstract class FaultBackendConformanceTests
     [TestMethod]
     public void ArmAndDisarm()
     {
-        using IFaultBackend backend = OpenUsable();
-        using TestRamMapping mapping = TestRamMapping.Anonymous(4);
+        using var scope = new FaultTestScope(OpenUsable());
+        IFaultBackend backend = scope.Backend;
+        TestRamMapping mapping = scope.Map(4);
         backend.Arm(mapping.Range);
         backend.Disarm(mapping.Range);
 
-        using NativeToucher toucher = NativeToucher.Read(mapping.Page(1), 16);
+        NativeToucher toucher = scope.Track(NativeToucher.Read(mapping.Page(1), 16));
         Expect.That(toucher.Finished(Released),
             $"{Name}: a touch of a disarmed range did not complete within {Released.TotalSeconds} s: Disarm must unregister the range, after which missing pages are ordinary zero-filled memory.");
         Expect.Bytes(new byte[16], toucher.Bytes(), $"{Name}: a page of a disarmed anonymous range should read as zeros.");
 
-        using TestRamMapping second = TestRamMapping.Anonymous(2);
+        TestRamMapping second = scope.Map(2);
         backend.Arm(second.Range);
-        using NativeToucher again = NativeToucher.Read(second.Page(0), 8);
+        NativeToucher again = scope.Track(NativeToucher.Read(second.Page(0), 8));
         PageFault fault = ReadOneFault(backend, "after arming a second range");
         Expect.Equal(second.Page(0), PageOf(fault.HostAddress, second.PageSize), $"{Name}: the fault after re-arming names the wrong page.");
         ExpectPlaced(backend.PlacePage(second.Page(0), Pattern(second.PageSize, 1)), "PlacePage of a missing page");
@@ -70,11 +71,12 @@ public abstract class FaultBackendConformanceTests
     [TestMethod]
     public void TouchOfAnArmedMissingPageIsDeliveredWithItsAddress()
     {
-        using IFaultBackend backend = OpenUsable();
-        using TestRamMapping mapping = TestRamMapping.Anonymous(16);
+        using var scope = new FaultTestScope(OpenUsable());
+        IFaultBackend backend = scope.Backend;
+        TestRamMapping mapping = scope.Map(16);
         backend.Arm(mapping.Range);
 
-        using NativeToucher reader = NativeToucher.Read(mapping.Page(5) + 100, 8);
+        NativeToucher reader = scope.Track(NativeToucher.Read(mapping.Page(5) + 100, 8));
         PageFault fault = ReadOneFault(backend, "for a read of page 5");
         Expect.Equal(mapping.Page(5), PageOf(fault.HostAddress, mapping.PageSize),
             $"{Name}: a read at 0x{mapping.Page(5) + 100:x} was reported at 0x{fault.HostAddress:x}; the fault must carry the touched address (its page at least).");
@@ -86,7 +88,7 @@ public abstract class FaultBackendConformanceTests
         Expect.That(!(fault.IsWrite), $"{Name}: a read was reported as a write.");
         Expect.That(!(reader.Finished(Blocked)), $"{Name}: the touch of a missing armed page completed before the page was placed: it must wait for PlacePage.");
 
-        using NativeToucher writer = NativeToucher.Write(mapping.Page(9) + 8, 4, 0x5A);
+        NativeToucher writer = scope.Track(NativeToucher.Write(mapping.Page(9) + 8, 4, 0x5A));
         PageFault writeFault = ReadOneFault(backend, "for a write of page 9");
         Expect.Equal(mapping.Page(9), PageOf(writeFault.HostAddress, mapping.PageSize), $"{Name}: a write of page 9 was reported at 0x{writeFault.HostAddress:x}.");
         Expect.That(writeFault.IsWrite, $"{Name}: a write was reported as a read.");
@@ -103,12 +105,13 @@ public abstract class FaultBackendConformanceTests
     [TestMethod]
     public void PlacingAPageWakesExactlyItsWaiterWithItsContents()
     {
-        using IFaultBackend backend = OpenUsable();
-        using TestRamMapping mapping = TestRamMapping.Anonymous(8);
+        using var scope = new FaultTestScope(OpenUsable());
+        IFaultBackend backend = scope.Backend;
+        TestRamMapping mapping = scope.Map(8);
         backend.Arm(mapping.Range);
 
-        using NativeToucher first = NativeToucher.Read(mapping.Page(1), 64);
-        using NativeToucher second = NativeToucher.Read(mapping.Page(6) + 64, 64);
+        NativeToucher first = scope.Track(NativeToucher.Read(mapping.Page(1), 64));
+        NativeToucher second = scope.Track(NativeToucher.Read(mapping.Page(6) + 64, 64));
         var faulted = new HashSet<nint>
         {
             PageOf(ReadOneFault(backend, "for page 1 or 6").HostAddress, mapping.PageSize),
@@ -133,8 +136,9 @@ public abstract class FaultBackendConformanceTests
     [TestMethod]
     public void PlacingAnAlreadyPlacedPageIsHandled()
     {
-        using IFaultBackend backend = OpenUsable();
-        using TestRamMapping mapping = TestRamMapping.Anonymous(2);
+        using var scope = new FaultTestScope(OpenUsable());
+        IFaultBackend backend = scope.Backend;
+        TestRamMapping mapping = scope.Map(2);
         backend.Arm(mapping.Range);
 
         byte[] first = Pattern(mapping.PageSize, 1);
@@ -152,11 +156,12 @@ public abstract class FaultBackendConformanceTests
     [TestMethod]
     public void ZeroPageIsPlacedAndWakesItsWaiter()
     {
-        using IFaultBackend backend = OpenUsable();
-        using TestRamMapping mapping = TestRamMapping.Anonymous(2);
+        using var scope = new FaultTestScope(OpenUsable());
+        IFaultBackend backend = scope.Backend;
+        TestRamMapping mapping = scope.Map(2);
         backend.Arm(mapping.Range);
 
-        using NativeToucher toucher = NativeToucher.Read(mapping.Page(1), (int)mapping.PageSize);
+        NativeToucher toucher = scope.Track(NativeToucher.Read(mapping.Page(1), (int)mapping.PageSize));
         nint faultedPage = PageOf(ReadOneFault(backend, "for page 1").HostAddress, mapping.PageSize);
         Expect.That(faultedPage == mapping.Page(1), $"{Name}: a read of page 1 at 0x{mapping.Page(1):x} was reported at page 0x{faultedPage:x}.");
         Expect.Equal(PlaceResult.Placed, backend.PlaceZeroPage(mapping.Page(1), mapping.PageSize), $"{Name}: PlaceZeroPage of a missing page must return Placed.");
@@ -170,12 +175,12 @@ public abstract class FaultBackendConformanceTests
     {
         OpenUsable().Dispose(); // warm up lazily opened runtime handles
         int before = FileDescriptors.Count();
-        IFaultBackend backend = OpenUsable();
-        try
+        using (var scope = new FaultTestScope(OpenUsable()))
         {
-            using TestRamMapping mapping = TestRamMapping.Anonymous(4);
+            IFaultBackend backend = scope.Backend;
+            TestRamMapping mapping = scope.Map(4);
             backend.Arm(mapping.Range);
-            using NativeToucher toucher = NativeToucher.Read(mapping.Page(3), 8);
+            NativeToucher toucher = scope.Track(NativeToucher.Read(mapping.Page(3), 8));
             ReadOneFault(backend, "for page 3");
             Expect.That(!toucher.Finished(Blocked), $"{Name}: the touch of a missing armed page completed before the page was placed: it must wait for PlacePage.");
             backend.Disarm(mapping.Range);
@@ -189,11 +194,7 @@ public abstract class FaultBackendConformanceTests
             Expect.That(reader.Join(Released), $"{Name}: Shutdown did not unblock ReadFaults.");
             Expect.Equal(0, result, $"{Name}: ReadFaults must return 0 after Shutdown.");
             backend.Shutdown();
-        }
-        finally
-        {
-            backend.Dispose();
-        }
+        } // the scope disposes the backend
 
         int after = FileDescriptors.CountSettled(before);
         Expect.That(before == after, $"{Name}: {after - before} file descriptor(s) are still open after Dispose; {FileDescriptors.Describe()}. Dispose must close everything Open() created.");
