@@ -1,0 +1,2 @@
+// The transport tests count file descriptors and move a lot of data: keep them sequential.
+[assembly: DoNotParallelize]

@@ -1,0 +1,115 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.IO.Pipelines;
+using System.Runtime.InteropServices;
+using Modular.Abstractions.Transports;
+
+namespace Modular.Conformance.Transports;
+
+public abstract partial class TransportConformanceTests
+{
+    /// <summary>
+    /// When the connection offers <see cref="IExtraChannels"/> (on both ends), channel 1 opens on both
+    /// ends and carries data both ways, intact, while the main connection carries its own.
+    /// </summary>
+    [TestMethod]
+    public async Task ExtraChannelsCarryTheirOwnStreams()
+    {
+        RequireLivePeer("extra channels");
+        await using ConnectedPair pair = await ConnectPairAsync().ConfigureAwait(false);
+        IExtraChannels source = RequireOnBothEnds<IExtraChannels>(pair);
+        var destination = (IExtraChannels)pair.Destination;
+
+        Task<IDuplexPipe> accepting = destination.OpenChannelAsync(1).AsTask();
+        IDuplexPipe sourceChannel = await Step(source.OpenChannelAsync(1).AsTask(), "OpenChannelAsync(1) on the connecting end").ConfigureAwait(false);
+        IDuplexPipe destinationChannel = await Step(accepting, "OpenChannelAsync(1) on the accepted end").ConfigureAwait(false);
+
+        const long size = 16L << 20;
+        await AllAsync(TransferTimeout, $"{Name}: 16 MiB on the main connection and on channel 1",
+            new StreamPattern(51).ReceiveAsync(pair.Destination.Transport.Input, $"{Name} main connection (beside channel 1)", size),
+            new StreamPattern(52).ReceiveAsync(destinationChannel.Input, $"{Name} channel 1 forward", size),
+            new StreamPattern(53).ReceiveAsync(sourceChannel.Input, $"{Name} channel 1 back", size),
+            new StreamPattern(51).SendAsync(pair.Source.Transport.Output, size),
+            new StreamPattern(52).SendAsync(sourceChannel.Output, size),
+            new StreamPattern(53).SendAsync(destinationChannel.Output, size));
+    }
+
+    /// <summary>
+    /// When the connection offers <see cref="IPageChannel"/> (on both ends), the destination reads the
+    /// source's exposed memory by offset and gets exactly the bytes there.
+    /// </summary>
+    [TestMethod]
+    public async Task PageChannelReadsTheExposedMemory()
+    {
+        RequireLivePeer("a page channel");
+        await using ConnectedPair pair = await ConnectPairAsync().ConfigureAwait(false);
+        IPageChannel source = RequireOnBothEnds<IPageChannel>(pair);
+        var destination = (IPageChannel)pair.Destination;
+
+        const int length = 1 << 20;
+        byte[] contents = new byte[length];
+        new StreamPattern(61).Fill(0, contents);
+        nint region = Marshal.AllocHGlobal(length);
+        try
+        {
+            Marshal.Copy(contents, 0, region, length);
+            ReadOnlyMemory<byte> descriptor = source.ExposeRegion("pc.ram", region, length);
+
+            // The descriptor travels on the forward path, as the engine sends it.
+            byte[] framed = new byte[4 + descriptor.Length];
+            BinaryPrimitives.WriteInt32BigEndian(framed, descriptor.Length);
+            descriptor.Span.CopyTo(framed.AsSpan(4));
+            await pair.Source.Transport.Output.WriteAsync(framed).ConfigureAwait(false);
+            byte[] received = await Step(ReadExactlyAsync(pair.Destination.Transport.Input, framed.Length), "receiving the region descriptor").ConfigureAwait(false);
+            destination.AttachRegion("pc.ram", received.AsMemory(4));
+
+            foreach (int offset in new[] { 0, 17 * 4096, length - 4096, 123 })
+            {
+                byte[] page = new byte[4096];
+                await Step(destination.ReadAsync("pc.ram", (ulong)offset, page).AsTask(), $"IPageChannel.ReadAsync at offset {offset}").ConfigureAwait(false);
+                int wrong = page.AsSpan().CommonPrefixLength(contents.AsSpan(offset, 4096));
+                Expect.Equal(4096, wrong,
+                    $"{Name}: IPageChannel.ReadAsync(\"pc.ram\", {offset}) returned a wrong byte at +{wrong}; it must return exactly the source's bytes at that offset.");
+            }
+        }
+        finally
+        {
+            await pair.DisposeAsync().ConfigureAwait(false);
+            Marshal.FreeHGlobal(region);
+        }
+    }
+
+    private T RequireOnBothEnds<T>(ConnectedPair pair) where T : class
+    {
+        bool onSource = pair.Source is T, onDestination = pair.Destination is T;
+        if (!onSource && !onDestination)
+        {
+            Assert.Inconclusive($"{Name} does not offer {typeof(T).Name}, which is optional.");
+        }
+
+        Expect.That(onSource && onDestination,
+            $"{Name}: only the {(onSource ? "connecting" : "accepted")} end implements {typeof(T).Name}; a capability must be offered on both ends of a connection.");
+        return (T)(object)pair.Source;
+    }
+
+    private static async Task<byte[]> ReadExactlyAsync(PipeReader input, int count)
+    {
+        while (true)
+        {
+            ReadResult result = await input.ReadAsync().ConfigureAwait(false);
+            if (result.Buffer.Length >= count)
+            {
+                byte[] bytes = result.Buffer.Slice(0, count).ToArray();
+                input.AdvanceTo(result.Buffer.GetPosition(count));
+                return bytes;
+            }
+
+            if (result.IsCompleted)
+            {
+                throw new AssertFailedException($"the stream ended after {result.Buffer.Length} of {count} bytes.");
+            }
+
+            input.AdvanceTo(result.Buffer.Start, result.Buffer.End);
+        }
+    }
+}
