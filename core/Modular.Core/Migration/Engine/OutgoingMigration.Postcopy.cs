@@ -105,7 +105,9 @@ public sealed partial class OutgoingMigration
         var package = new ArrayBufferWriter<byte>(64 * 1024);
         var inner = new MigrationStreamWriter(package);
         new PostcopyListenCommand().WriteTo(inner);
-        WriteDeviceSections(inner, sections, firstSectionId: ramSectionId + 1, description: null);
+        var description = new VmDescriptionBuilder();
+        description.AddRam(ramSectionId);
+        WriteDeviceSections(inner, sections, firstSectionId: ramSectionId + 1, description);
         new PostcopyRunCommand().WriteTo(inner);
         _inPostcopy = true;
         PackagedCommand.WriteWithPackage(writer, package.WrittenSpan);
@@ -151,6 +153,9 @@ public sealed partial class OutgoingMigration
         writer.WriteRamEos();
         new SectionFooter(ramSectionId).WriteTo(writer);
         writer.WriteEof();
+
+        // As in precopy, the VM description follows EOF; the destination reads it before its SHUT.
+        new VmDescription(description.ToJson()).WriteTo(writer);
         await FlushAsync(output).ConfigureAwait(false);
         await afterFlush(0).ConfigureAwait(false);
         Stats.SetRemaining(0);
