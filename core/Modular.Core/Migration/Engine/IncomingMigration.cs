@@ -111,6 +111,10 @@ public sealed partial class IncomingMigration
             _error = ex is MigrationStreamException or DeviceStateException or TransportException
                 ? "Incoming migration failed: " + ex.Message
                 : "Incoming migration failed: " + ex.GetType().Name + ": " + ex.Message;
+            if (PostcopyState.Current >= State.PostcopyState.Listening)
+            {
+                _error = _error.TrimEnd('.') + ". Postcopy was running, so the guest's RAM here is incomplete: its vCPUs were stopped and it is not resumed (the seed's warning: a failure during postcopy loses the guest).";
+            }
             Stats.SetFinished();
             if (Status.Current == MigrationStatus.None)
             {

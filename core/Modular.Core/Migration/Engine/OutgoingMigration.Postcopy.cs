@@ -145,6 +145,7 @@ public sealed partial class OutgoingMigration
             new SectionFooter(ramSectionId).WriteTo(writer);
             await FlushAsync(output).ConfigureAwait(false);
             await afterFlush(0).ConfigureAwait(false);
+            Stats.SetRemaining(ram.DirtyPages * RamBlock.TargetPageSize);
         }
 
         // Every page has been sent at least once since the switch; requests still in flight are for
