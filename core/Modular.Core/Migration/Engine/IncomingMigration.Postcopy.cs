@@ -304,6 +304,27 @@ public sealed partial class IncomingMigration
         _faultThread!.Stop();
         _postcopyRam.DisarmAll();
         await _returnPath!.SendAsync(ReturnPathMessage.Shut(0)).ConfigureAwait(false);
+        await WaitForSourceToCloseAsync(reader).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// After SHUT: wait (a few seconds at most) until the source closes the forward path. Disposing
+    /// our connection at once can drop the SHUT still queued in the transport, and the source would
+    /// then fail a migration that worked. Main incoming task (precopy) or listen thread (postcopy).
+    /// </summary>
+    private static async Task WaitForSourceToCloseAsync(MigrationStreamReader reader)
+    {
+        try
+        {
+            while (!await reader.IsAtEndAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false))
+            {
+                await reader.ReadBytesAsync(1, "trailing byte").ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex) when (ex is TimeoutException or IOException or MigrationStreamException or OperationCanceledException or TransportException)
+        {
+            // The source did not close in time or closed abruptly: SHUT has had its chance.
+        }
     }
 
     /// <summary>

@@ -217,6 +217,7 @@ public sealed partial class IncomingMigration
                     if (_returnPath is not null)
                     {
                         await _returnPath.SendAsync(ReturnPathMessage.Shut(0)).ConfigureAwait(false);
+                        await WaitForSourceToCloseAsync(reader).ConfigureAwait(false);
                     }
 
                     return;

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.IO.Pipelines;
+using Microsoft.Extensions.Logging;
 using Modular.Abstractions.Devices;
 using Modular.Core.Memory;
 using Modular.Core.Migration.State;
@@ -98,8 +99,10 @@ public sealed partial class OutgoingMigration
         // Switch: stop the guest, take the last dirty bits, tell the destination what to drop.
         long downtimeStart = Stopwatch.GetTimestamp();
         _machine.StopAs(QmpRunState.FinishMigrate);
+        long stopped = Stopwatch.GetTimestamp();
         ram.Sync();
         SendDiscards(writer, ram);
+        long discarded = Stopwatch.GetTimestamp();
 
         // The package: LISTEN, every device and vCPU section, RUN, read by the destination in one go.
         var package = new ArrayBufferWriter<byte>(64 * 1024);
@@ -114,6 +117,12 @@ public sealed partial class OutgoingMigration
         await FlushAsync(output).ConfigureAwait(false);
         await afterFlush(0).ConfigureAwait(false);
         Stats.SetDowntime((long)Stopwatch.GetElapsedTime(downtimeStart).TotalMilliseconds);
+        _logger.LogInformation(
+            "Postcopy switch: vCPUs stopped in {Stop:F1} ms, sync and discards {Discard:F1} ms, package of {Bytes} bytes sent in {Package:F1} ms",
+            Stopwatch.GetElapsedTime(downtimeStart, stopped).TotalMilliseconds,
+            Stopwatch.GetElapsedTime(stopped, discarded).TotalMilliseconds,
+            package.WrittenCount,
+            Stopwatch.GetElapsedTime(discarded).TotalMilliseconds);
         Status.MoveTo(MigrationStatus.PostcopyActive);
         PassStarted?.Invoke(++_pass);
 
