@@ -26,10 +26,4 @@ public sealed partial class IncomingMigration
                 break;
         }
     }
-
-    private ValueTask HandlePostcopyCommandAsync(StreamCommand command, IMigrationConnection connection, MigrationStreamReader reader, long at)
-    {
-        _ = connection;
-        throw reader.ErrorAt(at, $"{StreamCommand.RecordName(command.Kind)} is not supported by this destination yet");
-    }
 }

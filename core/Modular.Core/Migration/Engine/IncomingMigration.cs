@@ -1,6 +1,7 @@
 using System.Buffers;
 using Microsoft.Extensions.Logging;
 using Modular.Abstractions.Devices;
+using Modular.Abstractions.Faults;
 using Modular.Abstractions.Transports;
 using Modular.Core.Machine;
 using Modular.Core.Memory;
@@ -31,6 +32,9 @@ public sealed partial class IncomingMigration
     private IMigrationListener? _listener;
     private ReturnPathWriter? _returnPath;
     private volatile string? _error;
+    private Dictionary<(string, uint), ISaveVmSection> _devices = new();
+    private RamLoader? _ramLoader;
+    private IMigrationConnection? _connection;
 
     /// <summary>Prepares an incoming migration into <paramref name="machine"/>, which must be in inmigrate.</summary>
     /// <param name="machine">The destination machine (built with <see cref="MachineStartMode.Incoming"/>).</param>
@@ -38,8 +42,10 @@ public sealed partial class IncomingMigration
     /// <param name="endpoint">Where to listen.</param>
     /// <param name="settings">The destination's capabilities (postcopy-ram must be set here too).</param>
     /// <param name="logger">Logging.</param>
-    public IncomingMigration(VirtualMachine machine, IMigrationTransport transport, TransportEndpoint endpoint, MigrationSettings settings, ILogger logger)
+    /// <param name="faultBackend">Finds the fault backend a postcopy destination uses (at POSTCOPY_ADVISE); null: postcopy is refused.</param>
+    public IncomingMigration(VirtualMachine machine, IMigrationTransport transport, TransportEndpoint endpoint, MigrationSettings settings, ILogger logger, Func<IFaultBackendFactory>? faultBackend = null)
     {
+        _faultBackend = faultBackend;
         _machine = machine;
         _transport = transport;
         _endpoint = endpoint;
@@ -81,7 +87,19 @@ public sealed partial class IncomingMigration
         {
             connection = await _listener!.AcceptAsync(_cancel.Token).ConfigureAwait(false);
             Status.MoveTo(MigrationStatus.Setup);
+            _connection = connection;
             await LoadAsync(connection).ConfigureAwait(false);
+            if (_listenTask is { } listen)
+            {
+                // Postcopy: the main task is done with the stream; the listen thread ends the migration.
+                await listen.ConfigureAwait(false);
+                Stats.SetFinished();
+                Status.MoveTo(MigrationStatus.Completed);
+                PostcopyState.MoveTo(State.PostcopyState.End);
+                _logger.LogInformation("Incoming postcopy migration on {Endpoint} completed in {Ms} ms; {Requests} page requests", _endpoint, Stats.TotalMs, _faultThread?.RequestsSent ?? 0);
+                return;
+            }
+
             Stats.SetFinished();
             Status.MoveTo(MigrationStatus.Completed);
             _machine.CompleteIncoming();
@@ -89,9 +107,14 @@ public sealed partial class IncomingMigration
         }
         catch (Exception ex)
         {
+            AbortPostcopy();
             _error = ex is MigrationStreamException or DeviceStateException or TransportException
                 ? "Incoming migration failed: " + ex.Message
                 : "Incoming migration failed: " + ex.GetType().Name + ": " + ex.Message;
+            if (PostcopyState.Current >= State.PostcopyState.Listening)
+            {
+                _error = _error.TrimEnd('.') + ". Postcopy was running, so the guest's RAM here is incomplete: its vCPUs were stopped and it is not resumed (the seed's warning: a failure during postcopy loses the guest).";
+            }
             Stats.SetFinished();
             if (Status.Current == MigrationStatus.None)
             {
@@ -109,10 +132,13 @@ public sealed partial class IncomingMigration
         }
         finally
         {
+            _faultThread?.Stop();
             if (connection is not null)
             {
                 await connection.DisposeAsync().ConfigureAwait(false);
             }
+
+            _postcopyRam?.Dispose();
 
             if (_listener is not null)
             {
@@ -127,7 +153,9 @@ public sealed partial class IncomingMigration
         var reader = new MigrationStreamReader(connection.Transport.Input, cancellationToken: _cancel.Token);
         await StreamHeader.ReadFromAsync(reader).ConfigureAwait(false);
         Dictionary<(string, uint), ISaveVmSection> devices = _machine.StateSections().ToDictionary(s => (s.IdString, s.InstanceId));
+        _devices = devices;
         var ram = new RamLoader(_machine.Ram, Stats);
+        _ramLoader = ram;
         bool activeReported = false;
         while (true)
         {
@@ -152,6 +180,12 @@ public sealed partial class IncomingMigration
                 case SectionType.Command:
                     StreamCommand command = await StreamCommand.ReadFromAsync(reader).ConfigureAwait(false);
                     await HandleCommandAsync(command, connection, reader, at).ConfigureAwait(false);
+                    if (_listenTask is not null)
+                    {
+                        // The package ran LISTEN: the listen thread owns the stream from here on.
+                        return;
+                    }
+
                     break;
                 case SectionType.Start or SectionType.Full:
                     SectionHeader header = await SectionHeader.ReadFromAsync(reader, type).ConfigureAwait(false);
@@ -183,6 +217,7 @@ public sealed partial class IncomingMigration
                     if (_returnPath is not null)
                     {
                         await _returnPath.SendAsync(ReturnPathMessage.Shut(0)).ConfigureAwait(false);
+                        await WaitForSourceToCloseAsync(reader).ConfigureAwait(false);
                     }
 
                     return;

@@ -94,6 +94,28 @@ public sealed class MigrationController
         }
     }
 
+    /// <summary>
+    /// migrate-start-postcopy: asks the running outgoing migration to switch to postcopy at its next
+    /// iteration boundary; harmless after the end (QEMU's errors otherwise).
+    /// </summary>
+    /// <exception cref="QmpException">postcopy-ram is not set, or no migration was started.</exception>
+    public void StartPostcopy()
+    {
+        OutgoingMigration? outgoing = Outgoing;
+        bool enabled = outgoing?.Settings.Has("postcopy-ram") ?? Settings.Snapshot().Has("postcopy-ram");
+        if (!enabled)
+        {
+            throw QmpException.Generic("Enable postcopy with migrate_set_capability before the start of migration");
+        }
+
+        if (outgoing is null)
+        {
+            throw QmpException.Generic("Postcopy must be started after migration has been started");
+        }
+
+        outgoing.RequestPostcopy();
+    }
+
     /// <summary>Starts listening for an incoming migration on <paramref name="uri"/>; returns once bound.</summary>
     /// <param name="uri">A migration URI such as tcp:0.0.0.0:4444 (port 0 picks one).</param>
     /// <exception cref="QmpException">The machine is not waiting for a migration, or the URI is wrong.</exception>
@@ -113,7 +135,7 @@ public sealed class MigrationController
             }
 
             (IMigrationTransport transport, TransportEndpoint endpoint) = ResolveTransport(uri);
-            migration = new IncomingMigration(_machine, transport, endpoint, Settings, _loggers.CreateLogger("migration"));
+            migration = new IncomingMigration(_machine, transport, endpoint, Settings, _loggers.CreateLogger("migration"), () => _plugins.GetFaultBackend(Settings.FaultBackend));
             Wire(migration.Status, Settings.Snapshot());
             _incoming = migration;
         }
@@ -182,7 +204,9 @@ public sealed class MigrationController
 
         if (incoming is not null && incoming.Status.Current != MigrationStatus.None)
         {
-            return incoming.Stats.ToQmp(incoming.Status.Current, incoming.Error, outgoing: false);
+            JsonObject reply = incoming.Stats.ToQmp(incoming.Status.Current, incoming.Error, outgoing: false);
+            incoming.AddPostcopyFigures(reply);
+            return reply;
         }
 
         return new JsonObject();

@@ -35,6 +35,12 @@ public static class MigrationQmpCommands
             return ValueTask.FromResult<JsonNode?>(new JsonObject());
         });
 
+        commands.Register("migrate-start-postcopy", (_, _) =>
+        {
+            controller.StartPostcopy();
+            return ValueTask.FromResult<JsonNode?>(new JsonObject());
+        });
+
         commands.Register("query-migrate", (_, _) => ValueTask.FromResult<JsonNode?>(controller.Query()));
 
         commands.Register("migrate-set-capabilities", ["capabilities"], (args, _) =>

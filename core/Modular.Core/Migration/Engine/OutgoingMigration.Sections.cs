@@ -96,9 +96,6 @@ public sealed partial class OutgoingMigration
             }
         }
     }
-
-    private void OnPageRequest(ReturnPathMessage message) =>
-        throw new InvalidOperationException($"the destination requested pages at 0x{message.Start:x}, but this migration is not in postcopy");
 }
 
 /// <summary>Builds the VMDESCRIPTION JSON that follows EOF (QEMU's vmdesc, as analyze-migration.py reads it).</summary>

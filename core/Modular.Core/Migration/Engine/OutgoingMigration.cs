@@ -4,6 +4,7 @@ using Microsoft.Extensions.Logging;
 using Modular.Abstractions.Devices;
 using Modular.Abstractions.Transports;
 using Modular.Core.Machine;
+using Modular.Core.Memory;
 using Modular.Core.Migration.State;
 using Modular.Core.Migration.Stream;
 using Modular.Core.Qmp;
@@ -110,6 +111,11 @@ public sealed partial class OutgoingMigration
                 returnPathReader = ReadReturnPathAsync(_connection);
             }
 
+            if (PostcopyEnabled)
+            {
+                new PostcopyAdviseCommand(HostPageSizeSummary(), RamBlock.TargetPageSize).WriteTo(writer);
+            }
+
             const uint ramSectionId = 0;
             SectionHeader.Start(ramSectionId, RamSaver.SectionName, 0, RamSaver.SectionVersion).WriteTo(writer);
             ram.MarkAllDirty();
@@ -135,9 +141,16 @@ public sealed partial class OutgoingMigration
 
             PassStarted?.Invoke(++_pass);
             long passStart = Environment.TickCount64;
+            bool postcopy = false;
             while (true)
             {
                 _cancel.Token.ThrowIfCancellationRequested();
+                if (_postcopyRequested && PostcopyEnabled)
+                {
+                    postcopy = true;
+                    break;
+                }
+
                 SectionHeader.Part(ramSectionId).WriteTo(writer);
                 bool drained = await ram.SendDirtyAsync(writer, output, IterationBudget, AfterFlush, _cancel.Token).ConfigureAwait(false);
                 writer.WriteRamEos();
@@ -154,6 +167,12 @@ public sealed partial class OutgoingMigration
                 double bytesPerSecond = bandwidth.BytesPerSecond;
                 long passMs = Math.Max(1, Environment.TickCount64 - passStart);
                 Stats.SetRates(bytesPerSecond, pending / 4096 * 1000.0 / passMs, (Stats.NormalPages + Stats.DuplicatePages) * 1000.0 / Math.Max(1, Stats.ElapsedMs), ConvergenceRule.ExpectedDowntimeMs((ulong)pending, bytesPerSecond));
+                if (_postcopyRequested && PostcopyEnabled && pending != 0)
+                {
+                    postcopy = true;
+                    break;
+                }
+
                 if (pending == 0 || ConvergenceRule.HasConverged((ulong)pending, bytesPerSecond, Settings.DowntimeLimitMs))
                 {
                     break;
@@ -161,6 +180,14 @@ public sealed partial class OutgoingMigration
 
                 PassStarted?.Invoke(++_pass);
                 passStart = Environment.TickCount64;
+            }
+
+            if (postcopy)
+            {
+                stoppedByUs = true;
+                await RunPostcopyAsync(writer, output, ram, sections, ramSectionId, AfterFlush, returnPathReader).ConfigureAwait(false);
+                _logger.LogInformation("Postcopy migration to {Endpoint} completed in {Ms} ms, downtime {Downtime} ms, {Requests} page requests", _endpoint, Stats.TotalMs, Stats.DowntimeMs, Stats.PostcopyRequests);
+                return;
             }
 
             // Switchover: stop the guest, send what is left and the device and vCPU state.
@@ -209,6 +236,15 @@ public sealed partial class OutgoingMigration
         Stats.SetFinished();
         bool cancelled = Status.Current == MigrationStatus.Cancelling;
         _error = cancelled ? null : Describe(ex);
+        if (_inPostcopy)
+        {
+            // The seed's warning: the destination may already run the guest with part of its RAM.
+            // Resuming here could run two copies; the source keeps the stopped guest.
+            Status.TryMoveTo(MigrationStatus.Failed, out _);
+            _logger.LogError("{Error}", _error);
+            return;
+        }
+
         if (stoppedByUs && guestWasRunning)
         {
             // Precopy failed or was cancelled after the stop: the source still owns the guest.
@@ -236,7 +272,9 @@ public sealed partial class OutgoingMigration
             InvalidOperationException ioe => ioe.Message,
             _ => ex.Message,
         };
-        return $"Migration to {_endpoint} failed: {cause.TrimEnd('.')}. The guest keeps running on this host.";
+        return _inPostcopy
+            ? $"Postcopy migration to {_endpoint} failed: {cause.TrimEnd('.')}. The guest cannot be resumed safely on this host (the destination may have run it with part of its RAM); it stays stopped here."
+            : $"Migration to {_endpoint} failed: {cause.TrimEnd('.')}. The guest keeps running on this host.";
     }
 
     private async ValueTask FlushAsync(PipeWriter output)

@@ -25,8 +25,8 @@ internal sealed class RamLoader
     /// <summary>True once the MEM_SIZE record arrived and matched.</summary>
     internal bool SawMemSize { get; private set; }
 
-    /// <summary>Called for every page placed (postcopy hooks in here); null in precopy.</summary>
-    internal Action<RamBlock, ulong, ReadOnlySpan<byte>>? PlacePage { get; set; }
+    /// <summary>Postcopy's RAM (set at POSTCOPY_ADVISE): every page goes through it, so its page maps see each arrival; null otherwise.</summary>
+    internal Postcopy.PostcopyRam? Postcopy { get; set; }
 
     /// <summary>Reads RAM records up to and including EOS.</summary>
     /// <param name="reader">The stream, at the first record of a ram section.</param>
@@ -67,7 +67,15 @@ internal sealed class RamLoader
                         bytes = _scratch;
                     }
 
-                    Place(block, header.Offset, bytes);
+                    if (Postcopy is { } postcopy)
+                    {
+                        postcopy.Place(block, header.Offset, bytes, isZero: false);
+                    }
+                    else
+                    {
+                        block.CopyIn(header.Offset, bytes);
+                    }
+
                     _stats.AddNormal();
                     break;
                 }
@@ -76,9 +84,13 @@ internal sealed class RamLoader
                 {
                     RamBlock block = Resolve(header, reader, at);
                     await reader.ReadRamZeroFillAsync().ConfigureAwait(false);
-                    if (PlacePage is not null || !block.IsZeroPage(header.Offset))
+                    if (Postcopy is { } postcopy)
                     {
-                        Place(block, header.Offset, _zero);
+                        postcopy.Place(block, header.Offset, _zero, isZero: true);
+                    }
+                    else if (!block.IsZeroPage(header.Offset))
+                    {
+                        block.CopyIn(header.Offset, _zero);
                     }
 
                     _stats.AddDuplicate();
@@ -88,18 +100,6 @@ internal sealed class RamLoader
                 default:
                     throw reader.ErrorAt(at, $"unexpected RAM record {header.Kind}");
             }
-        }
-    }
-
-    private void Place(RamBlock block, ulong offset, ReadOnlySpan<byte> bytes)
-    {
-        if (PlacePage is { } place)
-        {
-            place(block, offset, bytes);
-        }
-        else
-        {
-            block.CopyIn(offset, bytes);
         }
     }
 

@@ -96,6 +96,25 @@ internal sealed class RamSaver
         }
     }
 
+    /// <summary>
+    /// Sends up to <paramref name="maxPages"/> dirty pages from the scan cursor (postcopy background
+    /// pages; the caller flushes). Returns false when the bitmap turned out empty.
+    /// </summary>
+    internal bool SendDirtyBatch(MigrationStreamWriter writer, int maxPages)
+    {
+        for (int i = 0; i < maxPages; i++)
+        {
+            if (!TryNextDirty(out int blockIndex, out long page))
+            {
+                return false;
+            }
+
+            SendPage(writer, blockIndex, page);
+        }
+
+        return true;
+    }
+
     /// <summary>Sends one page now (also used for requested pages): a ZERO record when all zero, else a PAGE record.</summary>
     internal void SendPage(MigrationStreamWriter writer, int blockIndex, long page)
     {

@@ -12,7 +12,13 @@ internal sealed class ReturnPathWriter
     private readonly PipeWriter _output;
     private readonly SemaphoreSlim _lock = new(1, 1);
 
-    internal ReturnPathWriter(PipeWriter output) => _output = output;
+    private readonly MigrationStreamWriter _writer;
+
+    internal ReturnPathWriter(PipeWriter output)
+    {
+        _output = output;
+        _writer = new MigrationStreamWriter(output);
+    }
 
     /// <summary>Writes and flushes one message. Any thread; serialised by the return-path lock.</summary>
     internal async ValueTask SendAsync(ReturnPathMessage message, CancellationToken cancellationToken = default)
@@ -20,9 +26,31 @@ internal sealed class ReturnPathWriter
         await _lock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            var writer = new MigrationStreamWriter(_output);
-            message.WriteTo(writer);
+            message.WriteTo(_writer);
             FlushResult result = await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+            if (result.IsCompleted || result.IsCanceled)
+            {
+                throw new IOException("the source closed the return path");
+            }
+        }
+        finally
+        {
+            _lock.Release();
+        }
+    }
+
+    /// <summary>
+    /// Writes and flushes one message, blocking: for the postcopy fault thread (a dedicated thread,
+    /// so blocking is fine; allocates nothing unless the flush has to wait). Serialised by the lock.
+    /// </summary>
+    internal void Send(ReturnPathMessage message)
+    {
+        _lock.Wait();
+        try
+        {
+            message.WriteTo(_writer);
+            ValueTask<FlushResult> flush = _output.FlushAsync();
+            FlushResult result = flush.IsCompletedSuccessfully ? flush.Result : flush.AsTask().GetAwaiter().GetResult();
             if (result.IsCompleted || result.IsCanceled)
             {
                 throw new IOException("the source closed the return path");

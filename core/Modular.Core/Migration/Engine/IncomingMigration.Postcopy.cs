@@ -1,0 +1,379 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using Modular.Abstractions.Faults;
+using Modular.Abstractions.Plugins;
+using Modular.Abstractions.Transports;
+using Modular.Core.Memory;
+using Modular.Core.Migration.Postcopy;
+using Modular.Core.Migration.State;
+using Modular.Core.Migration.Stream;
+using Modular.Core.Plugins;
+using Modular.Core.Qmp;
+
+namespace Modular.Core.Migration.Engine;
+
+/// <summary>
+/// The destination's postcopy (the seed's "Destination behaviour"): ADVISE checks the fault backend
+/// and prepares RAM; DISCARD drops pages; PACKAGED is read whole and parsed by the main task; its
+/// LISTEN arms RAM and starts the fault thread and the listen thread, which takes over the stream;
+/// its RUN starts the vCPUs; the listen thread ends the migration at EOF.
+/// </summary>
+/// <remarks>
+/// <code>
+/// main task:    ADVISE  DISCARD  PACKAGED( LISTEN  device  device  RUN )  -> returns
+///                                            |        |fault
+/// fault thread:                              +---- REQ_PAGES ---> source
+/// listen thread:                             +-- page  page  page ... EOF -> SHUT(0), completed
+/// </code>
+/// </remarks>
+public sealed partial class IncomingMigration
+{
+    private readonly Func<IFaultBackendFactory>? _faultBackend;
+    private readonly TaskCompletionSource _runReached = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private PostcopyRam? _postcopyRam;
+    private PostcopyFaultThread? _faultThread;
+    private Task? _listenTask;
+    private int _postcopyAborted;
+
+    /// <summary>The destination's postcopy state (ADVISE, LISTEN, RUNNING, END).</summary>
+    public PostcopyStateMachine PostcopyState { get; } = new();
+
+    /// <summary>Postcopy commands on the main incoming task (package contents included).</summary>
+    private async ValueTask HandlePostcopyCommandAsync(StreamCommand command, IMigrationConnection connection, MigrationStreamReader reader, long at)
+    {
+        switch (command)
+        {
+            case PostcopyAdviseCommand advise:
+                Advise(advise, reader, at);
+                break;
+            case PostcopyRamDiscardCommand discard:
+                Discard(discard, reader, at);
+                break;
+            case PackagedCommand packaged:
+                await LoadPackageAsync(packaged, connection, reader, at).ConfigureAwait(false);
+                break;
+            default:
+                throw reader.ErrorAt(at, $"{StreamCommand.RecordName(command.Kind)} is not expected here (postcopy state {State.PostcopyStateMachine.Name(PostcopyState.Current)})");
+        }
+    }
+
+    /// <summary>POSTCOPY_ADVISE: check that postcopy can work here and prepare RAM. Main incoming task.</summary>
+    private void Advise(PostcopyAdviseCommand advise, MigrationStreamReader reader, long at)
+    {
+        if (!_settings.Snapshot().Has("postcopy-ram"))
+        {
+            throw reader.ErrorAt(at, "the source advised postcopy, but postcopy-ram is not enabled on this destination; enable it with migrate-set-capabilities on both sides before migrating");
+        }
+
+        if (advise.TargetPageSize != RamBlock.TargetPageSize)
+        {
+            throw reader.ErrorAt(at, $"the source's target page size is {advise.TargetPageSize}; this destination uses {RamBlock.TargetPageSize}");
+        }
+
+        ulong summary = _machine.Ram.Blocks.Aggregate(0UL, (sum, b) => sum | b.HostPageSize);
+        if (advise.HostPageSizeSummary != summary)
+        {
+            throw reader.ErrorAt(at, $"the source's RAM uses host page sizes 0x{advise.HostPageSizeSummary:x}, this destination's 0x{summary:x}; back guest RAM the same way on both sides");
+        }
+
+        if (summary != RamBlock.TargetPageSize)
+        {
+            throw reader.ErrorAt(at, "postcopy of RAM on 2 MiB hugetlbfs pages is not supported by Modular yet; migrate with precopy or use anonymous RAM");
+        }
+
+        if (_faultBackend is null)
+        {
+            throw reader.ErrorAt(at, "postcopy needs a fault backend, and this destination was given none");
+        }
+
+        IFaultBackend backend;
+        try
+        {
+            IFaultBackendFactory factory = _faultBackend();
+            PluginAvailability availability = factory.Probe();
+            if (!availability.IsUsable)
+            {
+                throw reader.ErrorAt(at, $"postcopy needs the fault backend '{_settings.FaultBackend}', which cannot be used on this host: {availability.Reason}");
+            }
+
+            backend = factory.Open();
+        }
+        catch (Exception ex) when (ex is PluginException or FaultBackendException)
+        {
+            throw reader.ErrorAt(at, $"postcopy needs the fault backend '{_settings.FaultBackend}': {ex.Message.TrimEnd('.')}");
+        }
+
+        _postcopyRam = new PostcopyRam(_machine.Ram, backend);
+        _ramLoader!.Postcopy = _postcopyRam;
+        PostcopyState.MoveTo(State.PostcopyState.Advise);
+    }
+
+    /// <summary>POSTCOPY_RAM_DISCARD: drop pages sent earlier and dirtied since. Main incoming task, before LISTEN.</summary>
+    private void Discard(PostcopyRamDiscardCommand discard, MigrationStreamReader reader, long at)
+    {
+        if (_postcopyRam is null || PostcopyState.Current != State.PostcopyState.Advise)
+        {
+            throw reader.ErrorAt(at, $"discard for RAM block '{discard.BlockId}' outside postcopy's ADVISE state (state {State.PostcopyStateMachine.Name(PostcopyState.Current)})");
+        }
+
+        RamBlock? block = _machine.Ram.Blocks.FirstOrDefault(b => b.Name == discard.BlockId)
+            ?? throw reader.ErrorAt(at, $"discard for RAM block '{discard.BlockId}', which this machine does not have");
+        foreach ((ulong start, ulong length) in discard.Ranges)
+        {
+            if (start % block.HostPageSize != 0 || length % block.HostPageSize != 0 || start + length > block.Size || start + length < start)
+            {
+                throw reader.ErrorAt(at, $"discard range 0x{start:x} +0x{length:x} of RAM block '{block.Name}' is not host-page aligned inside the block (0x{block.Size:x} bytes)");
+            }
+
+            _postcopyRam.Discard(block, start, length);
+        }
+    }
+
+    /// <summary>
+    /// PACKAGED: read the whole blob (freeing the stream for the listen thread), then parse it as a
+    /// nested stream: LISTEN, device and vCPU sections, RUN. Main incoming task.
+    /// </summary>
+    private async ValueTask LoadPackageAsync(PackagedCommand packaged, IMigrationConnection connection, MigrationStreamReader outer, long at)
+    {
+        if (_postcopyRam is null)
+        {
+            throw outer.ErrorAt(at, "PACKAGED without POSTCOPY_ADVISE first");
+        }
+
+        (byte[] blob, long offset) = await packaged.ReadPackageAsync(outer).ConfigureAwait(false);
+        var inner = new MigrationStreamReader(PipeReader.Create(new ReadOnlySequence<byte>(blob)), outer.Limits, offset, _cancel.Token);
+        while (!await inner.IsAtEndAsync().ConfigureAwait(false))
+        {
+            long innerAt = inner.Position;
+            SectionType type = await inner.ReadSectionTypeAsync().ConfigureAwait(false);
+            switch (type)
+            {
+                case SectionType.Command:
+                    StreamCommand command = await StreamCommand.ReadFromAsync(inner).ConfigureAwait(false);
+                    switch (command)
+                    {
+                        case PostcopyListenCommand:
+                            Listen(connection, outer);
+                            break;
+                        case PostcopyRunCommand:
+                            Run(inner, innerAt);
+                            break;
+                        default:
+                            throw inner.ErrorAt(innerAt, $"{StreamCommand.RecordName(command.Kind)} inside a package; a package holds LISTEN, device sections and RUN");
+                    }
+
+                    break;
+                case SectionType.Full:
+                    if (PostcopyState.Current != State.PostcopyState.Listening)
+                    {
+                        throw inner.ErrorAt(innerAt, "device section in a package before POSTCOPY_LISTEN");
+                    }
+
+                    SectionHeader header = await SectionHeader.ReadFromAsync(inner, type).ConfigureAwait(false);
+                    SectionTarget target = Resolve(header, _devices, _ramLoader!, inner, innerAt);
+                    if (target.Ram is not null)
+                    {
+                        throw inner.ErrorAt(innerAt, "the RAM section inside a package; RAM belongs to the listen thread");
+                    }
+
+                    await LoadSectionBodyAsync(target, header, inner, innerAt).ConfigureAwait(false);
+                    break;
+                default:
+                    throw inner.ErrorAt(innerAt, $"unexpected {type} record inside a package");
+            }
+        }
+
+        if (_listenTask is null || PostcopyState.Current != State.PostcopyState.Running)
+        {
+            throw outer.ErrorAt(at, "the package ended without POSTCOPY_LISTEN and POSTCOPY_RUN");
+        }
+    }
+
+    /// <summary>POSTCOPY_LISTEN: arm RAM, start the fault thread and the listen thread. Main incoming task.</summary>
+    private void Listen(IMigrationConnection connection, MigrationStreamReader outer)
+    {
+        if (_returnPath is null)
+        {
+            throw outer.Error("POSTCOPY_LISTEN without OPEN_RETURN_PATH: page requests would have no way back");
+        }
+
+        PostcopyState.MoveTo(State.PostcopyState.Listening);
+        Dictionary<uint, SectionTarget> ramSections = _sectionsById.Where(p => p.Value.Ram is not null).ToDictionary(p => p.Key, p => p.Value);
+        _postcopyRam!.Arm();
+        _faultThread = new PostcopyFaultThread(_postcopyRam, _returnPath, ex =>
+        {
+            _logger.LogError("Postcopy fault thread failed: {Error}", ex.Message);
+            connection.Abort(new IOException("the postcopy fault thread failed: " + ex.Message, ex));
+        });
+        _faultThread.Start();
+
+        // The listen thread's reads complete on the thread pool; the main task may block a pool
+        // thread inside a device load that faults, so make sure the pool does not starve meanwhile.
+        ThreadPool.GetMinThreads(out int workers, out int io);
+        ThreadPool.SetMinThreads(Math.Max(workers, 8), io);
+        _listenTask = Task.Run(() => ListenAsync(outer, ramSections));
+        Status.MoveTo(MigrationStatus.PostcopyActive);
+    }
+
+    /// <summary>POSTCOPY_RUN: start the vCPUs (their faults are served from now on). Main incoming task.</summary>
+    private void Run(MigrationStreamReader inner, long at)
+    {
+        if (PostcopyState.Current != State.PostcopyState.Listening)
+        {
+            throw inner.ErrorAt(at, $"POSTCOPY_RUN in postcopy state {State.PostcopyStateMachine.Name(PostcopyState.Current)}");
+        }
+
+        if (Volatile.Read(ref _postcopyAborted) != 0)
+        {
+            throw inner.ErrorAt(at, "POSTCOPY_RUN after the listen thread failed; the guest is not started");
+        }
+
+        PostcopyState.MoveTo(State.PostcopyState.Running);
+        _machine.CompleteIncoming();
+        _runReached.TrySetResult();
+    }
+
+    /// <summary>
+    /// The listen thread: reads the rest of the stream (RAM PART/END sections, placed atomically
+    /// through the fault backend), then EOF: every page must be here; disarm, SHUT(0).
+    /// Listen thread (an async loop whose reads complete on the thread pool; it never touches RAM).
+    /// </summary>
+    private async Task ListenAsync(MigrationStreamReader reader, Dictionary<uint, SectionTarget> ramSections)
+    {
+        try
+        {
+            while (true)
+            {
+                long at = reader.Position;
+                SectionType type = await reader.ReadSectionTypeAsync().ConfigureAwait(false);
+                switch (type)
+                {
+                    case SectionType.Part or SectionType.End:
+                        SectionHeader header = await SectionHeader.ReadFromAsync(reader, type).ConfigureAwait(false);
+                        if (!ramSections.TryGetValue(header.SectionId, out SectionTarget? target))
+                        {
+                            throw reader.ErrorAt(at, $"section id {header.SectionId} after POSTCOPY_LISTEN; only RAM sections may follow the package");
+                        }
+
+                        await LoadSectionBodyAsync(target, header, reader, at).ConfigureAwait(false);
+                        break;
+                    case SectionType.Command:
+                        StreamCommand command = await StreamCommand.ReadFromAsync(reader).ConfigureAwait(false);
+                        if (command is not PingCommand ping)
+                        {
+                            throw reader.ErrorAt(at, $"{StreamCommand.RecordName(command.Kind)} after POSTCOPY_LISTEN");
+                        }
+
+                        await _returnPath!.SendAsync(ReturnPathMessage.Pong(ping.Value)).ConfigureAwait(false);
+                        break;
+                    case SectionType.Eof:
+                        if (!await reader.IsAtEndAsync().ConfigureAwait(false) && await reader.PeekU8Async("VMDESCRIPTION") == (int)SectionType.VmDescription)
+                        {
+                            await reader.ReadSectionTypeAsync().ConfigureAwait(false);
+                            await VmDescription.ReadFromAsync(reader).ConfigureAwait(false);
+                        }
+
+                        await FinishPostcopyAsync(reader, at).ConfigureAwait(false);
+                        return;
+                    default:
+                        throw reader.ErrorAt(at, $"unexpected {type} record after POSTCOPY_LISTEN");
+                }
+            }
+        }
+        catch (Exception)
+        {
+            // Wake everything that waits for a page (vCPUs, the main task inside a device load) and
+            // stop the guest before the error travels to the incoming task.
+            AbortPostcopy();
+            throw;
+        }
+    }
+
+    private async Task FinishPostcopyAsync(MigrationStreamReader reader, long at)
+    {
+        ulong missing = _postcopyRam!.PagesNotReceived;
+        if (missing != 0)
+        {
+            throw reader.ErrorAt(at, $"EOF while {missing} pages of guest RAM never arrived");
+        }
+
+        // The main task must be past RUN before postcopy can END.
+        await _runReached.Task.ConfigureAwait(false);
+        _faultThread!.Stop();
+        _postcopyRam.DisarmAll();
+        await _returnPath!.SendAsync(ReturnPathMessage.Shut(0)).ConfigureAwait(false);
+        await WaitForSourceToCloseAsync(reader).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// After SHUT: wait (a few seconds at most) until the source closes the forward path. Disposing
+    /// our connection at once can drop the SHUT still queued in the transport, and the source would
+    /// then fail a migration that worked. Main incoming task (precopy) or listen thread (postcopy).
+    /// </summary>
+    private static async Task WaitForSourceToCloseAsync(MigrationStreamReader reader)
+    {
+        try
+        {
+            while (!await reader.IsAtEndAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false))
+            {
+                await reader.ReadBytesAsync(1, "trailing byte").ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex) when (ex is TimeoutException or IOException or MigrationStreamException or OperationCanceledException or TransportException)
+        {
+            // The source did not close in time or closed abruptly: SHUT has had its chance.
+        }
+    }
+
+    /// <summary>
+    /// Postcopy failed: stop asking, disarm (waking every waiter; a page that never came then reads
+    /// as zero, which is why the guest is stopped right after and never resumed here), stop the
+    /// vCPUs. Idempotent; listen thread or incoming task.
+    /// </summary>
+    private void AbortPostcopy()
+    {
+        if (_postcopyRam is null || Interlocked.Exchange(ref _postcopyAborted, 1) != 0)
+        {
+            return;
+        }
+
+        _runReached.TrySetException(new IOException("postcopy failed before POSTCOPY_RUN"));
+        _faultThread?.Stop();
+        _postcopyRam.DisarmAll();
+        if (PostcopyState.Current >= State.PostcopyState.Listening)
+        {
+            _machine.StopAs(QmpRunState.Paused);
+        }
+    }
+
+    /// <summary>
+    /// Adds the destination's postcopy figures to a query-migrate reply: QEMU's postcopy-blocktime and
+    /// postcopy-vcpu-blocktime (with the postcopy-blocktime capability), and the Modular-specific
+    /// x-modular-fault-latency (count, median, p99, max in µs, request to placement). QMP loop.
+    /// </summary>
+    /// <param name="reply">The reply built by <see cref="MigrationStats.ToQmp"/>.</param>
+    public void AddPostcopyFigures(JsonObject reply)
+    {
+        ArgumentNullException.ThrowIfNull(reply);
+        if (_postcopyRam is not { } ram)
+        {
+            return;
+        }
+
+        if (_settings.Snapshot().Has("postcopy-blocktime"))
+        {
+            // Modular does not know which vCPU a faulting kernel thread is; the whole blocktime is
+            // reported under vCPU 0 (exact for the one-vCPU machines Modular builds today).
+            reply["postcopy-blocktime"] = ram.Latency.TotalMs;
+            reply["postcopy-vcpu-blocktime"] = new JsonArray(ram.Latency.TotalMs);
+        }
+
+        reply["x-modular-fault-latency"] = ram.Latency.ToQmp();
+        if (_faultThread is { } faults)
+        {
+            reply["x-modular-fault-latency"]!["requests"] = faults.RequestsSent;
+        }
+    }
+}

@@ -1,0 +1,268 @@
+using System.Buffers;
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.IO.Pipelines;
+using Microsoft.Extensions.Logging;
+using Modular.Abstractions.Devices;
+using Modular.Core.Memory;
+using Modular.Core.Migration.State;
+using Modular.Core.Migration.Stream;
+using Modular.Core.Qmp;
+
+namespace Modular.Core.Migration.Engine;
+
+/// <summary>
+/// The source's postcopy phase (the seed's "Source behaviour" and "Source side page maps"):
+/// switch (stop, sync, discard, package), then background pages with requested pages first.
+/// </summary>
+/// <remarks>
+/// Threads: <see cref="RequestPostcopy"/> runs on the QMP loop; <see cref="OnPageRequest"/> on the
+/// return-path reader task, which only enqueues; everything else on the migration task, the only
+/// writer of the forward path.
+/// </remarks>
+public sealed partial class OutgoingMigration
+{
+    // Background pages are sent in small batches and flushed, so a requested page never waits
+    // behind more than one batch of our own data (plus what the transport already buffers).
+    private const int BackgroundBatchPages = 16;
+
+    private readonly ConcurrentQueue<PageRequest> _requests = new();
+    private volatile bool _postcopyRequested;
+    private volatile bool _inPostcopy;
+    private int _lastRequestedBlock = -1;
+
+    /// <summary>True once the package (LISTEN ... RUN) may have reached the destination: the source guest can no longer be resumed safely.</summary>
+    public bool InPostcopy => _inPostcopy;
+
+    /// <summary>
+    /// migrate-start-postcopy: switch to postcopy at the migration task's next iteration boundary.
+    /// Harmless when the migration has already ended. QMP loop.
+    /// </summary>
+    public void RequestPostcopy() => _postcopyRequested = true;
+
+    private bool PostcopyEnabled => Settings.Has("postcopy-ram");
+
+    /// <summary>
+    /// A page request from the destination (REQ_PAGES_ID names the block, REQ_PAGES reuses the last
+    /// one): queued for the migration task, which serves it before the next background batch.
+    /// Return-path reader task.
+    /// </summary>
+    private void OnPageRequest(ReturnPathMessage message)
+    {
+        if (!PostcopyEnabled)
+        {
+            throw new InvalidOperationException($"the destination requested pages at 0x{message.Start:x}, but this migration does not have postcopy-ram");
+        }
+
+        IReadOnlyList<RamBlock> blocks = _machine.Ram.Blocks;
+        if (message.Type == ReturnPathMessageType.ReqPagesId)
+        {
+            _lastRequestedBlock = -1;
+            for (int i = 0; i < blocks.Count; i++)
+            {
+                if (blocks[i].Name == message.BlockId)
+                {
+                    _lastRequestedBlock = i;
+                    break;
+                }
+            }
+
+            if (_lastRequestedBlock < 0)
+            {
+                throw new InvalidOperationException($"the destination requested pages of RAM block '{message.BlockId}', which this machine does not have");
+            }
+        }
+        else if (_lastRequestedBlock < 0)
+        {
+            throw new InvalidOperationException("the destination sent REQ_PAGES before any REQ_PAGES_ID named a RAM block");
+        }
+
+        RamBlock block = blocks[_lastRequestedBlock];
+        if (message.Start % RamBlock.TargetPageSize != 0 || message.Length == 0 || message.Start + message.Length > block.Size)
+        {
+            throw new InvalidOperationException($"the destination requested 0x{message.Length:x} bytes at 0x{message.Start:x} of RAM block '{block.Name}' (0x{block.Size:x} bytes): not a page range inside the block");
+        }
+
+        Stats.AddPostcopyRequest();
+        _requests.Enqueue(new PageRequest(_lastRequestedBlock, (long)(message.Start / RamBlock.TargetPageSize), (int)((message.Length + RamBlock.TargetPageSize - 1) / RamBlock.TargetPageSize)));
+    }
+
+    /// <summary>The host page size summary for POSTCOPY_ADVISE: QEMU's ram_pagesize_summary (OR of every block's page size).</summary>
+    private ulong HostPageSizeSummary() => _machine.Ram.Blocks.Aggregate(0UL, (sum, b) => sum | b.HostPageSize);
+
+    /// <summary>
+    /// The switch and the postcopy phase, up to completion. Migration task; the RAM section is
+    /// between two PART sections (closed) when this is called.
+    /// </summary>
+    private async Task RunPostcopyAsync(MigrationStreamWriter writer, PipeWriter output, RamSaver ram, IReadOnlyList<ISaveVmSection> sections, uint ramSectionId, Func<long, ValueTask> afterFlush, Task returnPathReader)
+    {
+        // Switch: stop the guest, take the last dirty bits, tell the destination what to drop.
+        long downtimeStart = Stopwatch.GetTimestamp();
+        _machine.StopAs(QmpRunState.FinishMigrate);
+        long stopped = Stopwatch.GetTimestamp();
+        ram.Sync();
+        SendDiscards(writer, ram);
+        long discarded = Stopwatch.GetTimestamp();
+
+        // The package: LISTEN, every device and vCPU section, RUN, read by the destination in one go.
+        var package = new ArrayBufferWriter<byte>(64 * 1024);
+        var inner = new MigrationStreamWriter(package);
+        new PostcopyListenCommand().WriteTo(inner);
+        var description = new VmDescriptionBuilder();
+        description.AddRam(ramSectionId);
+        WriteDeviceSections(inner, sections, firstSectionId: ramSectionId + 1, description);
+        new PostcopyRunCommand().WriteTo(inner);
+        _inPostcopy = true;
+        PackagedCommand.WriteWithPackage(writer, package.WrittenSpan);
+        await FlushAsync(output).ConfigureAwait(false);
+        await afterFlush(0).ConfigureAwait(false);
+        Stats.SetDowntime((long)Stopwatch.GetElapsedTime(downtimeStart).TotalMilliseconds);
+        _logger.LogInformation(
+            "Postcopy switch: vCPUs stopped in {Stop:F1} ms, sync and discards {Discard:F1} ms, package of {Bytes} bytes sent in {Package:F1} ms",
+            Stopwatch.GetElapsedTime(downtimeStart, stopped).TotalMilliseconds,
+            Stopwatch.GetElapsedTime(stopped, discarded).TotalMilliseconds,
+            package.WrittenCount,
+            Stopwatch.GetElapsedTime(discarded).TotalMilliseconds);
+        Status.MoveTo(MigrationStatus.PostcopyActive);
+        PassStarted?.Invoke(++_pass);
+
+        // Background pages, requested pages first; PART sections of about one iteration budget.
+        bool drained = false;
+        while (!drained)
+        {
+            _cancel.Token.ThrowIfCancellationRequested();
+            SectionHeader.Part(ramSectionId).WriteTo(writer);
+            long started = Environment.TickCount64;
+            while (Environment.TickCount64 - started < IterationBudget.TotalMilliseconds)
+            {
+                if (ServeRequests(writer, ram))
+                {
+                    await FlushAsync(output).ConfigureAwait(false);
+                }
+
+                if (!ram.SendDirtyBatch(writer, BackgroundBatchPages))
+                {
+                    drained = true;
+                    break;
+                }
+
+                await FlushAsync(output).ConfigureAwait(false);
+                await afterFlush(0).ConfigureAwait(false);
+            }
+
+            writer.WriteRamEos();
+            new SectionFooter(ramSectionId).WriteTo(writer);
+            await FlushAsync(output).ConfigureAwait(false);
+            await afterFlush(0).ConfigureAwait(false);
+            Stats.SetRemaining(ram.DirtyPages * RamBlock.TargetPageSize);
+        }
+
+        // Every page has been sent at least once since the switch; requests still in flight are for
+        // pages on their way, so the RAM section can end.
+        SectionHeader.End(ramSectionId).WriteTo(writer);
+        writer.WriteRamEos();
+        new SectionFooter(ramSectionId).WriteTo(writer);
+        writer.WriteEof();
+
+        // As in precopy, the VM description follows EOF; the destination reads it before its SHUT.
+        new VmDescription(description.ToJson()).WriteTo(writer);
+        await FlushAsync(output).ConfigureAwait(false);
+        await afterFlush(0).ConfigureAwait(false);
+        Stats.SetRemaining(0);
+        await WaitForDestinationAsync(_connection!, returnPath: true, returnPathReader).ConfigureAwait(false);
+
+        Stats.SetFinished();
+        _machine.SetRunState(QmpRunState.PostMigrate);
+        Status.MoveTo(MigrationStatus.Completed);
+    }
+
+    /// <summary>Sends every queued requested page (sent or not before: the destination may have discarded it). Returns true if any was sent. Migration task.</summary>
+    private bool ServeRequests(MigrationStreamWriter writer, RamSaver ram)
+    {
+        bool any = false;
+        while (_requests.TryDequeue(out PageRequest request))
+        {
+            for (int i = 0; i < request.Count; i++)
+            {
+                ram.SendPage(writer, request.Block, request.Page + i);
+            }
+
+            ram.MoveCursor(request.Block, request.Page + request.Count - 1);
+            any = true;
+        }
+
+        return any;
+    }
+
+    /// <summary>
+    /// POSTCOPY_RAM_DISCARD for every block: pages sent before and dirty again (the seed's
+    /// sentmap &amp; migration bitmap), in host-page-aligned byte ranges, split so each command fits.
+    /// Migration task, vCPUs stopped.
+    /// </summary>
+    private void SendDiscards(MigrationStreamWriter writer, RamSaver ram)
+    {
+        IReadOnlyList<RamBlock> blocks = _machine.Ram.Blocks;
+        for (int b = 0; b < blocks.Count; b++)
+        {
+            RamBlock block = blocks[b];
+            List<(ulong Start, ulong Length)> ranges = DiscardRanges(ram.SentMap[b], ram.Dirty[b], block.HostPageSize);
+            int max = PostcopyRamDiscardCommand.MaxRanges(System.Text.Encoding.UTF8.GetByteCount(block.Name));
+            for (int at = 0; at < ranges.Count; at += max)
+            {
+                new PostcopyRamDiscardCommand(block.Name, ranges.GetRange(at, Math.Min(max, ranges.Count - at))).WriteTo(writer);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The discard set of one block as byte ranges: runs of pages set in both maps, widened to whole
+    /// host pages. A widened host page must be resent whole, so its target pages are marked dirty too.
+    /// </summary>
+    internal static List<(ulong Start, ulong Length)> DiscardRanges(DirtyBitmap sent, DirtyBitmap dirty, ulong hostPageSize)
+    {
+        long perHost = (long)Math.Max(1, hostPageSize / RamBlock.TargetPageSize);
+        var ranges = new List<(ulong, ulong)>();
+        long runStart = -1;
+        long runEnd = -1;
+        for (long page = dirty.NextSet(0); page >= 0; page = page + 1 < dirty.Length ? dirty.NextSet(page + 1) : -1)
+        {
+            if (!sent.Test(page))
+            {
+                continue;
+            }
+
+            long first = page / perHost * perHost;
+            long end = Math.Min(first + perHost, dirty.Length);
+            if (perHost > 1)
+            {
+                dirty.SetRange(first, end - first);
+            }
+
+            if (runStart >= 0 && first <= runEnd)
+            {
+                runEnd = Math.Max(runEnd, end);
+            }
+            else
+            {
+                if (runStart >= 0)
+                {
+                    ranges.Add(((ulong)runStart * RamBlock.TargetPageSize, (ulong)(runEnd - runStart) * RamBlock.TargetPageSize));
+                }
+
+                runStart = first;
+                runEnd = end;
+            }
+
+            page = end - 1;
+        }
+
+        if (runStart >= 0)
+        {
+            ranges.Add(((ulong)runStart * RamBlock.TargetPageSize, (ulong)(runEnd - runStart) * RamBlock.TargetPageSize));
+        }
+
+        return ranges;
+    }
+
+    private readonly record struct PageRequest(int Block, long Page, int Count);
+}

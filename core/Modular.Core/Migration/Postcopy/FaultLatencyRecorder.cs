@@ -1,0 +1,74 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+
+namespace Modular.Core.Migration.Postcopy;
+
+/// <summary>
+/// Fault-to-placement latencies of requested pages on a postcopy destination: the blocktime total
+/// and the distribution (count, median, p99, max). <see cref="Add"/> runs on the listen thread only
+/// and allocates nothing (a fixed ring of the most recent samples); the reports run on the QMP loop.
+/// </summary>
+internal sealed class FaultLatencyRecorder
+{
+    private const int Capacity = 1 << 16;
+
+    private readonly long[] _samples = new long[Capacity];
+    private long _count;
+    private long _totalTicks;
+    private long _maxTicks;
+
+    /// <summary>Requested pages placed so far.</summary>
+    internal long Count => Interlocked.Read(ref _count);
+
+    /// <summary>Sum of all latencies in milliseconds (QEMU's postcopy-blocktime).</summary>
+    internal long TotalMs => (long)(Interlocked.Read(ref _totalTicks) * 1000.0 / Stopwatch.Frequency);
+
+    /// <summary>Records one latency in Stopwatch ticks. Listen thread only.</summary>
+    internal void Add(long ticks)
+    {
+        if (ticks <= 0)
+        {
+            return;
+        }
+
+        long n = Interlocked.Read(ref _count);
+        Volatile.Write(ref _samples[n % Capacity], ticks);
+        Interlocked.Add(ref _totalTicks, ticks);
+        if (ticks > Interlocked.Read(ref _maxTicks))
+        {
+            Interlocked.Exchange(ref _maxTicks, ticks);
+        }
+
+        Interlocked.Increment(ref _count);
+    }
+
+    /// <summary>The distribution in microseconds over the most recent samples (at most 65536). QMP loop.</summary>
+    internal (long Count, double MedianUs, double P99Us, double MaxUs) Distribution()
+    {
+        long count = Count;
+        int n = (int)Math.Min(count, Capacity);
+        if (n == 0)
+        {
+            return (0, 0, 0, 0);
+        }
+
+        long[] copy = new long[n];
+        Array.Copy(_samples, copy, n);
+        Array.Sort(copy);
+        double us = 1e6 / Stopwatch.Frequency;
+        return (count, copy[(n - 1) / 2] * us, copy[Math.Min(n - 1, (int)Math.Ceiling(n * 0.99) - 1)] * us, Interlocked.Read(ref _maxTicks) * us);
+    }
+
+    /// <summary>The Modular-specific query-migrate member "x-modular-fault-latency". QMP loop.</summary>
+    internal JsonObject ToQmp()
+    {
+        (long count, double median, double p99, double max) = Distribution();
+        return new JsonObject
+        {
+            ["count"] = count,
+            ["median-us"] = Math.Round(median, 1),
+            ["p99-us"] = Math.Round(p99, 1),
+            ["max-us"] = Math.Round(max, 1),
+        };
+    }
+}

@@ -1,0 +1,100 @@
+using Modular.Abstractions.Faults;
+using Modular.Core.Memory;
+using Modular.Core.Migration.Engine;
+using Modular.Core.Migration.Stream;
+
+namespace Modular.Core.Migration.Postcopy;
+
+/// <summary>
+/// The destination's fault thread (a dedicated thread): reads faults from the fault backend, moves
+/// each page missing -> requested and sends REQ_PAGES_ID / REQ_PAGES on the return path (under the
+/// return-path lock), or wakes the waiter when the page has already arrived. Allocation-free on its
+/// hot path: faults land in a preallocated array, messages are structs, block names already exist.
+/// </summary>
+internal sealed class PostcopyFaultThread
+{
+    private readonly PostcopyRam _ram;
+    private readonly ReturnPathWriter _returnPath;
+    private readonly Action<Exception> _onFailure;
+    private readonly PageFault[] _faults = new PageFault[32];
+    private readonly Thread _thread;
+    private RamBlock? _lastRequestedBlock;
+    private volatile bool _stopping;
+
+    /// <param name="ram">The armed RAM.</param>
+    /// <param name="returnPath">Where requests go.</param>
+    /// <param name="onFailure">Called (on the fault thread) when reading faults or requesting fails.</param>
+    internal PostcopyFaultThread(PostcopyRam ram, ReturnPathWriter returnPath, Action<Exception> onFailure)
+    {
+        _ram = ram;
+        _returnPath = returnPath;
+        _onFailure = onFailure;
+        _thread = new Thread(Run) { IsBackground = true, Name = "postcopy fault" };
+    }
+
+    /// <summary>Page requests sent.</summary>
+    internal long RequestsSent { get; private set; }
+
+    /// <summary>Starts the thread. Main incoming task, at LISTEN.</summary>
+    internal void Start() => _thread.Start();
+
+    /// <summary>Stops the thread and waits for it (at most a few seconds). Any thread but the fault thread; idempotent.</summary>
+    internal void Stop()
+    {
+        _stopping = true;
+        _ram.Backend.Shutdown();
+        if (_thread.IsAlive && Thread.CurrentThread != _thread)
+        {
+            _thread.Join(TimeSpan.FromSeconds(5));
+        }
+    }
+
+    private void Run()
+    {
+        try
+        {
+            while (!_stopping)
+            {
+                int count = _ram.Backend.ReadFaults(_faults);
+                if (count == 0)
+                {
+                    return;
+                }
+
+                for (int i = 0; i < count; i++)
+                {
+                    Handle(_faults[i]);
+                }
+            }
+        }
+        catch (Exception ex) when (!_stopping)
+        {
+            _onFailure(ex);
+        }
+        catch (Exception)
+        {
+            // Stopping: the connection or backend is going away on purpose.
+        }
+    }
+
+    private void Handle(PageFault fault)
+    {
+        FaultOutcome outcome = _ram.OnFault(fault.HostAddress, out RamBlock? block, out ulong offset);
+        switch (outcome)
+        {
+            case FaultOutcome.NeedsRequest:
+                ReturnPathMessage request = ReferenceEquals(block, _lastRequestedBlock)
+                    ? ReturnPathMessage.ReqPages(offset, RamBlock.TargetPageSize)
+                    : ReturnPathMessage.ReqPagesId(offset, RamBlock.TargetPageSize, block!.Name);
+                _returnPath.Send(request);
+                _lastRequestedBlock = block;
+                RequestsSent++;
+                break;
+            case FaultOutcome.Invalid:
+                throw new InvalidOperationException($"A page fault at host address 0x{fault.HostAddress:x} (thread {fault.ThreadId}) lies outside guest RAM; the fault backend reported a range it should not have armed.");
+            default:
+                // AlreadyRequested: its arrival wakes this waiter too. AlreadyReceived: OnFault woke it.
+                break;
+        }
+    }
+}

@@ -1,0 +1,102 @@
+using System.Text.Json.Nodes;
+using Modular.Core.Qmp;
+using Modular.Core.Verification;
+
+namespace Modular.Tests.EndToEnd;
+
+/// <summary>
+/// Postcopy between two real <c>modular run</c> processes with the KVM A/B guest (256 MiB), over tcp
+/// and unix: right after the start, and after two precopy passes. Each must complete, leave RAM the
+/// A/B check accepts on the destination, keep the guest printing there, and (when the guest ran on
+/// the destination while pages were missing) count page requests.
+/// </summary>
+[TestClass]
+public sealed class PostcopyEndToEndTests
+{
+    private const ulong Memory = 256UL << 20;
+
+    public TestContext TestContext { get; set; } = null!;
+
+    [TestMethod]
+    public Task Tcp_PostcopyRightAfterStart() => RunAsync("tcp:127.0.0.1:0", precopyPasses: 0);
+
+    [TestMethod]
+    public Task Unix_PostcopyRightAfterStart() => RunAsync("unix:" + Path.Combine(Path.GetTempPath(), "modular-pc-" + Guid.NewGuid().ToString("N")[..8] + ".sock"), precopyPasses: 0);
+
+    [TestMethod]
+    public Task Tcp_PostcopyAfterTwoPrecopyPasses() => RunAsync("tcp:127.0.0.1:0", precopyPasses: 2);
+
+    [TestMethod]
+    public Task Unix_PostcopyAfterTwoPrecopyPasses() => RunAsync("unix:" + Path.Combine(Path.GetTempPath(), "modular-pc-" + Guid.NewGuid().ToString("N")[..8] + ".sock"), precopyPasses: 2);
+
+    private async Task RunAsync(string listenUri, int precopyPasses)
+    {
+        await using MigrationPair pair = await MigrationPair.StartAsync(listenUri);
+        await pair.SetCapabilitiesAsync("events", "postcopy-ram", "postcopy-blocktime");
+
+        // Precopy must not converge on its own before migrate-start-postcopy.
+        await pair.SourceQmp.ExecuteAsync("migrate-set-parameters", new JsonObject { ["downtime-limit"] = 1 });
+
+        // Let the guest finish its first pass (it prints A) so it dirties memory all the time.
+        await WaitForSerialAsync(pair.SourceSerial, 'A', TimeSpan.FromSeconds(30));
+        await pair.SourceQmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = pair.IncomingUri });
+        if (precopyPasses > 0)
+        {
+            await MigrationPair.WaitForAsync(pair.SourceQmp, r => (r["ram"]?["dirty-sync-count"]?.GetValue<long>() ?? 0) >= precopyPasses || MigrationPair.Status(r) != "active" && MigrationPair.Status(r) != "setup", TimeSpan.FromSeconds(60), $"{precopyPasses} precopy passes");
+        }
+
+        await pair.SourceQmp.ExecuteAsync("migrate-start-postcopy");
+        JsonObject source = await MigrationPair.WaitForAsync(pair.SourceQmp, r => MigrationPair.Status(r) is "completed" or "failed", TimeSpan.FromSeconds(90), "the source to finish");
+        Assert.AreEqual("completed", MigrationPair.Status(source), "source: " + source.ToJsonString() + "\n" + pair.SourceStderr + pair.DestinationStderr);
+        JsonObject destination = await MigrationPair.WaitForAsync(pair.DestinationQmp, r => MigrationPair.Status(r) is "completed" or "failed", TimeSpan.FromSeconds(30), "the destination to finish");
+        Assert.AreEqual("completed", MigrationPair.Status(destination), "destination: " + destination.ToJsonString());
+        TestContext.WriteLine("source: " + source.ToJsonString());
+        TestContext.WriteLine("destination: " + destination.ToJsonString());
+
+        // The source keeps the stopped guest (postmigrate); the destination runs it.
+        Assert.AreEqual("postmigrate", (await pair.SourceQmp.ExecuteAsync("query-status"))!["status"]!.ToString());
+        Assert.AreEqual("running", (await pair.DestinationQmp.ExecuteAsync("query-status"))!["status"]!.ToString());
+        // Throws when no MIGRATION event said postcopy-active (already received ones count). Only the
+        // source: the destination took its events setting when it started listening (--incoming).
+        await pair.SourceQmp.WaitForEventAsync(e => e.Name == "MIGRATION" && e.Data?["status"]?.ToString() == "postcopy-active", "MIGRATION postcopy-active", TimeSpan.FromSeconds(5));
+
+        Assert.IsNotNull(destination["postcopy-blocktime"], "postcopy-blocktime is on: " + destination.ToJsonString());
+        long requests = source["ram"]!["postcopy-requests"]!.GetValue<long>();
+        if (precopyPasses == 0)
+        {
+            // Right after the start nearly all RAM is still on the source, and the running A/B guest
+            // touches every page: it must fault. After precopy passes only recently dirtied pages are
+            // missing, and the background stream may well win the race, so no count is required.
+            Assert.IsGreaterThan(0L, requests, "postcopy of a running A/B guest must fault on pages not sent yet: " + source.ToJsonString());
+            Assert.IsGreaterThan(0L, destination["x-modular-fault-latency"]!["count"]!.GetValue<long>(), destination.ToJsonString());
+        }
+
+        // The guest keeps printing B on the destination.
+        long before = new FileInfo(pair.DestinationSerial).Length;
+        await WaitForSerialGrowthAsync(pair.DestinationSerial, before, TimeSpan.FromSeconds(30));
+        StringAssert.Contains(File.ReadAllText(pair.DestinationSerial), "B");
+
+        AbRamCheckResult check = await pair.CheckDestinationRamAsync(Memory);
+        Assert.IsTrue(check.Passed, check.Message);
+    }
+
+    internal static async Task WaitForSerialAsync(string path, char wanted, TimeSpan timeout)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (!(File.Exists(path) && File.ReadAllText(path).Contains(wanted, StringComparison.Ordinal)))
+        {
+            Assert.IsTrue(clock.Elapsed < timeout, $"The guest never printed '{wanted}' to {path}.");
+            await Task.Delay(50);
+        }
+    }
+
+    internal static async Task WaitForSerialGrowthAsync(string path, long from, TimeSpan timeout)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (new FileInfo(path).Length <= from)
+        {
+            Assert.IsTrue(clock.Elapsed < timeout, $"The guest printed nothing more to {path} within {timeout} after the migration.");
+            await Task.Delay(100);
+        }
+    }
+}
