@@ -236,7 +236,11 @@ public sealed partial class OutgoingMigration
             InvalidOperationException ioe => ioe.Message,
             _ => ex.Message,
         };
-        return $"Migration to {_endpoint} failed: {cause.TrimEnd('.')}. The guest keeps running on this host.";
+        // A cause that already ends a sentence (a question such as "Is the destination listening
+        // there?") keeps its mark; anything else gets a full stop.
+        cause = cause.TrimEnd('.', ' ');
+        string end = cause.EndsWith('?') || cause.EndsWith('!') ? " " : ". ";
+        return $"Migration to {_endpoint} failed: {cause}{end}The guest keeps running on this host.";
     }
 
     private async ValueTask FlushAsync(PipeWriter output)
