@@ -39,6 +39,7 @@ internal static class CliApp
         root.Subcommands.Add(PluginsCommand.Create());
         root.Subcommands.Add(ConfigCommand.Create());
         root.Subcommands.Add(RunCommand.Create());
+        root.Subcommands.Add(BenchCommand.Create());
         return root;
     }
 
