@@ -51,10 +51,12 @@ public sealed class PrecopyFailureTests
     }
 
     [TestMethod]
+    [DataRow("tcp")]
+    [DataRow("unix")]
     [Timeout(240_000, CooperativeCancellation = true)]
-    public async Task CancelInActive_SourceKeepsRunning_NothingLost()
+    public async Task CancelInActive_SourceKeepsRunning_NothingLost(string scheme)
     {
-        await using MigrationPair pair = await MigrationPair.StartAsync("tcp");
+        await using MigrationPair pair = await MigrationPair.StartAsync(scheme);
         await pair.SetSourceParametersAsync(new JsonObject { ["max-bandwidth"] = SlowBandwidth });
         await pair.MigrateAsync();
         await pair.Source.WaitForMigrationStatusAsync("active", TimeSpan.FromSeconds(30));
@@ -85,10 +87,12 @@ public sealed class PrecopyFailureTests
     }
 
     [TestMethod]
+    [DataRow("tcp")]
+    [DataRow("unix")]
     [Timeout(240_000, CooperativeCancellation = true)]
-    public async Task DestinationKilledMidMigration_SourceFailsClearly_GuestRunsOnSource()
+    public async Task DestinationKilledMidMigration_SourceFailsClearly_GuestRunsOnSource(string scheme)
     {
-        await using MigrationPair pair = await MigrationPair.StartAsync("tcp");
+        await using MigrationPair pair = await MigrationPair.StartAsync(scheme);
         await pair.SetSourceParametersAsync(new JsonObject { ["max-bandwidth"] = SlowBandwidth });
         await pair.MigrateAsync();
         await pair.Source.WaitForMigrationStatusAsync("active", TimeSpan.FromSeconds(30));
@@ -100,7 +104,9 @@ public sealed class PrecopyFailureTests
         Assert.AreEqual("failed", end["status"]?.GetValue<string>(), end.ToJsonString());
         string error = end["error-desc"]?.GetValue<string>() ?? "";
         StringAssert.StartsWith(error, $"Migration to {pair.DestinationUri} failed: ");
+        StringAssert.Contains(error, $"the migration connection {pair.DestinationUri}");
         StringAssert.EndsWith(error, "The guest keeps running on this host.");
+        Console.WriteLine(error);
         await AssertNothingLostAsync(pair.Source);
     }
 
