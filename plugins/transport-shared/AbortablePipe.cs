@@ -61,6 +61,19 @@ internal sealed class AbortablePipe : IDuplexPipe
         return _aborted ?? new TransportException($"{operation} the migration connection {_description} failed: {ex.Message}", ex);
     }
 
+    /// <summary>The error for a write after the transport closed the send side (the peer went away).</summary>
+    private TransportException WriterClosed(InvalidOperationException ex)
+    {
+        _onEnd();
+        if (_aborted is { } aborted)
+        {
+            return aborted;
+        }
+
+        string why = _endError?.Invoke()?.Message ?? "the connection was closed; the peer went away";
+        return new TransportException($"Writing to the migration connection {_description} failed: {why}", ex);
+    }
+
     private ReadResult Check(ReadResult result)
     {
         if (result.IsCanceled)
@@ -163,11 +176,44 @@ internal sealed class AbortablePipe : IDuplexPipe
 
         public override long UnflushedBytes => Inner.UnflushedBytes;
 
-        public override void Advance(int bytes) => Inner.Advance(bytes);
+        // When the peer goes away (killed, reset), the socket library completes the send pipe's
+        // writer itself; the next GetSpan/GetMemory/Advance then throws the bare "Writing is not
+        // allowed after writer was completed". Say instead which connection ended and why.
+        public override void Advance(int bytes)
+        {
+            try
+            {
+                Inner.Advance(bytes);
+            }
+            catch (InvalidOperationException ex)
+            {
+                throw owner.WriterClosed(ex);
+            }
+        }
 
-        public override Memory<byte> GetMemory(int sizeHint = 0) => Inner.GetMemory(sizeHint);
+        public override Memory<byte> GetMemory(int sizeHint = 0)
+        {
+            try
+            {
+                return Inner.GetMemory(sizeHint);
+            }
+            catch (InvalidOperationException ex)
+            {
+                throw owner.WriterClosed(ex);
+            }
+        }
 
-        public override Span<byte> GetSpan(int sizeHint = 0) => Inner.GetSpan(sizeHint);
+        public override Span<byte> GetSpan(int sizeHint = 0)
+        {
+            try
+            {
+                return Inner.GetSpan(sizeHint);
+            }
+            catch (InvalidOperationException ex)
+            {
+                throw owner.WriterClosed(ex);
+            }
+        }
 
         public override void CancelPendingFlush() => Inner.CancelPendingFlush();
 

@@ -272,9 +272,13 @@ public sealed partial class OutgoingMigration
             InvalidOperationException ioe => ioe.Message,
             _ => ex.Message,
         };
+        // A cause that already ends a sentence (a question such as "Is the destination listening
+        // there?") keeps its mark; anything else gets a full stop.
+        cause = cause.TrimEnd('.', ' ');
+        string end = cause.EndsWith('?') || cause.EndsWith('!') ? " " : ". ";
         return _inPostcopy
-            ? $"Postcopy migration to {_endpoint} failed: {cause.TrimEnd('.')}. The guest cannot be resumed safely on this host (the destination may have run it with part of its RAM); it stays stopped here."
-            : $"Migration to {_endpoint} failed: {cause.TrimEnd('.')}. The guest keeps running on this host.";
+            ? $"Postcopy migration to {_endpoint} failed: {cause}{end}The guest cannot be resumed safely on this host (the destination may have run it with part of its RAM); it stays stopped here."
+            : $"Migration to {_endpoint} failed: {cause}{end}The guest keeps running on this host.";
     }
 
     private async ValueTask FlushAsync(PipeWriter output)

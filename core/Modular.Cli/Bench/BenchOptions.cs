@@ -1,0 +1,14 @@
+namespace Modular.Cli.Bench;
+
+/// <summary>What <c>modular bench</c> measures.</summary>
+/// <param name="MemoryBytes">Guest RAM of the migrated guests (1 GiB by default).</param>
+/// <param name="Transports">The transports to migrate over (tcp, unix).</param>
+/// <param name="SocketBytes">How much the plain-socket baseline moves per transport.</param>
+internal sealed record BenchOptions(ulong MemoryBytes, IReadOnlyList<string> Transports, ulong SocketBytes)
+{
+    /// <summary>The full run: 1 GiB guests over tcp and unix, 2 GiB through the plain sockets.</summary>
+    public static BenchOptions Default { get; } = new(1UL << 30, ["tcp", "unix"], 2UL << 30);
+
+    /// <summary>A quick run: 256 MiB guests, 512 MiB through the plain sockets.</summary>
+    public static BenchOptions Quick { get; } = new(256UL << 20, ["tcp", "unix"], 512UL << 20);
+}

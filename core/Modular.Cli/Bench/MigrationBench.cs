@@ -1,0 +1,125 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Modular.Core.Config;
+
+namespace Modular.Cli.Bench;
+
+/// <summary>
+/// <c>modular bench</c>: in one run, a plain socket's loopback throughput over tcp and unix, then for
+/// each transport a precopy migration of an idle filled guest (fill-halt) and of a dirtying guest (the
+/// A/B guest) between two child <c>modular run</c> processes, with throughput, total time, downtime
+/// and the ratio to the plain socket. A benchmark, never a timed test (DESIGN.md §6).
+/// </summary>
+internal static class MigrationBench
+{
+    private static readonly TimeSpan GuestReadyTimeout = TimeSpan.FromMinutes(5);
+    private static readonly TimeSpan MigrationTimeout = TimeSpan.FromMinutes(5);
+
+    private sealed record Scenario(string Name, string Kernel, char Ready);
+
+    private sealed record Outcome(string Status, double TotalMs, double DowntimeMs, double SetupMs, double Transferred, int Syncs, string? Error);
+
+    private static readonly Scenario[] Scenarios =
+    [
+        new("idle, filled", "fill-halt.elf", 'F'),
+        new("dirtying (A/B)", "ab-guest.elf", 'A'),
+    ];
+
+    /// <summary>Runs the whole benchmark and writes the figures to <paramref name="output"/>; 0 when every migration completed.</summary>
+    public static async Task<int> RunAsync(BenchOptions options, TextWriter output)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(output);
+        CultureInfo c = CultureInfo.InvariantCulture;
+        string directory = Directory.CreateTempSubdirectory("mbench").FullName;
+        try
+        {
+            await output.WriteLineAsync($"modular bench: {ByteSize.Format(options.MemoryBytes)} guests over {string.Join(", ", options.Transports)}; {Environment.ProcessorCount} CPUs, load average {LoadAverage()}");
+            var socketRates = new Dictionary<string, double>();
+            foreach (string transport in options.Transports)
+            {
+                double rate = await PlainSocketBench.MeasureAsync(transport, options.SocketBytes, directory);
+                socketRates[transport] = rate;
+                await output.WriteLineAsync(string.Create(c, $"plain socket {transport,-4}: {rate / 1e9:F2} GB/s ({ByteSize.Format(options.SocketBytes)})"));
+            }
+
+            await output.WriteLineAsync();
+            await output.WriteLineAsync("transport  guest            status     total     downtime  setup    transferred  throughput  vs socket  syncs");
+            bool allCompleted = true;
+            int n = 0;
+            foreach (string transport in options.Transports)
+            {
+                foreach (Scenario scenario in Scenarios)
+                {
+                    Outcome outcome = await MigrateAsync(transport, scenario, options.MemoryBytes, directory, n++);
+                    allCompleted &= outcome.Status == "completed";
+                    double throughput = outcome.Transferred / Math.Max(outcome.TotalMs, 1) * 1000;
+                    await output.WriteLineAsync(string.Create(c,
+                        $"{transport,-10} {scenario.Name,-16} {outcome.Status,-10} {outcome.TotalMs / 1000,6:F2} s  {outcome.DowntimeMs,5:F0} ms  {outcome.SetupMs,4:F0} ms  {outcome.Transferred / 1e9,8:F2} GB  {throughput / 1e9,6:F2} GB/s  {throughput / socketRates[transport] * 100,6:F0} %  {outcome.Syncs,5}"));
+                    if (outcome.Error is not null)
+                    {
+                        await output.WriteLineAsync("    " + outcome.Error);
+                    }
+                }
+            }
+
+            await output.WriteLineAsync($"load average at the end: {LoadAverage()}");
+            return allCompleted ? 0 : 1;
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    /// <summary>One migration: destination, source, wait for the guest, migrate, poll until the end.</summary>
+    private static async Task<Outcome> MigrateAsync(string transport, Scenario scenario, ulong memory, string directory, int n)
+    {
+        string listen = transport == "unix" ? "unix:" + Path.Combine(directory, $"mig{n}.sock") : transport + ":127.0.0.1:0";
+        await using BenchProcess destination = await BenchProcess.StartAsync(directory, $"dst{n}", scenario.Kernel, memory, listen);
+        string uri = await destination.WaitForStdErrAsync("modular: listening for an incoming migration on ", TimeSpan.FromMinutes(1));
+        await using BenchProcess source = await BenchProcess.StartAsync(directory, $"src{n}", scenario.Kernel, memory, incoming: null);
+        await source.WaitForSerialAsync(scenario.Ready, GuestReadyTimeout);
+        await source.Qmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = uri });
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            JsonObject info = await source.QueryMigrateAsync();
+            string status = info["status"]?.GetValue<string>() ?? "none";
+            if (status is "completed" or "failed" or "cancelled" || clock.Elapsed > MigrationTimeout)
+            {
+                if (status is not ("completed" or "failed" or "cancelled"))
+                {
+                    await source.Qmp.ExecuteAsync("migrate_cancel");
+                }
+
+                JsonNode? ram = info["ram"];
+                return new Outcome(
+                    status,
+                    Number(info["total-time"]),
+                    Number(info["downtime"]),
+                    Number(info["setup-time"]),
+                    Number(ram?["transferred"]),
+                    (int)Number(ram?["dirty-sync-count"]),
+                    info["error-desc"]?.GetValue<string>());
+            }
+
+            await Task.Delay(20);
+        }
+    }
+
+    private static double Number(JsonNode? node) => node is null ? 0 : node.GetValue<double>();
+
+    private static string LoadAverage()
+    {
+        try
+        {
+            return string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3));
+        }
+        catch (IOException)
+        {
+            return "unknown";
+        }
+    }
+}

@@ -1,0 +1,53 @@
+using System.CommandLine;
+using Modular.Cli.Bench;
+using Modular.Core.Config;
+
+namespace Modular.Cli.Commands;
+
+/// <summary><c>modular bench [--memory 1G] [--transports tcp,unix] [--quick]</c>: the migration benchmark.</summary>
+internal static class BenchCommand
+{
+    private static readonly Option<string?> MemoryOption = new("--memory") { Description = "Guest RAM of the migrated guests (default 1G; 256M with --quick)." };
+    private static readonly Option<string?> TransportsOption = new("--transports") { Description = "Comma-separated transports to migrate over (default tcp,unix)." };
+    private static readonly Option<bool> QuickOption = new("--quick") { Description = "A short run: 256 MiB guests, 512 MiB through the plain sockets." };
+
+    internal static Command Create()
+    {
+        var command = new Command("bench", "Measure precopy migration (an idle filled guest and a dirtying A/B guest, two processes) over tcp and unix beside a plain socket's throughput.");
+        command.Options.Add(MemoryOption);
+        command.Options.Add(TransportsOption);
+        command.Options.Add(QuickOption);
+        command.SetAction(async (parse, _) =>
+        {
+            BenchOptions options = parse.GetValue(QuickOption) ? BenchOptions.Quick : BenchOptions.Default;
+            string? memory = parse.GetValue(MemoryOption);
+            if (memory is not null)
+            {
+                if (!ByteSize.TryParse(memory, out ulong bytes) || bytes <= 1UL << 20)
+                {
+                    await Console.Error.WriteLineAsync($"--memory '{memory}': expected a size above 1M such as 256M or 1G.");
+                    return ExitCodes.Usage;
+                }
+
+                options = options with { MemoryBytes = bytes };
+            }
+
+            string? transports = parse.GetValue(TransportsOption);
+            if (transports is not null)
+            {
+                string[] list = transports.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+                string? unknown = list.FirstOrDefault(t => t is not ("tcp" or "unix"));
+                if (list.Length == 0 || unknown is not null)
+                {
+                    await Console.Error.WriteLineAsync($"--transports '{transports}': the benchmark measures tcp and unix; give one or both, comma-separated.");
+                    return ExitCodes.Usage;
+                }
+
+                options = options with { Transports = list };
+            }
+
+            return await MigrationBench.RunAsync(options, Console.Out);
+        });
+        return command;
+    }
+}
