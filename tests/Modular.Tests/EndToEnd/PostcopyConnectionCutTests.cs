@@ -124,7 +124,7 @@ public sealed class PostcopyConnectionCutTests
         TestPluginCompiler.Compile(Path.Combine(plugins, "cut"), "Modular.Tests.CutTransport", CutTransportSource);
 
         // 100 MiB: well past the package (postcopy starts at once) and well before the 256 MiB of RAM.
-        await using MigrationPair pair = await MigrationPair.StartAsync(
+        await using PostcopyPair pair = await PostcopyPair.StartAsync(
             "tcp:127.0.0.1:0",
             sourceEnvironment: new Dictionary<string, string> { ["MODULAR_TEST_CUT_AFTER"] = (100L << 20).ToString(System.Globalization.CultureInfo.InvariantCulture) },
             extraArgs: ["--plugins", plugins]);
@@ -134,9 +134,9 @@ public sealed class PostcopyConnectionCutTests
         await pair.SourceQmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = uri });
         await pair.SourceQmp.ExecuteAsync("migrate-start-postcopy");
 
-        JsonObject source = await MigrationPair.WaitForAsync(pair.SourceQmp, r => MigrationPair.Status(r) is "completed" or "failed", TimeSpan.FromSeconds(60), "the source to fail");
+        JsonObject source = await PostcopyPair.WaitForAsync(pair.SourceQmp, r => PostcopyPair.Status(r) is "completed" or "failed", TimeSpan.FromSeconds(60), "the source to fail");
         TestContext.WriteLine("source: " + source.ToJsonString());
-        Assert.AreEqual("failed", MigrationPair.Status(source), source.ToJsonString());
+        Assert.AreEqual("failed", PostcopyPair.Status(source), source.ToJsonString());
         string error = source["error-desc"]!.ToString();
         StringAssert.Contains(error, "Postcopy migration to cut:");
         StringAssert.Contains(error, "The guest cannot be resumed safely on this host");
@@ -146,7 +146,7 @@ public sealed class PostcopyConnectionCutTests
         Assert.AreNotEqual("running", sourceState);
 
         // The destination gives up the guest and exits with an error.
-        int exit = MigrationPair.WaitForExit(pair.Destination, TimeSpan.FromSeconds(30), "the destination");
+        int exit = PostcopyPair.WaitForExit(pair.Destination, TimeSpan.FromSeconds(30), "the destination");
         TestContext.WriteLine("destination stderr: " + pair.DestinationStderr);
         Assert.AreEqual(1, exit, pair.DestinationStderr);
         StringAssert.Contains(pair.DestinationStderr, "modular: Incoming migration failed:");

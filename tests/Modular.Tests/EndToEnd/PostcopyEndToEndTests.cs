@@ -31,7 +31,7 @@ public sealed class PostcopyEndToEndTests
 
     private async Task RunAsync(string listenUri, int precopyPasses)
     {
-        await using MigrationPair pair = await MigrationPair.StartAsync(listenUri);
+        await using PostcopyPair pair = await PostcopyPair.StartAsync(listenUri);
         await pair.SetCapabilitiesAsync("events", "postcopy-ram", "postcopy-blocktime");
 
         // Precopy must not converge on its own before migrate-start-postcopy.
@@ -42,14 +42,14 @@ public sealed class PostcopyEndToEndTests
         await pair.SourceQmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = pair.IncomingUri });
         if (precopyPasses > 0)
         {
-            await MigrationPair.WaitForAsync(pair.SourceQmp, r => (r["ram"]?["dirty-sync-count"]?.GetValue<long>() ?? 0) >= precopyPasses || MigrationPair.Status(r) != "active" && MigrationPair.Status(r) != "setup", TimeSpan.FromSeconds(60), $"{precopyPasses} precopy passes");
+            await PostcopyPair.WaitForAsync(pair.SourceQmp, r => (r["ram"]?["dirty-sync-count"]?.GetValue<long>() ?? 0) >= precopyPasses || PostcopyPair.Status(r) != "active" && PostcopyPair.Status(r) != "setup", TimeSpan.FromSeconds(60), $"{precopyPasses} precopy passes");
         }
 
         await pair.SourceQmp.ExecuteAsync("migrate-start-postcopy");
-        JsonObject source = await MigrationPair.WaitForAsync(pair.SourceQmp, r => MigrationPair.Status(r) is "completed" or "failed", TimeSpan.FromSeconds(90), "the source to finish");
-        Assert.AreEqual("completed", MigrationPair.Status(source), "source: " + source.ToJsonString() + "\n" + pair.SourceStderr + pair.DestinationStderr);
-        JsonObject destination = await MigrationPair.WaitForAsync(pair.DestinationQmp, r => MigrationPair.Status(r) is "completed" or "failed", TimeSpan.FromSeconds(30), "the destination to finish");
-        Assert.AreEqual("completed", MigrationPair.Status(destination), "destination: " + destination.ToJsonString());
+        JsonObject source = await PostcopyPair.WaitForAsync(pair.SourceQmp, r => PostcopyPair.Status(r) is "completed" or "failed", TimeSpan.FromSeconds(90), "the source to finish");
+        Assert.AreEqual("completed", PostcopyPair.Status(source), "source: " + source.ToJsonString() + "\n" + pair.SourceStderr + pair.DestinationStderr);
+        JsonObject destination = await PostcopyPair.WaitForAsync(pair.DestinationQmp, r => PostcopyPair.Status(r) is "completed" or "failed", TimeSpan.FromSeconds(30), "the destination to finish");
+        Assert.AreEqual("completed", PostcopyPair.Status(destination), "destination: " + destination.ToJsonString());
         TestContext.WriteLine("source: " + source.ToJsonString());
         TestContext.WriteLine("destination: " + destination.ToJsonString());
 

@@ -275,7 +275,7 @@ internal sealed class ModularProcess : IAsyncDisposable
             IReadOnlyList<GuestRamRange> layout = PcRamLayout.For(MemoryBytes);
             ulong end = layout.Max(r => r.End.Value);
             await Qmp.ExecuteAsync("pmemsave", new JsonObject { ["val"] = 0, ["size"] = end, ["filename"] = dump });
-            using var memory = new DumpGuestMemory(dump, layout);
+            using var memory = new Core.Verification.DumpFileMemory(dump);
             return AbRamCheck.Check(memory, layout);
         }
         finally

@@ -11,12 +11,12 @@ namespace Modular.Tests.EndToEnd;
 /// Two real <c>modular run</c> processes: a source running the KVM A/B guest and a destination
 /// waiting with <c>--incoming</c>, each with a QMP socket and a serial file in a temp folder.
 /// </summary>
-internal sealed class MigrationPair : IAsyncDisposable
+internal sealed class PostcopyPair : IAsyncDisposable
 {
     private readonly StringBuilder _sourceErr = new();
     private readonly StringBuilder _destinationErr = new();
 
-    private MigrationPair(string directory) => Directory = directory;
+    private PostcopyPair(string directory) => Directory = directory;
 
     public string Directory { get; }
 
@@ -62,14 +62,14 @@ internal sealed class MigrationPair : IAsyncDisposable
     /// <param name="memory">Guest RAM size.</param>
     /// <param name="sourceEnvironment">Extra environment variables for the source.</param>
     /// <param name="extraArgs">Extra arguments for both (e.g. --plugins DIR).</param>
-    public static async Task<MigrationPair> StartAsync(string listenUri, string memory = "256M", IDictionary<string, string>? sourceEnvironment = null, IReadOnlyList<string>? extraArgs = null)
+    public static async Task<PostcopyPair> StartAsync(string listenUri, string memory = "256M", IDictionary<string, string>? sourceEnvironment = null, IReadOnlyList<string>? extraArgs = null)
     {
         if (!File.Exists("/dev/kvm"))
         {
             Assert.Inconclusive("/dev/kvm is missing: the end-to-end migration tests need KVM.");
         }
 
-        var pair = new MigrationPair(TestPluginCompiler.TempDirectory("e2e"));
+        var pair = new PostcopyPair(TestPluginCompiler.TempDirectory("e2e"));
         string kernel = Path.Combine(AppContext.BaseDirectory, "guests", "ab-guest.elf");
         pair.Source = pair.Launch(
             ["run", "--kernel", kernel, "--memory", memory, "--qmp", Path.Combine(pair.Directory, "src.sock"), "--serial", "file:" + pair.SourceSerial, .. extraArgs ?? []],
@@ -151,7 +151,7 @@ internal sealed class MigrationPair : IAsyncDisposable
         await DestinationQmp.ExecuteAsync("stop");
         string file = Path.Combine(Directory, "dst-ram.bin");
         await DestinationQmp.ExecuteAsync("pmemsave", new JsonObject { ["val"] = 0, ["size"] = size, ["filename"] = file });
-        using var memory = new FileGuestMemory(file);
+        using var memory = new Core.Verification.DumpFileMemory(file);
         return Core.Verification.AbRamCheck.Check(memory, new GuestPhysicalAddress(Core.Verification.AbRamCheck.DefaultStart), new GuestPhysicalAddress(size));
     }
 
@@ -254,35 +254,4 @@ internal sealed class MigrationPair : IAsyncDisposable
             await Task.Delay(50);
         }
     }
-}
-
-/// <summary>Read-only guest memory over a pmemsave file (guest-physical address = file offset).</summary>
-internal sealed class FileGuestMemory : IGuestMemory, IDisposable
-{
-    private readonly Microsoft.Win32.SafeHandles.SafeFileHandle _file;
-
-    public FileGuestMemory(string path)
-    {
-        _file = File.OpenHandle(path);
-        Size = (ulong)RandomAccess.GetLength(_file);
-    }
-
-    public ulong Size { get; }
-
-    public int PageSize => 4096;
-
-    public bool Contains(GuestPhysicalAddress address, ulong length) => address.Value + length <= Size && address.Value + length >= address.Value;
-
-    public void Read(GuestPhysicalAddress address, Span<byte> destination)
-    {
-        int read = RandomAccess.Read(_file, destination, (long)address.Value);
-        if (read != destination.Length)
-        {
-            throw new IOException($"short read at {address} of the RAM file");
-        }
-    }
-
-    public void Write(GuestPhysicalAddress address, ReadOnlySpan<byte> source) => throw new NotSupportedException("The pmemsave file is read-only.");
-
-    public void Dispose() => _file.Dispose();
 }
