@@ -206,7 +206,7 @@ public sealed partial class IncomingMigration
         {
             _logger.LogError("Postcopy fault thread failed: {Error}", ex.Message);
             connection.Abort(new IOException("the postcopy fault thread failed: " + ex.Message, ex));
-        });
+        }, _pageChannel is { AttachedBlocks: > 0 } ? _pageChannel : null);
         _faultThread.Start();
 
         // The listen thread's reads complete on the thread pool; the main task may block a pool
@@ -351,7 +351,9 @@ public sealed partial class IncomingMigration
     /// <summary>
     /// Adds the destination's postcopy figures to a query-migrate reply: QEMU's postcopy-blocktime and
     /// postcopy-vcpu-blocktime (with the postcopy-blocktime capability), and the Modular-specific
-    /// x-modular-fault-latency (count, median, p99, max in µs, request to placement). QMP loop.
+    /// x-modular-fault-latency (count, median, p99, max in µs, fault to placement, page-channel reads
+    /// included), and x-modular-page-channel-reads (faults served by the page channel, without
+    /// REQ_PAGES; x-modular-page-channel-failures when some reads fell back). QMP loop.
     /// </summary>
     /// <param name="reply">The reply built by <see cref="MigrationStats.ToQmp"/>.</param>
     public void AddPostcopyFigures(JsonObject reply)
@@ -374,6 +376,12 @@ public sealed partial class IncomingMigration
         if (_faultThread is { } faults)
         {
             reply["x-modular-fault-latency"]!["requests"] = faults.RequestsSent;
+        }
+
+        reply["x-modular-page-channel-reads"] = _pageChannel?.Reads ?? 0;
+        if (_pageChannel is { Failures: > 0 } failing)
+        {
+            reply["x-modular-page-channel-failures"] = failing.Failures;
         }
     }
 }

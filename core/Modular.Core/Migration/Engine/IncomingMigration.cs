@@ -96,7 +96,7 @@ public sealed partial class IncomingMigration
                 Stats.SetFinished();
                 Status.MoveTo(MigrationStatus.Completed);
                 PostcopyState.MoveTo(State.PostcopyState.End);
-                _logger.LogInformation("Incoming postcopy migration on {Endpoint} completed in {Ms} ms; {Requests} page requests", _endpoint, Stats.TotalMs, _faultThread?.RequestsSent ?? 0);
+                _logger.LogInformation("Incoming postcopy migration on {Endpoint} completed in {Ms} ms; {Requests} page requests, {Reads} page-channel reads", _endpoint, Stats.TotalMs, _faultThread?.RequestsSent ?? 0, _pageChannel?.Reads ?? 0);
                 return;
             }
 
@@ -139,6 +139,7 @@ public sealed partial class IncomingMigration
             }
 
             _postcopyRam?.Dispose();
+            _pageChannel?.Dispose();
 
             if (_listener is not null)
             {
@@ -189,6 +190,12 @@ public sealed partial class IncomingMigration
                     break;
                 case SectionType.Start or SectionType.Full:
                     SectionHeader header = await SectionHeader.ReadFromAsync(reader, type).ConfigureAwait(false);
+                    if (type == SectionType.Full && header.IdString == PageChannelSection.Name)
+                    {
+                        await LoadPageChannelSectionAsync(header, connection, reader, at).ConfigureAwait(false);
+                        break;
+                    }
+
                     SectionTarget target = Resolve(header, devices, ram, reader, at);
                     _sectionsById[header.SectionId] = target;
                     await LoadSectionBodyAsync(target, header, reader, at).ConfigureAwait(false);

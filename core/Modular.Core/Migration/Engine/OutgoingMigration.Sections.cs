@@ -1,7 +1,9 @@
 using System.IO.Pipelines;
 using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
 using Modular.Abstractions.Devices;
 using Modular.Abstractions.Transports;
+using Modular.Core.Memory;
 using Modular.Core.Migration.Stream;
 
 namespace Modular.Core.Migration.Engine;
@@ -33,6 +35,38 @@ public sealed partial class OutgoingMigration
         }
 
         return id;
+    }
+
+    /// <summary>
+    /// The connection offers a page channel: expose every RAM block for remote reads and send the
+    /// descriptors in the "x-modular-page-channel" section, so the destination can serve postcopy
+    /// faults by reading pages itself. A transport that refuses to expose a block costs only the
+    /// optimisation: the section is not sent and faults use REQ_PAGES. Migration task, after
+    /// POSTCOPY_ADVISE. (The source's RAM stays mapped until the destination's SHUT, so the
+    /// regions stay valid for as long as the destination can read them.)
+    /// </summary>
+    private void WritePageChannelSection(MigrationStreamWriter writer, IPageChannel channel, uint sectionId)
+    {
+        var regions = new List<(string, ReadOnlyMemory<byte>)>();
+        foreach (RamBlock block in _machine.Ram.Blocks)
+        {
+            try
+            {
+                regions.Add((block.Name, channel.ExposeRegion(block.Name, block.HostAddress, block.Size)));
+            }
+            catch (TransportException ex)
+            {
+                _logger.LogWarning("The page channel of {Connection} could not expose RAM block '{Block}' ({Error}); postcopy faults will use REQ_PAGES on the return path.", _connection?.RemoteDescription, block.Name, ex.Message);
+                return;
+            }
+        }
+
+        SaveVmWriter state = PageChannelSection.Encode(regions);
+        SectionHeader.Full(sectionId, PageChannelSection.Name, 0, PageChannelSection.Version).WriteTo(writer);
+        writer.WriteBe32((uint)state.Length);
+        writer.WriteBytes(state.WrittenSpan);
+        new SectionFooter(sectionId).WriteTo(writer);
+        _logger.LogInformation("Page channel: {Count} RAM blocks exposed to {Connection}; postcopy faults are served by remote reads.", regions.Count, _connection?.RemoteDescription);
     }
 
     /// <summary>The return-path reader task: SHUT, PONG, and (postcopy) page requests.</summary>

@@ -114,6 +114,10 @@ public sealed partial class OutgoingMigration
             if (PostcopyEnabled)
             {
                 new PostcopyAdviseCommand(HostPageSizeSummary(), RamBlock.TargetPageSize).WriteTo(writer);
+                if (_connection is IPageChannel pageChannel)
+                {
+                    WritePageChannelSection(writer, pageChannel, sectionId: (uint)sections.Count + 1);
+                }
             }
 
             const uint ramSectionId = 0;

@@ -5,8 +5,8 @@ namespace Modular.Core.Migration.Postcopy;
 
 /// <summary>
 /// Fault-to-placement latencies of requested pages on a postcopy destination: the blocktime total
-/// and the distribution (count, median, p99, max). <see cref="Add"/> runs on the listen thread only
-/// and allocates nothing (a fixed ring of the most recent samples); the reports run on the QMP loop.
+/// and the distribution (count, median, p99, max). <see cref="Add"/> runs on the listen thread (and
+/// the fault thread) and allocates nothing (a fixed ring of the most recent samples); the reports run on the QMP loop.
 /// </summary>
 internal sealed class FaultLatencyRecorder
 {
@@ -23,7 +23,10 @@ internal sealed class FaultLatencyRecorder
     /// <summary>Sum of all latencies in milliseconds (QEMU's postcopy-blocktime).</summary>
     internal long TotalMs => (long)(Interlocked.Read(ref _totalTicks) * 1000.0 / Stopwatch.Frequency);
 
-    /// <summary>Records one latency in Stopwatch ticks. Listen thread only.</summary>
+    /// <summary>
+    /// Records one latency in Stopwatch ticks. Listen thread, or fault thread (page-channel reads):
+    /// each claims its own slot, so the two may add at once.
+    /// </summary>
     internal void Add(long ticks)
     {
         if (ticks <= 0)
@@ -31,15 +34,20 @@ internal sealed class FaultLatencyRecorder
             return;
         }
 
-        long n = Interlocked.Read(ref _count);
+        long n = Interlocked.Increment(ref _count) - 1;
         Volatile.Write(ref _samples[n % Capacity], ticks);
         Interlocked.Add(ref _totalTicks, ticks);
-        if (ticks > Interlocked.Read(ref _maxTicks))
+        long max = Interlocked.Read(ref _maxTicks);
+        while (ticks > max)
         {
-            Interlocked.Exchange(ref _maxTicks, ticks);
-        }
+            long seen = Interlocked.CompareExchange(ref _maxTicks, ticks, max);
+            if (seen == max)
+            {
+                break;
+            }
 
-        Interlocked.Increment(ref _count);
+            max = seen;
+        }
     }
 
     /// <summary>The distribution in microseconds over the most recent samples (at most 65536). QMP loop.</summary>
@@ -52,8 +60,14 @@ internal sealed class FaultLatencyRecorder
             return (0, 0, 0, 0);
         }
 
-        long[] copy = new long[n];
-        Array.Copy(_samples, copy, n);
+        // A slot claimed but not yet written still reads 0 (every sample is positive): leave it out.
+        long[] copy = _samples.Take(n).Where(t => t > 0).ToArray();
+        n = copy.Length;
+        if (n == 0)
+        {
+            return (0, 0, 0, 0);
+        }
+
         Array.Sort(copy);
         double us = 1e6 / Stopwatch.Frequency;
         return (count, copy[(n - 1) / 2] * us, copy[Math.Min(n - 1, (int)Math.Ceiling(n * 0.99) - 1)] * us, Interlocked.Read(ref _maxTicks) * us);

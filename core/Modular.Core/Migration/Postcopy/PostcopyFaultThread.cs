@@ -10,12 +10,16 @@ namespace Modular.Core.Migration.Postcopy;
 /// each page missing -> requested and sends REQ_PAGES_ID / REQ_PAGES on the return path (under the
 /// return-path lock), or wakes the waiter when the page has already arrived. Allocation-free on its
 /// hot path: faults land in a preallocated array, messages are structs, block names already exist.
+/// With a page channel (<see cref="PostcopyPageChannel"/>), a missing page is read from the source
+/// into the staging page and placed here instead, without a request; a failed read falls back to
+/// REQ_PAGES for that page.
 /// </summary>
 internal sealed class PostcopyFaultThread
 {
     private readonly PostcopyRam _ram;
     private readonly ReturnPathWriter _returnPath;
     private readonly Action<Exception> _onFailure;
+    private readonly PostcopyPageChannel? _pageChannel;
     private readonly PageFault[] _faults = new PageFault[32];
     private readonly Thread _thread;
     private RamBlock? _lastRequestedBlock;
@@ -24,8 +28,10 @@ internal sealed class PostcopyFaultThread
     /// <param name="ram">The armed RAM.</param>
     /// <param name="returnPath">Where requests go.</param>
     /// <param name="onFailure">Called (on the fault thread) when reading faults or requesting fails.</param>
-    internal PostcopyFaultThread(PostcopyRam ram, ReturnPathWriter returnPath, Action<Exception> onFailure)
+    /// <param name="pageChannel">The connection's attached page channel, or null: every missing page is requested.</param>
+    internal PostcopyFaultThread(PostcopyRam ram, ReturnPathWriter returnPath, Action<Exception> onFailure, PostcopyPageChannel? pageChannel = null)
     {
+        _pageChannel = pageChannel;
         _ram = ram;
         _returnPath = returnPath;
         _onFailure = onFailure;
@@ -42,6 +48,7 @@ internal sealed class PostcopyFaultThread
     internal void Stop()
     {
         _stopping = true;
+        _pageChannel?.Stop();
         _ram.Backend.Shutdown();
         if (_thread.IsAlive && Thread.CurrentThread != _thread)
         {
@@ -83,6 +90,14 @@ internal sealed class PostcopyFaultThread
         switch (outcome)
         {
             case FaultOutcome.NeedsRequest:
+                if (_pageChannel is { } channel && channel.TryRead(block!, offset))
+                {
+                    // Placed like a page from the stream: atomically, waking the waiter, marked
+                    // received with its latency recorded; if the stream's copy won, EEXIST is fine.
+                    _ram.Place(block!, offset, channel.Page, isZero: false);
+                    break;
+                }
+
                 ReturnPathMessage request = ReferenceEquals(block, _lastRequestedBlock)
                     ? ReturnPathMessage.ReqPages(offset, RamBlock.TargetPageSize)
                     : ReturnPathMessage.ReqPagesId(offset, RamBlock.TargetPageSize, block!.Name);

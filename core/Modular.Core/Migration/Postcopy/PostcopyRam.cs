@@ -12,7 +12,7 @@ namespace Modular.Core.Migration.Postcopy;
 /// <remarks>
 /// Threads: <see cref="Discard"/>, <see cref="Arm"/> on the main incoming task; placement on the main
 /// incoming task before LISTEN (plain native copies) and on the listen thread after it (atomic
-/// placement through the fault backend); <see cref="OnFault"/> on the fault thread. The page maps
+/// placement through the fault backend; also on the fault thread for page-channel reads); <see cref="OnFault"/> on the fault thread. The page maps
 /// are lock-free; nothing here takes a lock or allocates on the fault or placement path.
 /// Managed code never reads or writes armed RAM: copies are native (RamBlock.CopyIn) or ioctls.
 /// </remarks>
@@ -78,7 +78,9 @@ internal sealed class PostcopyRam : IDisposable
     /// <summary>
     /// Places one received target page: a native copy before LISTEN, an atomic placement that wakes
     /// waiters after it; then marks it received and, if it had been requested, records the latency.
-    /// Main incoming task (before LISTEN) or listen thread (after); allocation-free.
+    /// Main incoming task (before LISTEN), listen thread (after), or the fault thread (a page read
+    /// through the page channel; the two may race for one page: the second placement finds it present
+    /// and changes nothing); allocation-free.
     /// </summary>
     internal void Place(RamBlock block, ulong offset, ReadOnlySpan<byte> page, bool isZero)
     {

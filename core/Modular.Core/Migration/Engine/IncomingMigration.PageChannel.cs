@@ -1,0 +1,73 @@
+using Microsoft.Extensions.Logging;
+using Modular.Abstractions.Devices;
+using Modular.Abstractions.Transports;
+using Modular.Core.Memory;
+using Modular.Core.Migration.Postcopy;
+using Modular.Core.Migration.Stream;
+
+namespace Modular.Core.Migration.Engine;
+
+/// <summary>The destination's side of the page channel: the "x-modular-page-channel" section.</summary>
+public sealed partial class IncomingMigration
+{
+    private PostcopyPageChannel? _pageChannel;
+
+    /// <summary>
+    /// The "x-modular-page-channel" section (after POSTCOPY_ADVISE): attach each RAM block's source
+    /// region when this connection offers a page channel, so the fault thread reads missing pages
+    /// itself; otherwise read and ignore it (faults use REQ_PAGES). A region the transport refuses
+    /// leaves that block on REQ_PAGES. Main incoming task, before LISTEN.
+    /// </summary>
+    private async ValueTask LoadPageChannelSectionAsync(SectionHeader header, IMigrationConnection connection, MigrationStreamReader reader, long at)
+    {
+        long lengthAt = reader.Position;
+        uint length = await reader.ReadBe32Async("page channel state length").ConfigureAwait(false);
+        byte[] state = await reader.ReadBlobAsync(length, 1 << 20, lengthAt, "page channel state").ConfigureAwait(false);
+        await SectionFooter.ReadFromAsync(reader, header.SectionId, PageChannelSection.Name).ConfigureAwait(false);
+        if (connection is not IPageChannel channel)
+        {
+            _logger.LogInformation("The source offered a page channel, but {Connection} has none; postcopy faults use REQ_PAGES.", connection.RemoteDescription);
+            return;
+        }
+
+        if (header.InstanceId != 0 || header.VersionId != PageChannelSection.Version)
+        {
+            _logger.LogWarning("Section '{Section}' instance {Instance} version {Version} is not what this destination reads (instance 0, version {Known}); postcopy faults use REQ_PAGES.", PageChannelSection.Name, header.InstanceId, header.VersionId, PageChannelSection.Version);
+            return;
+        }
+
+        if (_postcopyRam is null || PostcopyState.Current != State.PostcopyState.Advise)
+        {
+            throw reader.ErrorAt(at, $"section '{PageChannelSection.Name}' outside postcopy's ADVISE state (state {State.PostcopyStateMachine.Name(PostcopyState.Current)}); the source sends it right after POSTCOPY_ADVISE");
+        }
+
+        List<(string BlockId, byte[] Descriptor)> regions;
+        try
+        {
+            regions = PageChannelSection.Decode(state);
+        }
+        catch (DeviceStateException ex)
+        {
+            throw reader.ErrorAt(at, ex.Message.TrimEnd('.'));
+        }
+
+        var pageChannel = new PostcopyPageChannel(channel, connection.RemoteDescription, _logger);
+        foreach ((string blockId, byte[] descriptor) in regions)
+        {
+            RamBlock block = _machine.Ram.Blocks.FirstOrDefault(b => b.Name == blockId)
+                ?? throw reader.ErrorAt(at, $"section '{PageChannelSection.Name}' names RAM block '{blockId}', which this machine does not have (it has {string.Join(", ", _machine.Ram.Blocks.Select(b => b.Name))})");
+            try
+            {
+                pageChannel.Attach(block, descriptor);
+            }
+            catch (TransportException ex)
+            {
+                _logger.LogWarning("The page channel of {Connection} refused the region of RAM block '{Block}' ({Error}); its postcopy faults use REQ_PAGES.", connection.RemoteDescription, blockId, ex.Message);
+            }
+        }
+
+        _pageChannel?.Dispose();
+        _pageChannel = pageChannel;
+        _logger.LogInformation("Page channel: {Count} of {Total} RAM blocks attached from {Connection}; postcopy faults read pages through it.", pageChannel.AttachedBlocks, regions.Count, connection.RemoteDescription);
+    }
+}
