@@ -64,7 +64,9 @@ internal sealed class PostcopyPageChannel : IDisposable
     /// Reads the target page at <paramref name="offset"/> of <paramref name="block"/> into the staging
     /// page (<see cref="Page"/>), waiting for the read. False when the block is not attached or the
     /// read failed (logged once): ask for the page with REQ_PAGES instead. Fault thread; allocates
-    /// nothing when the read completes synchronously, and nothing of its own otherwise.
+    /// nothing when the read completes synchronously; an asynchronous read is waited for through
+    /// <c>ValueTask.AsTask</c>, which may allocate one Task (a read takes microseconds at best, so
+    /// one blocking wait per fault is the simple choice; one read is in flight at a time).
     /// </summary>
     internal bool TryRead(RamBlock block, ulong offset)
     {
