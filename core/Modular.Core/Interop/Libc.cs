@@ -30,6 +30,7 @@ internal static unsafe partial class Libc
     // madvise(2)
     internal const int MADV_DONTNEED = 4;
     internal const int MADV_HUGEPAGE = 14;
+    internal const int MADV_POPULATE_WRITE = 23;
 
     // eventfd(2)
     internal const int EFD_NONBLOCK = 0x800;

@@ -105,6 +105,14 @@ public sealed partial class IncomingMigration
             throw reader.ErrorAt(at, $"postcopy needs the fault backend '{_settings.FaultBackend}': {ex.Message.TrimEnd('.')}");
         }
 
+        // Postcopy relies on missing pages faulting: drop whatever was populated while waiting
+        // (postcopy-ram may have been enabled after listening started), as QEMU discards at ADVISE.
+        _prepopulate.Wait();
+        foreach (RamBlock block in _machine.Ram.Blocks)
+        {
+            block.Discard(0, block.Size);
+        }
+
         _postcopyRam = new PostcopyRam(_machine.Ram, backend);
         _ramLoader!.Postcopy = _postcopyRam;
         PostcopyState.MoveTo(State.PostcopyState.Advise);

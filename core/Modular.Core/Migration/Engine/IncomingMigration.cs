@@ -32,6 +32,7 @@ public sealed partial class IncomingMigration
     private IMigrationListener? _listener;
     private ReturnPathWriter? _returnPath;
     private volatile string? _error;
+    private Task _prepopulate = Task.CompletedTask;
     private Dictionary<(string, uint), ISaveVmSection> _devices = new();
     private RamLoader? _ramLoader;
     private IMigrationConnection? _connection;
@@ -73,6 +74,19 @@ public sealed partial class IncomingMigration
     public async Task<TransportEndpoint> ListenAsync()
     {
         _listener = await _transport.ListenAsync(_endpoint, _cancel.Token).ConfigureAwait(false);
+        if (!_settings.Snapshot().Has("postcopy-ram"))
+        {
+            // Like QEMU with preallocated RAM: take the first-touch cost while waiting. Safe alongside
+            // loading (populating never replaces a present page); postcopy drops it all at ADVISE.
+            _prepopulate = Task.Run(() =>
+            {
+                foreach (RamBlock block in _machine.Ram.Blocks)
+                {
+                    block.Populate();
+                }
+            });
+        }
+
         Completion = Task.Run(AcceptAndLoadAsync);
         return _listener.Endpoint;
     }
