@@ -1,3 +1,4 @@
+using Modular.Conformance.Faults;
 using System.Globalization;
 using Modular.Abstractions.Faults;
 using Modular.FaultBackends.Tests.Support;

@@ -1,3 +1,4 @@
+using Modular.Conformance.Faults;
 using Modular.Abstractions.Faults;
 using Modular.Abstractions.Plugins;
 using Modular.FaultBackends.Tests.Support;

@@ -24,11 +24,5 @@ internal static partial class Interop
 
         [LibraryImport(Library, EntryPoint = "munmap", SetLastError = true)]
         public static partial int Munmap(nint address, nuint length);
-
-        [LibraryImport(Library, EntryPoint = "memcpy")]
-        public static partial nint Memcpy(nint destination, nint source, nuint count);
-
-        [LibraryImport(Library, EntryPoint = "gettid")]
-        public static partial int Gettid();
     }
 }
