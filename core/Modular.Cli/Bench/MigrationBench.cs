@@ -16,14 +16,15 @@ internal static class MigrationBench
     private static readonly TimeSpan GuestReadyTimeout = TimeSpan.FromMinutes(5);
     private static readonly TimeSpan MigrationTimeout = TimeSpan.FromMinutes(5);
 
-    private sealed record Scenario(string Name, string Kernel, char Ready);
+    private sealed record Scenario(string Name, string Kernel, char Ready, bool Postcopy = false);
 
-    private sealed record Outcome(string Status, double TotalMs, double DowntimeMs, double SetupMs, double Transferred, int Syncs, string? Error);
+    private sealed record Outcome(string Status, double TotalMs, double DowntimeMs, double SetupMs, double Transferred, int Syncs, string? Error, long Requests = 0, JsonNode? FaultLatency = null);
 
     private static readonly Scenario[] Scenarios =
     [
         new("idle, filled", "fill-halt.elf", 'F'),
         new("dirtying (A/B)", "ab-guest.elf", 'A'),
+        new("postcopy A/B", "ab-guest.elf", 'A', Postcopy: true),
     ];
 
     /// <summary>Runs the whole benchmark and writes the figures to <paramref name="output"/>; 0 when every migration completed.</summary>
@@ -57,6 +58,13 @@ internal static class MigrationBench
                     double throughput = outcome.Transferred / Math.Max(outcome.TotalMs, 1) * 1000;
                     await output.WriteLineAsync(string.Create(c,
                         $"{transport,-10} {scenario.Name,-16} {outcome.Status,-10} {outcome.TotalMs / 1000,6:F2} s  {outcome.DowntimeMs,5:F0} ms  {outcome.SetupMs,4:F0} ms  {outcome.Transferred / 1e9,8:F2} GB  {throughput / 1e9,6:F2} GB/s  {throughput / socketRates[transport] * 100,6:F0} %  {outcome.Syncs,5}"));
+                    if (scenario.Postcopy)
+                    {
+                        JsonNode? l = outcome.FaultLatency;
+                        await output.WriteLineAsync(string.Create(c,
+                            $"    postcopy: {outcome.Requests} page requests; fault to placement (destination): count {l?["count"]}, median {l?["median-us"]} us, p99 {l?["p99-us"]} us, max {l?["max-us"]} us"));
+                    }
+
                     if (outcome.Error is not null)
                     {
                         await output.WriteLineAsync("    " + outcome.Error);
@@ -64,6 +72,10 @@ internal static class MigrationBench
                 }
             }
 
+            FaultRoundTrip.Result? uffd = FaultRoundTrip.Measure(2000, out string? why);
+            await output.WriteLineAsync(uffd is null
+                ? $"local userfaultfd round trip: not measured ({why})"
+                : string.Create(c, $"local userfaultfd round trip (fault, placed by another thread): median {uffd.MedianUs:F1} us, p99 {uffd.P99Us:F1} us over {uffd.Count} faults"));
             await output.WriteLineAsync($"load average at the end: {LoadAverage()}");
             return allCompleted ? 0 : 1;
         }
@@ -81,7 +93,23 @@ internal static class MigrationBench
         string uri = await destination.WaitForStdErrAsync("modular: listening for an incoming migration on ", TimeSpan.FromMinutes(1));
         await using BenchProcess source = await BenchProcess.StartAsync(directory, $"src{n}", scenario.Kernel, memory, incoming: null);
         await source.WaitForSerialAsync(scenario.Ready, GuestReadyTimeout);
+        if (scenario.Postcopy)
+        {
+            foreach (BenchProcess side in new[] { source, destination })
+            {
+                await side.Qmp.ExecuteAsync("migrate-set-capabilities", new JsonObject
+                {
+                    ["capabilities"] = new JsonArray { new JsonObject { ["capability"] = "postcopy-ram", ["state"] = true } },
+                });
+            }
+        }
+
         await source.Qmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = uri });
+        if (scenario.Postcopy)
+        {
+            await source.Qmp.ExecuteAsync("migrate-start-postcopy");
+        }
+
         var clock = Stopwatch.StartNew();
         while (true)
         {
@@ -95,6 +123,19 @@ internal static class MigrationBench
                 }
 
                 JsonNode? ram = info["ram"];
+                JsonNode? latency = null;
+                if (scenario.Postcopy && status == "completed")
+                {
+                    JsonObject incoming = await destination.QueryMigrateAsync();
+                    for (int i = 0; i < 100 && incoming["status"]?.GetValue<string>() != "completed"; i++)
+                    {
+                        await Task.Delay(50);
+                        incoming = await destination.QueryMigrateAsync();
+                    }
+
+                    latency = incoming["x-modular-fault-latency"]?.DeepClone();
+                }
+
                 return new Outcome(
                     status,
                     Number(info["total-time"]),
@@ -102,7 +143,9 @@ internal static class MigrationBench
                     Number(info["setup-time"]),
                     Number(ram?["transferred"]),
                     (int)Number(ram?["dirty-sync-count"]),
-                    info["error-desc"]?.GetValue<string>());
+                    info["error-desc"]?.GetValue<string>(),
+                    (long)Number(ram?["postcopy-requests"]),
+                    latency);
             }
 
             await Task.Delay(20);
