@@ -21,7 +21,6 @@ namespace Modular.Tests.Migration.Postcopy;
 [TestClass]
 public sealed class DeviceLoadFaultTests
 {
-    private const ushort Port = 0x510;
     private const ulong RingAddress = 48UL << 20;
 
     [TestMethod]
@@ -47,24 +46,7 @@ public sealed class DeviceLoadFaultTests
         using VirtualMachine destination = VirtualMachine.Create(ConfigLoader.Load(config, [new("machine.paused", "true")]), catalog, MachineStartMode.Incoming);
         source.Start();
 
-        // The guest's side of the driver protocol: two pending descriptors (status 0), producer 2,
-        // ring enabled, no KICK: the device state says "consumer 0", the ring in RAM says "producer 2".
-        byte[] ring = new byte[16 + (4 * 32)];
-        BinaryPrimitives.WriteUInt32LittleEndian(ring, 2);
-        for (int i = 0; i < 2; i++)
-        {
-            Span<byte> descriptor = ring.AsSpan(16 + (32 * i), 32);
-            BinaryPrimitives.WriteUInt64LittleEndian(descriptor, 0x100000 + ((ulong)i * 0x1000));
-            BinaryPrimitives.WriteUInt64LittleEndian(descriptor[8..], 0x200000 + ((ulong)i * 0x1000));
-            BinaryPrimitives.WriteUInt32LittleEndian(descriptor[16..], 64);
-        }
-
-        source.Ram.Write(new GuestPhysicalAddress(RingAddress), ring);
-        WriteRegister(source, 2, (uint)RingAddress);
-        WriteRegister(source, 3, 0);
-        WriteRegister(source, 4, 4);
-        WriteRegister(source, 5, 1);
-        Assert.AreEqual(1u, ReadRegister(source, 7) & 3, "the ring is enabled without error on the source");
+        byte[] ring = DmaRingDriver.ArmRing(source, RingAddress);
 
         var sourceMigration = new MigrationController(source, catalog);
         var destinationMigration = new MigrationController(destination, catalog);
@@ -85,8 +67,8 @@ public sealed class DeviceLoadFaultTests
         Assert.IsGreaterThan(0L, figures["x-modular-fault-latency"]!["count"]!.GetValue<long>(), figures.ToJsonString());
 
         // The device loaded the state and the ring it read is the source's.
-        Assert.AreEqual(1u, ReadRegister(destination, 7) & 3, "the ring is enabled without error on the destination");
-        Assert.AreEqual(0u, ReadRegister(destination, 8), "consumer index");
+        Assert.AreEqual(1u, DmaRingDriver.ReadRegister(destination, 7) & 3, "the ring is enabled without error on the destination");
+        Assert.AreEqual(0u, DmaRingDriver.ReadRegister(destination, 8), "consumer index");
         byte[] arrived = new byte[ring.Length];
         destination.Ram.Read(new GuestPhysicalAddress(RingAddress), arrived);
         CollectionAssert.AreEqual(ring, arrived);
@@ -95,22 +77,4 @@ public sealed class DeviceLoadFaultTests
     }
 
     private static string QmpRunStateName(VirtualMachine machine) => machine.RunState.ToString().ToLowerInvariant();
-
-    private static void WriteRegister(VirtualMachine machine, uint index, uint value)
-    {
-        Span<byte> bytes = stackalloc byte[4];
-        BinaryPrimitives.WriteUInt32LittleEndian(bytes, index);
-        machine.Bus.PortOut(Port, bytes);
-        BinaryPrimitives.WriteUInt32LittleEndian(bytes, value);
-        machine.Bus.PortOut(Port + 4, bytes);
-    }
-
-    private static uint ReadRegister(VirtualMachine machine, uint index)
-    {
-        Span<byte> bytes = stackalloc byte[4];
-        BinaryPrimitives.WriteUInt32LittleEndian(bytes, index);
-        machine.Bus.PortOut(Port, bytes);
-        machine.Bus.PortIn(Port + 4, bytes);
-        return BinaryPrimitives.ReadUInt32LittleEndian(bytes);
-    }
 }

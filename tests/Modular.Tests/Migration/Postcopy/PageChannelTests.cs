@@ -23,7 +23,6 @@ namespace Modular.Tests.Migration.Postcopy;
 [TestClass]
 public sealed class PageChannelTests
 {
-    private const ushort Port = 0x510;
     private const ulong RingAddress = 24UL << 20;
 
     [TestMethod]
@@ -117,7 +116,7 @@ public sealed class PageChannelTests
         try
         {
             source.Start();
-            ArmRing(source);
+            DmaRingDriver.ArmRing(source, RingAddress);
             var endpoint = new TransportEndpoint(InProcessTransport.Scheme, name);
             var destinationSettings = new MigrationSettings(destination.Config.Migration);
             var incoming = new IncomingMigration(destination, transport, endpoint, destinationSettings, NullLogger.Instance, () => catalog.GetFaultBackend(destinationSettings.FaultBackend));
@@ -143,7 +142,7 @@ public sealed class PageChannelTests
         Assert.AreEqual(MigrationStatus.Completed, outgoing.Status.Current, outgoing.Error);
         Assert.AreEqual(MigrationStatus.Completed, incoming.Status.Current, incoming.Error);
         Assert.AreEqual(PostcopyState.End, incoming.PostcopyState.Current);
-        Assert.AreEqual(1u, ReadRegister(destination, 7) & 3, "the ring is enabled without error on the destination");
+        Assert.AreEqual(1u, DmaRingDriver.ReadRegister(destination, 7) & 3, "the ring is enabled without error on the destination");
 
         // The source is stopped (postmigrate) and the destination paused: their RAM must be equal.
         byte[] expected = new byte[1 << 20];
@@ -169,44 +168,5 @@ public sealed class PageChannelTests
         var figures = new JsonObject();
         incoming.AddPostcopyFigures(figures);
         return figures;
-    }
-
-    /// <summary>As DeviceLoadFaultTests: two pending descriptors in RAM, producer 2, ring enabled, no KICK.</summary>
-    private static void ArmRing(VirtualMachine source)
-    {
-        byte[] ring = new byte[16 + (4 * 32)];
-        BinaryPrimitives.WriteUInt32LittleEndian(ring, 2);
-        for (int i = 0; i < 2; i++)
-        {
-            Span<byte> descriptor = ring.AsSpan(16 + (32 * i), 32);
-            BinaryPrimitives.WriteUInt64LittleEndian(descriptor, 0x100000 + ((ulong)i * 0x1000));
-            BinaryPrimitives.WriteUInt64LittleEndian(descriptor[8..], 0x200000 + ((ulong)i * 0x1000));
-            BinaryPrimitives.WriteUInt32LittleEndian(descriptor[16..], 64);
-        }
-
-        source.Ram.Write(new GuestPhysicalAddress(RingAddress), ring);
-        WriteRegister(source, 2, (uint)RingAddress);
-        WriteRegister(source, 3, 0);
-        WriteRegister(source, 4, 4);
-        WriteRegister(source, 5, 1);
-        Assert.AreEqual(1u, ReadRegister(source, 7) & 3, "the ring is enabled without error on the source");
-    }
-
-    private static void WriteRegister(VirtualMachine machine, uint index, uint value)
-    {
-        Span<byte> bytes = stackalloc byte[4];
-        BinaryPrimitives.WriteUInt32LittleEndian(bytes, index);
-        machine.Bus.PortOut(Port, bytes);
-        BinaryPrimitives.WriteUInt32LittleEndian(bytes, value);
-        machine.Bus.PortOut(Port + 4, bytes);
-    }
-
-    private static uint ReadRegister(VirtualMachine machine, uint index)
-    {
-        Span<byte> bytes = stackalloc byte[4];
-        BinaryPrimitives.WriteUInt32LittleEndian(bytes, index);
-        machine.Bus.PortOut(Port, bytes);
-        machine.Bus.PortIn(Port + 4, bytes);
-        return BinaryPrimitives.ReadUInt32LittleEndian(bytes);
     }
 }
