@@ -1,3 +1,4 @@
+using Modular.Cli.Children;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json.Nodes;
@@ -89,13 +90,13 @@ internal static class MigrationBench
     private static async Task<Outcome> MigrateAsync(string transport, Scenario scenario, ulong memory, string directory, int n)
     {
         string listen = transport == "unix" ? "unix:" + Path.Combine(directory, $"mig{n}.sock") : transport + ":127.0.0.1:0";
-        await using BenchProcess destination = await BenchProcess.StartAsync(directory, $"dst{n}", scenario.Kernel, memory, listen);
+        await using ModularChild destination = await ModularChild.StartAsync(directory, $"dst{n}", scenario.Kernel, memory, listen);
         string uri = await destination.WaitForStdErrAsync("modular: listening for an incoming migration on ", TimeSpan.FromMinutes(1));
-        await using BenchProcess source = await BenchProcess.StartAsync(directory, $"src{n}", scenario.Kernel, memory, incoming: null);
+        await using ModularChild source = await ModularChild.StartAsync(directory, $"src{n}", scenario.Kernel, memory, incoming: null);
         await source.WaitForSerialAsync(scenario.Ready, GuestReadyTimeout);
         if (scenario.Postcopy)
         {
-            foreach (BenchProcess side in new[] { source, destination })
+            foreach (ModularChild side in new[] { source, destination })
             {
                 await side.Qmp.ExecuteAsync("migrate-set-capabilities", new JsonObject
                 {

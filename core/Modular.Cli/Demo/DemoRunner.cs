@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using Modular.Cli.Children;
 using Modular.Cli.Migration;
 using Modular.Core.Boot;
 using Modular.Core.Config;
@@ -21,31 +22,41 @@ internal sealed record DemoOptions(ulong Memory, string Transport, bool Postcopy
 /// </summary>
 internal static class DemoRunner
 {
+    private const string Kernel = "ab-guest.elf";
+
     internal static async Task<int> RunAsync(DemoOptions options, TextWriter output, CancellationToken cancellationToken)
     {
-        string kernel = Path.Combine(AppContext.BaseDirectory, "guests", "ab-guest.elf");
         string work = Directory.CreateTempSubdirectory("modular-demo-").FullName;
-        string srcQmp = Path.Combine(work, "src.qmp"), dstQmp = Path.Combine(work, "dst.qmp");
-        string srcSerial = Path.Combine(work, "src-serial.log"), dstSerial = Path.Combine(work, "dst-serial.log");
+        try
+        {
+            return await RunInAsync(options, work, output, cancellationToken);
+        }
+        finally
+        {
+            // After the children are disposed (quit), so nothing of theirs is left behind.
+            TryDelete(work);
+        }
+    }
+
+    private static async Task<int> RunInAsync(DemoOptions options, string work, TextWriter output, CancellationToken cancellationToken)
+    {
         string incoming = options.Transport == "unix" ? "unix:" + Path.Combine(work, "migration.sock") : "tcp:127.0.0.1:0";
-        string memory = ByteSize.Format(options.Memory);
         string accel = options.Synthetic ? "synthetic" : "kvm";
-        var common = new List<string> { "--kernel", kernel, "--memory", memory, "--set", "machine.accelerator=" + accel };
+        var extra = new List<string> { "--set", "machine.accelerator=" + accel };
         if (options.Postcopy)
         {
-            common.AddRange(["--set", "migration.capabilities.postcopy-ram=true"]);
+            extra.AddRange(["--set", "migration.capabilities.postcopy-ram=true"]);
         }
 
-        await output.WriteLineAsync($"Modular demo: live migration of the A/B guest ({memory} RAM, {accel}) between two processes over {options.Transport}{(options.Postcopy ? ", postcopy" : ", precopy")}.");
+        await output.WriteLineAsync($"Modular demo: live migration of the A/B guest ({ByteSize.Format(options.Memory)} RAM, {accel}) between two processes over {options.Transport}{(options.Postcopy ? ", postcopy" : ", precopy")}.");
         await output.WriteLineAsync($"  working directory: {work}");
-        await using ChildMachine destination = ChildMachine.Start("destination", [.. common, "--incoming", incoming, "--qmp", dstQmp, "--serial", "file:" + dstSerial]);
-        string uri = await destination.ListeningOn(TimeSpan.FromSeconds(30));
-        await output.WriteLineAsync($"  destination: pid {destination.Process.Id}, waiting on {uri}");
-        await using ChildMachine source = ChildMachine.Start("source", [.. common, "--qmp", srcQmp, "--serial", "file:" + srcSerial]);
-        await output.WriteLineAsync($"  source:      pid {source.Process.Id}, booting {Path.GetFileName(kernel)}");
-
-        await using QmpClient src = await ConnectAsync(srcQmp, source, cancellationToken);
-        await using QmpClient dst = await ConnectAsync(dstQmp, destination, cancellationToken);
+        await using ModularChild destination = await ModularChild.StartAsync(work, "dst", Kernel, options.Memory, incoming, extra);
+        string uri = await destination.WaitForStdErrAsync("modular: listening for an incoming migration on ", TimeSpan.FromSeconds(30));
+        await output.WriteLineAsync($"  destination: pid {destination.ProcessId}, waiting on {uri}");
+        await using ModularChild source = await ModularChild.StartAsync(work, "src", Kernel, options.Memory, incoming: null, extra);
+        await output.WriteLineAsync($"  source:      pid {source.ProcessId}, booting {Kernel}");
+        QmpClient src = source.Qmp, dst = destination.Qmp;
+        string srcSerial = source.SerialPath, dstSerial = destination.SerialPath;
         if (!options.Synthetic)
         {
             string shown = await WaitForSerialAsync(srcSerial, text => text.Contains('B', StringComparison.Ordinal), TimeSpan.FromSeconds(60), cancellationToken);
@@ -90,42 +101,8 @@ internal static class DemoRunner
         await output.WriteLineAsync($"  destination run state before the check: {status}");
         await output.WriteLineAsync($"  RAM check on the destination: {(check.Passed ? "passed" : "FAILED")}: {check.Message}");
         await dst.ExecuteAsync("cont", null, cancellationToken);
-        await TryQuitAsync(src);
-        await TryQuitAsync(dst);
-        TryDelete(work);
         await output.WriteLineAsync(ok ? "Demo finished: the guest moved while running and lost nothing." : "Demo finished with a problem (see above).");
         return ok ? 0 : 1;
-    }
-
-    private static async Task<QmpClient> ConnectAsync(string socket, ChildMachine machine, CancellationToken cancellationToken)
-    {
-        for (int attempt = 0; ; attempt++)
-        {
-            try
-            {
-                return await QmpClient.ConnectAsync(socket, cancellationToken);
-            }
-            catch (QmpConnectionException) when (attempt < 200 && !machine.Process.HasExited)
-            {
-                await Task.Delay(50, cancellationToken);
-            }
-            catch (QmpConnectionException ex)
-            {
-                throw new InvalidOperationException($"The {machine.Name} machine did not come up: {ex.Message} {machine.StdErr.Trim()}", ex);
-            }
-        }
-    }
-
-    private static async Task TryQuitAsync(QmpClient client)
-    {
-        try
-        {
-            await client.ExecuteAsync("quit");
-        }
-        catch (Exception ex) when (ex is QmpConnectionException or IOException or QmpErrorException)
-        {
-            // Already gone.
-        }
     }
 
     private static async Task<string> WaitForSerialAsync(string path, Func<string, bool> done, TimeSpan timeout, CancellationToken cancellationToken)

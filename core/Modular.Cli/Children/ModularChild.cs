@@ -1,20 +1,21 @@
 using System.Diagnostics;
 using System.Text;
 using System.Text.Json.Nodes;
+using Modular.Core.Config;
 using Modular.Core.Qmp;
 
-namespace Modular.Cli.Bench;
+namespace Modular.Cli.Children;
 
 /// <summary>
-/// A child <c>modular run</c> the benchmark drives over QMP. Disposing quits it, and kills it if it
-/// does not go, so a benchmark never leaves a guest running.
+/// A child <c>modular run</c> that the demo and the benchmark drive over QMP. Disposing quits it, and kills it if it
+/// does not go, so neither ever leaves a guest running.
 /// </summary>
-internal sealed class BenchProcess : IAsyncDisposable
+internal sealed class ModularChild : IAsyncDisposable
 {
     private readonly Process _process;
     private readonly StringBuilder _stderr = new();
 
-    private BenchProcess(Process process, string serialPath)
+    private ModularChild(Process process, string serialPath)
     {
         _process = process;
         SerialPath = serialPath;
@@ -33,6 +34,9 @@ internal sealed class BenchProcess : IAsyncDisposable
     /// <summary>The serial output file.</summary>
     public string SerialPath { get; }
 
+    /// <summary>The child's process id.</summary>
+    public int ProcessId => _process.Id;
+
     /// <summary>QMP, once connected.</summary>
     public QmpClient Qmp { get; private set; } = null!;
 
@@ -49,7 +53,7 @@ internal sealed class BenchProcess : IAsyncDisposable
     }
 
     /// <summary>Starts <c>modular run</c> with <paramref name="kernel"/> (from guests/ beside this executable) and waits for QMP.</summary>
-    public static async Task<BenchProcess> StartAsync(string directory, string name, string kernel, ulong memoryBytes, string? incoming)
+    public static async Task<ModularChild> StartAsync(string directory, string name, string kernel, ulong memoryBytes, string? incoming, IEnumerable<string>? extraArguments = null)
     {
         string qmp = Path.Combine(directory, name + ".qmp");
         string serial = Path.Combine(directory, name + ".serial");
@@ -67,10 +71,15 @@ internal sealed class BenchProcess : IAsyncDisposable
 
         string[] args =
         [
-            "run", "--kernel", Path.Combine(AppContext.BaseDirectory, "guests", kernel), "--memory", $"{memoryBytes >> 20}M",
+            "run", "--kernel", Path.Combine(AppContext.BaseDirectory, "guests", kernel), "--memory", ByteSize.Format(memoryBytes),
             "--qmp", qmp, "--serial", "file:" + serial,
         ];
         foreach (string arg in args)
+        {
+            psi.ArgumentList.Add(arg);
+        }
+
+        foreach (string arg in extraArguments ?? [])
         {
             psi.ArgumentList.Add(arg);
         }
@@ -81,7 +90,7 @@ internal sealed class BenchProcess : IAsyncDisposable
             psi.ArgumentList.Add(incoming);
         }
 
-        var child = new BenchProcess(Process.Start(psi) ?? throw new InvalidOperationException("could not start modular"), serial);
+        var child = new ModularChild(Process.Start(psi) ?? throw new InvalidOperationException("could not start modular"), serial);
         try
         {
             var clock = Stopwatch.StartNew();
