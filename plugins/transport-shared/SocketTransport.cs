@@ -37,23 +37,73 @@ internal static class SocketPipeTuning
         }
     }
 
+    /// <summary>
+    /// Options for extra channels (postcopy preempt: single requested pages that must not wait). The
+    /// pipes' continuations run inline, so a flush sends at once on the flushing thread and a received
+    /// page reaches its reader on the receiving thread, without a hop through the thread pool.
+    /// </summary>
+    public static PipeOptions ChannelOptions { get; } = new(
+        pool: null,
+        readerScheduler: PipeScheduler.Inline,
+        writerScheduler: PipeScheduler.Inline,
+        pauseWriterThreshold: PauseWriterThreshold,
+        resumeWriterThreshold: ResumeWriterThreshold,
+        minimumSegmentSize: SegmentSize,
+        useSynchronizationContext: false);
+
     public static SocketConnection Wrap(Socket socket, string name) =>
         SocketConnection.Create(socket, Options, Options, SocketConnectionOptions.None, name);
+
+    public static SocketConnection WrapChannel(Socket socket, string name) =>
+        SocketConnection.Create(socket, ChannelOptions, ChannelOptions, SocketConnectionOptions.InlineReads | SocketConnectionOptions.InlineWrites, name);
 }
 
-/// <summary>A migration connection over a connected socket (tcp or unix).</summary>
-internal sealed class SocketMigrationConnection : IMigrationConnection
+/// <summary>
+/// A migration connection over a connected socket (tcp or unix). Extra channels (<see cref="IExtraChannels"/>)
+/// are further sockets to the same endpoint (<see cref="SocketChannelOpener"/>); they end with the connection.
+/// </summary>
+internal sealed class SocketMigrationConnection : IMigrationConnection, IExtraChannels
 {
     private readonly SocketConnection _connection;
     private readonly AbortablePipe _pipe;
+    private readonly SocketChannelOpener _channels;
+    private readonly List<(SocketConnection Connection, AbortablePipe Pipe)> _extra = [];
     private readonly CancellationTokenSource _closed = new();
     private int _ended;
 
-    public SocketMigrationConnection(SocketConnection connection, string remoteDescription)
+    public SocketMigrationConnection(SocketConnection connection, string remoteDescription, SocketChannelOpener channels)
     {
         _connection = connection;
         RemoteDescription = remoteDescription;
+        _channels = channels;
         _pipe = new AbortablePipe(connection, remoteDescription, SignalClosed, EndError);
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask<IDuplexPipe> OpenChannelAsync(int index, CancellationToken cancellationToken = default)
+    {
+        if (index < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(index), index, "Channel 0 is the main connection; extra channels are numbered from 1.");
+        }
+
+        if (_pipe.IsAborted || _closed.IsCancellationRequested)
+        {
+            throw new TransportException($"Cannot open channel {index} of {RemoteDescription}: the connection has ended.");
+        }
+
+        Socket socket = await _channels.OpenAsync(index, RemoteDescription, cancellationToken).ConfigureAwait(false);
+        string description = $"{RemoteDescription} (channel {index})";
+        SocketConnection channel = SocketPipeTuning.WrapChannel(socket, description);
+        var pipe = new AbortablePipe(channel, description, static () => { }, () => channel.SocketError == SocketError.Success
+            ? null
+            : new SocketException((int)channel.SocketError, $"the channel ended abnormally ({channel.SocketError}); the peer aborted or the network failed"));
+        lock (_extra)
+        {
+            _extra.Add((channel, pipe));
+        }
+
+        return pipe;
     }
 
     public IDuplexPipe Transport => _pipe;
@@ -69,19 +119,39 @@ internal sealed class SocketMigrationConnection : IMigrationConnection
     public void Abort(Exception? reason = null)
     {
         _pipe.Abort(reason);
+        Reset(_connection);
+        foreach ((SocketConnection channel, AbortablePipe pipe) in TakeChannels())
+        {
+            pipe.Abort(reason);
+            Reset(channel);
+        }
+    }
+
+    // Close the socket ourselves, before SocketConnection.Dispose, which shuts down with a FIN that
+    // the peer cannot tell from a finished stream; linger 0 makes close send a RST.
+    private static void Reset(SocketConnection connection)
+    {
         try
         {
-            // Close the socket ourselves, before SocketConnection.Dispose, which shuts down with a FIN
-            // that the peer cannot tell from a finished stream; linger 0 makes close send a RST.
-            _connection.Socket.LingerState = new LingerOption(true, 0);
-            _connection.Socket.Close();
+            connection.Socket.LingerState = new LingerOption(true, 0);
+            connection.Socket.Close();
         }
         catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
         {
             // Already closed: nothing to reset.
         }
 
-        _connection.Dispose();
+        connection.Dispose();
+    }
+
+    private List<(SocketConnection, AbortablePipe)> TakeChannels()
+    {
+        lock (_extra)
+        {
+            var taken = new List<(SocketConnection, AbortablePipe)>(_extra);
+            _extra.Clear();
+            return taken;
+        }
     }
 
     /// <summary>
@@ -90,6 +160,13 @@ internal sealed class SocketMigrationConnection : IMigrationConnection
     /// </summary>
     public ValueTask DisposeAsync()
     {
+        foreach ((SocketConnection channel, AbortablePipe _) in TakeChannels())
+        {
+            channel.Output.Complete();
+            channel.Input.Complete();
+            channel.Dispose();
+        }
+
         _connection.Output.Complete();
         _connection.Input.Complete();
         _connection.Dispose();
@@ -156,7 +233,7 @@ internal sealed class SocketMigrationListener : IMigrationListener
 
         SocketPipeTuning.Configure(accepted);
         string peer = _describePeer(accepted);
-        return new SocketMigrationConnection(SocketPipeTuning.Wrap(accepted, peer), peer);
+        return new SocketMigrationConnection(SocketPipeTuning.Wrap(accepted, peer), peer, new SocketChannelOpener.Acceptor(_socket, Endpoint.ToString()));
     }
 
     public ValueTask DisposeAsync()
@@ -195,7 +272,7 @@ internal static class SocketEndpoints
         }
 
         SocketPipeTuning.Configure(socket);
-        return new SocketMigrationConnection(SocketPipeTuning.Wrap(socket, uri.ToString()), uri.ToString());
+        return new SocketMigrationConnection(SocketPipeTuning.Wrap(socket, uri.ToString()), uri.ToString(), new SocketChannelOpener.Dialer(endPoint, protocol));
     }
 
     public static Socket Listen(EndPoint endPoint, ProtocolType protocol, TransportEndpoint uri, string takenAdvice)

@@ -100,7 +100,11 @@ internal static class MigrationBench
             {
                 await side.Qmp.ExecuteAsync("migrate-set-capabilities", new JsonObject
                 {
-                    ["capabilities"] = new JsonArray { new JsonObject { ["capability"] = "postcopy-ram", ["state"] = true } },
+                    ["capabilities"] = new JsonArray
+                    {
+                        new JsonObject { ["capability"] = "postcopy-ram", ["state"] = true },
+                        new JsonObject { ["capability"] = "postcopy-preempt", ["state"] = true },
+                    },
                 });
             }
         }

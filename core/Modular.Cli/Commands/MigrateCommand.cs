@@ -12,7 +12,7 @@ internal static class MigrateCommand
     {
         var qmpOption = new Option<string>("--qmp") { Description = "The source machine's QMP socket.", Required = true };
         var uriArgument = new Argument<string>("URI") { Description = "Where the destination listens: tcp:HOST:PORT, unix:PATH, file:PATH, ..." };
-        var postcopyOption = new Option<bool>("--postcopy") { Description = "Set postcopy-ram and switch to postcopy right after the start (the destination needs postcopy-ram too)." };
+        var postcopyOption = new Option<bool>("--postcopy") { Description = "Set postcopy-ram and postcopy-preempt and switch to postcopy right after the start (the destination needs postcopy-ram too; it follows the source's preempt channel)." };
         var downtimeOption = new Option<long?>("--downtime-limit") { Description = "downtime-limit in milliseconds." };
         var command = new Command("migrate", "Live-migrate the machine behind a QMP socket to URI, showing progress and the final statistics.");
         command.Options.Add(qmpOption);
@@ -40,7 +40,11 @@ internal static class MigrateCommand
                     {
                         await client.ExecuteAsync("migrate-set-capabilities", new JsonObject
                         {
-                            ["capabilities"] = new JsonArray { new JsonObject { ["capability"] = "postcopy-ram", ["state"] = true } },
+                            ["capabilities"] = new JsonArray
+                            {
+                                new JsonObject { ["capability"] = "postcopy-ram", ["state"] = true },
+                                new JsonObject { ["capability"] = "postcopy-preempt", ["state"] = true },
+                            },
                         }, cancellationToken);
                     }
 

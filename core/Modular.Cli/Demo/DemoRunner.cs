@@ -45,7 +45,7 @@ internal static class DemoRunner
         var extra = new List<string> { "--set", "machine.accelerator=" + accel };
         if (options.Postcopy)
         {
-            extra.AddRange(["--set", "migration.capabilities.postcopy-ram=true"]);
+            extra.AddRange(["--set", "migration.capabilities.postcopy-ram=true", "--set", "migration.capabilities.postcopy-preempt=true"]);
         }
 
         await output.WriteLineAsync($"Modular demo: live migration of the A/B guest ({ByteSize.Format(options.Memory)} RAM, {accel}) between two processes over {options.Transport}{(options.Postcopy ? ", postcopy" : ", precopy")}.");

@@ -49,7 +49,7 @@ public static class ConfigSchema
     /// <summary>The migration capabilities Modular knows, with QEMU's names.</summary>
     public static readonly string[] Capabilities =
     [
-        "postcopy-ram", "return-path", "postcopy-blocktime", "events", "zero-blocks", "pause-before-switchover",
+        "postcopy-ram", "postcopy-preempt", "return-path", "postcopy-blocktime", "events", "zero-blocks", "pause-before-switchover",
     ];
 
     /// <summary>Every key, in documentation order.</summary>

@@ -29,10 +29,24 @@ public sealed class PostcopyEndToEndTests
     [TestMethod]
     public Task Unix_PostcopyAfterTwoPrecopyPasses() => RunAsync("unix:" + Path.Combine(Path.GetTempPath(), "modular-pc-" + Guid.NewGuid().ToString("N")[..8] + ".sock"), precopyPasses: 2);
 
-    private async Task RunAsync(string listenUri, int precopyPasses)
+    [TestMethod]
+    public Task Tcp_PostcopyWithPreemptChannelRightAfterStart() => RunAsync("tcp:127.0.0.1:0", precopyPasses: 0, preempt: true);
+
+    [TestMethod]
+    public Task Unix_PostcopyWithPreemptChannelAfterTwoPrecopyPasses() => RunAsync("unix:" + Path.Combine(Path.GetTempPath(), "modular-pc-" + Guid.NewGuid().ToString("N")[..8] + ".sock"), precopyPasses: 2, preempt: true);
+
+    private async Task RunAsync(string listenUri, int precopyPasses, bool preempt = false)
     {
         await using PostcopyPair pair = await PostcopyPair.StartAsync(listenUri);
         await pair.SetCapabilitiesAsync("events", "postcopy-ram", "postcopy-blocktime");
+        if (preempt)
+        {
+            // The source's capability alone: the destination follows the source's announcement.
+            await pair.SourceQmp.ExecuteAsync("migrate-set-capabilities", new JsonObject
+            {
+                ["capabilities"] = new JsonArray { new JsonObject { ["capability"] = "postcopy-preempt", ["state"] = true } },
+            });
+        }
 
         // Precopy must not converge on its own before migrate-start-postcopy.
         await pair.SourceQmp.ExecuteAsync("migrate-set-parameters", new JsonObject { ["downtime-limit"] = 1 });
@@ -69,6 +83,17 @@ public sealed class PostcopyEndToEndTests
             // missing, and the background stream may well win the race, so no count is required.
             Assert.IsGreaterThan(0L, requests, "postcopy of a running A/B guest must fault on pages not sent yet: " + source.ToJsonString());
             Assert.IsGreaterThan(0L, destination["x-modular-fault-latency"]!["count"]!.GetValue<long>(), destination.ToJsonString());
+        }
+
+        long preemptPages = source["ram"]!["x-modular-preempt-pages"]!.GetValue<long>();
+        if (preempt)
+        {
+            // Every requested page travels on the preempt channel (and again in the background).
+            Assert.IsGreaterThanOrEqualTo(requests, preemptPages, "with postcopy-preempt each request is answered on channel 1: " + source.ToJsonString());
+        }
+        else
+        {
+            Assert.AreEqual(0L, preemptPages, "without postcopy-preempt nothing goes on an extra channel: " + source.ToJsonString());
         }
 
         // The guest keeps printing B on the destination.

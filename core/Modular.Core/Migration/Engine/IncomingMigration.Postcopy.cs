@@ -221,6 +221,7 @@ public sealed partial class IncomingMigration
         // thread inside a device load that faults, so make sure the pool does not starve meanwhile.
         ThreadPool.GetMinThreads(out int workers, out int io);
         ThreadPool.SetMinThreads(Math.Max(workers, 8), io);
+        StartPreemptReader(connection);
         _listenTask = Task.Run(() => ListenAsync(outer, ramSections));
         Status.MoveTo(MigrationStatus.PostcopyActive);
     }
@@ -310,6 +311,7 @@ public sealed partial class IncomingMigration
         // The main task must be past RUN before postcopy can END.
         await _runReached.Task.ConfigureAwait(false);
         _faultThread!.Stop();
+        await StopPreemptReaderAsync().ConfigureAwait(false);
         _postcopyRam.DisarmAll();
         await _returnPath!.SendAsync(ReturnPathMessage.Shut(0)).ConfigureAwait(false);
         await WaitForSourceToCloseAsync(reader).ConfigureAwait(false);

@@ -147,6 +147,7 @@ public sealed partial class IncomingMigration
         finally
         {
             _faultThread?.Stop();
+            await StopPreemptReaderAsync().ConfigureAwait(false);
             if (connection is not null)
             {
                 await connection.DisposeAsync().ConfigureAwait(false);
@@ -207,6 +208,12 @@ public sealed partial class IncomingMigration
                     if (type == SectionType.Full && header.IdString == PageChannelSection.Name)
                     {
                         await LoadPageChannelSectionAsync(header, connection, reader, at).ConfigureAwait(false);
+                        break;
+                    }
+
+                    if (type == SectionType.Full && header.IdString == PreemptChannelSection.Name)
+                    {
+                        await LoadPreemptSectionAsync(header, connection, reader, at).ConfigureAwait(false);
                         break;
                     }
 

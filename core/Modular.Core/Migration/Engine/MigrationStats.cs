@@ -18,6 +18,7 @@ public sealed class MigrationStats
     private long _total;
     private long _dirtySyncCount;
     private long _postcopyRequests;
+    private long _preemptPages;
     private long _setupMs = -1;
     private long _totalMs = -1;
     private long _downtimeMs = -1;
@@ -57,6 +58,11 @@ public sealed class MigrationStats
     internal void AddDuplicate() => Interlocked.Increment(ref _duplicatePages);
 
     internal void AddPostcopyRequest() => Interlocked.Increment(ref _postcopyRequests);
+
+    /// <summary>Pages sent on the postcopy preempt channel (query-migrate's ram.x-modular-preempt-pages).</summary>
+    public long PreemptPages => Interlocked.Read(ref _preemptPages);
+
+    internal void AddPreemptPages(int pages) => Interlocked.Add(ref _preemptPages, pages);
 
     internal void AddDirtySync() => Interlocked.Increment(ref _dirtySyncCount);
 
@@ -124,6 +130,7 @@ public sealed class MigrationStats
                 ["dirty-sync-count"] = DirtySyncCount,
                 ["pages-per-second"] = Interlocked.Read(ref _pagesPerSecond),
                 ["postcopy-requests"] = PostcopyRequests,
+                ["x-modular-preempt-pages"] = PreemptPages,
                 ["page-size"] = 4096,
             };
         }

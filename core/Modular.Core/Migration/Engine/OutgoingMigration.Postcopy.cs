@@ -26,6 +26,9 @@ public sealed partial class OutgoingMigration
     // behind more than one batch of our own data (plus what the transport already buffers).
     private const int BackgroundBatchPages = 16;
 
+    // With a preempt channel, requested pages never wait behind background pages: send in big batches.
+    private const int PreemptBackgroundBatchPages = 256;
+
     private readonly ConcurrentQueue<PageRequest> _requests = new();
     private volatile bool _postcopyRequested;
     private volatile bool _inPostcopy;
@@ -44,10 +47,11 @@ public sealed partial class OutgoingMigration
 
     /// <summary>
     /// A page request from the destination (REQ_PAGES_ID names the block, REQ_PAGES reuses the last
-    /// one): queued for the migration task, which serves it before the next background batch.
-    /// Return-path reader task.
+    /// one): with a preempt channel, sent at once on it (the migration task only moves its scan
+    /// there); otherwise queued for the migration task, which serves it before the next background
+    /// batch. Return-path reader task.
     /// </summary>
-    private void OnPageRequest(ReturnPathMessage message)
+    private async ValueTask OnPageRequestAsync(ReturnPathMessage message)
     {
         if (!PostcopyEnabled)
         {
@@ -84,7 +88,13 @@ public sealed partial class OutgoingMigration
         }
 
         Stats.AddPostcopyRequest();
-        _requests.Enqueue(new PageRequest(_lastRequestedBlock, (long)(message.Start / RamBlock.TargetPageSize), (int)((message.Length + RamBlock.TargetPageSize - 1) / RamBlock.TargetPageSize)));
+        var request = new PageRequest(_lastRequestedBlock, (long)(message.Start / RamBlock.TargetPageSize), (int)((message.Length + RamBlock.TargetPageSize - 1) / RamBlock.TargetPageSize), Sent: _preempt is not null);
+        if (_preempt is { } preempt)
+        {
+            await preempt.SendAsync(request.Block, request.Page, request.Count, _cancel.Token).ConfigureAwait(false);
+        }
+
+        _requests.Enqueue(request);
     }
 
     /// <summary>The host page size summary for POSTCOPY_ADVISE: QEMU's ram_pagesize_summary (OR of every block's page size).</summary>
@@ -140,7 +150,7 @@ public sealed partial class OutgoingMigration
                     await FlushAsync(output).ConfigureAwait(false);
                 }
 
-                if (!ram.SendDirtyBatch(writer, BackgroundBatchPages))
+                if (!ram.SendDirtyBatch(writer, _preempt is null ? BackgroundBatchPages : PreemptBackgroundBatchPages))
                 {
                     drained = true;
                     break;
@@ -176,18 +186,28 @@ public sealed partial class OutgoingMigration
         Status.MoveTo(MigrationStatus.Completed);
     }
 
-    /// <summary>Sends every queued requested page (sent or not before: the destination may have discarded it). Returns true if any was sent. Migration task.</summary>
+    /// <summary>
+    /// Sends every queued requested page (sent or not before: the destination may have discarded it)
+    /// and moves the scan just after it; pages the preempt channel already carried only move the scan.
+    /// Returns true if any page was written. Migration task.
+    /// </summary>
     private bool ServeRequests(MigrationStreamWriter writer, RamSaver ram)
     {
         bool any = false;
         while (_requests.TryDequeue(out PageRequest request))
         {
+            ram.MoveCursor(request.Block, request.Page + request.Count - 1);
+            if (request.Sent)
+            {
+                // Already on its way through the preempt channel: only the scan moves there.
+                continue;
+            }
+
             for (int i = 0; i < request.Count; i++)
             {
                 ram.SendPage(writer, request.Block, request.Page + i);
             }
 
-            ram.MoveCursor(request.Block, request.Page + request.Count - 1);
             any = true;
         }
 
@@ -264,5 +284,6 @@ public sealed partial class OutgoingMigration
         return ranges;
     }
 
-    private readonly record struct PageRequest(int Block, long Page, int Count);
+    /// <param name="Sent">True when the preempt channel already sent the pages.</param>
+    private readonly record struct PageRequest(int Block, long Page, int Count, bool Sent);
 }

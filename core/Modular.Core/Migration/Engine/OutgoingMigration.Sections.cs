@@ -86,7 +86,7 @@ public sealed partial class OutgoingMigration
                     case ReturnPathMessageType.Pong:
                         break;
                     case ReturnPathMessageType.ReqPages or ReturnPathMessageType.ReqPagesId:
-                        OnPageRequest(message);
+                        await OnPageRequestAsync(message).ConfigureAwait(false);
                         break;
                     default:
                         throw reader.Error($"unexpected {ReturnPathMessage.RecordName(message.Type)} message");

@@ -118,6 +118,11 @@ public sealed partial class OutgoingMigration
                 {
                     WritePageChannelSection(writer, pageChannel, sectionId: (uint)sections.Count + 1);
                 }
+
+                if (Settings.Has("postcopy-preempt"))
+                {
+                    await OpenPreemptChannelAsync(writer, output, ram, sectionId: (uint)sections.Count + 2).ConfigureAwait(false);
+                }
             }
 
             const uint ramSectionId = 0;

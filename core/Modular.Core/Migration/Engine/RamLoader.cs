@@ -25,6 +25,12 @@ internal sealed class RamLoader
     /// <summary>True once the MEM_SIZE record arrived and matched.</summary>
     internal bool SawMemSize { get; private set; }
 
+    /// <summary>
+    /// For a loader of a second channel (postcopy preempt), whose records carry no MEM_SIZE: the main
+    /// stream's loader already checked the block list, so accept pages at once.
+    /// </summary>
+    internal void TrustBlockList() => SawMemSize = true;
+
     /// <summary>Postcopy's RAM (set at POSTCOPY_ADVISE): every page goes through it, so its page maps see each arrival; null otherwise.</summary>
     internal Postcopy.PostcopyRam? Postcopy { get; set; }
 

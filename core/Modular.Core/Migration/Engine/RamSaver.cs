@@ -118,22 +118,32 @@ internal sealed class RamSaver
     /// <summary>Sends one page now (also used for requested pages): a ZERO record when all zero, else a PAGE record.</summary>
     internal void SendPage(MigrationStreamWriter writer, int blockIndex, long page)
     {
+        _dirty[blockIndex].TestAndClear(page);
+        WritePage(writer, blockIndex, page, _page);
+    }
+
+    /// <summary>
+    /// Writes one page (ZERO or PAGE record) through <paramref name="scratch"/> and marks it sent,
+    /// leaving the migration bitmap alone. Thread-safe for distinct writers and scratch pages (the
+    /// postcopy preempt sender uses it beside the migration task).
+    /// </summary>
+    internal void WritePage(MigrationStreamWriter writer, int blockIndex, long page, byte[] scratch)
+    {
         RamBlock block = _ram.Blocks[blockIndex];
         ulong offset = (ulong)page * RamBlock.TargetPageSize;
-        _dirty[blockIndex].TestAndClear(page);
         SentMap[blockIndex].Set(page);
 
         // Copy first (natively), then decide: the copy is what is sent, so a page the guest changes
         // meanwhile is caught by the dirty log, never torn in the stream.
-        block.CopyOut(offset, _page);
-        if (_page.AsSpan().IndexOfAnyExcept((byte)0) < 0)
+        block.CopyOut(offset, scratch);
+        if (scratch.AsSpan().IndexOfAnyExcept((byte)0) < 0)
         {
             writer.WriteRamZeroPage(block.Name, offset);
             _stats.AddDuplicate();
         }
         else
         {
-            writer.WriteRamPage(block.Name, offset, _page);
+            writer.WriteRamPage(block.Name, offset, scratch);
             _stats.AddNormal();
         }
     }

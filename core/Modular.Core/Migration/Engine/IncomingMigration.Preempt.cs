@@ -1,0 +1,119 @@
+using System.IO.Pipelines;
+using Microsoft.Extensions.Logging;
+using Modular.Abstractions.Devices;
+using Modular.Abstractions.Transports;
+using Modular.Core.Migration.Stream;
+
+namespace Modular.Core.Migration.Engine;
+
+/// <summary>
+/// The destination's postcopy preempt channel: accepted when the source announces it
+/// ("x-modular-postcopy-preempt", right after POSTCOPY_ADVISE); from LISTEN on, the preempt reader
+/// places the requested pages that arrive on it, beside the listen thread's background pages.
+/// </summary>
+public sealed partial class IncomingMigration
+{
+    private readonly CancellationTokenSource _preemptStop = new();
+    private IDuplexPipe? _preemptChannel;
+    private Task _preemptTask = Task.CompletedTask;
+
+    /// <summary>
+    /// The "x-modular-postcopy-preempt" section: accept the channel the source opens next. Main
+    /// incoming task, in postcopy's ADVISE state. The source decides (its postcopy-preempt
+    /// capability); this side follows, as it must read whatever the source sends there.
+    /// </summary>
+    private async ValueTask LoadPreemptSectionAsync(SectionHeader header, IMigrationConnection connection, MigrationStreamReader reader, long at)
+    {
+        long lengthAt = reader.Position;
+        uint length = await reader.ReadBe32Async("preempt channel state length").ConfigureAwait(false);
+        byte[] state = await reader.ReadBlobAsync(length, 4096, lengthAt, "preempt channel state").ConfigureAwait(false);
+        await SectionFooter.ReadFromAsync(reader, header.SectionId, PreemptChannelSection.Name).ConfigureAwait(false);
+        if (header.InstanceId != 0 || header.VersionId != PreemptChannelSection.Version)
+        {
+            throw reader.ErrorAt(at, $"section '{PreemptChannelSection.Name}' instance {header.InstanceId} version {header.VersionId} is not what this destination reads (instance 0, version {PreemptChannelSection.Version}); upgrade the destination or clear postcopy-preempt on the source");
+        }
+
+        if (_postcopyRam is null || PostcopyState.Current != State.PostcopyState.Advise)
+        {
+            throw reader.ErrorAt(at, $"section '{PreemptChannelSection.Name}' outside postcopy's ADVISE state (state {State.PostcopyStateMachine.Name(PostcopyState.Current)}); the source sends it right after POSTCOPY_ADVISE");
+        }
+
+        int index;
+        try
+        {
+            index = PreemptChannelSection.Decode(state);
+        }
+        catch (DeviceStateException ex)
+        {
+            throw reader.ErrorAt(at, ex.Message.TrimEnd('.'));
+        }
+
+        if (connection is not IExtraChannels channels)
+        {
+            throw reader.ErrorAt(at, $"the source opens a postcopy preempt channel, but {connection.RemoteDescription} cannot accept extra channels here; use the same transport plugin on both sides or clear postcopy-preempt on the source");
+        }
+
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_cancel.Token);
+        timeout.CancelAfter(PreemptChannelSection.OpenTimeout);
+        try
+        {
+            _preemptChannel = await channels.OpenChannelAsync(index, timeout.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!_cancel.IsCancellationRequested)
+        {
+            throw reader.ErrorAt(at, $"the source announced postcopy preempt channel {index} but did not open it within {PreemptChannelSection.OpenTimeout.TotalSeconds:F0} s");
+        }
+
+        _logger.LogInformation("Postcopy preempt channel {Index} accepted from {Connection}", index, connection.RemoteDescription);
+    }
+
+    /// <summary>Starts the preempt reader, if the source opened a preempt channel. Main incoming task, at LISTEN (RAM armed).</summary>
+    private void StartPreemptReader(IMigrationConnection connection)
+    {
+        if (_preemptChannel is not { } channel)
+        {
+            return;
+        }
+
+        var reader = new MigrationStreamReader(channel.Input, cancellationToken: _preemptStop.Token);
+        var loader = new RamLoader(_machine.Ram, Stats) { Postcopy = _postcopyRam };
+        loader.TrustBlockList();
+        _preemptTask = Task.Run(async () =>
+        {
+            try
+            {
+                while (!await reader.IsAtEndAsync().ConfigureAwait(false))
+                {
+                    await loader.LoadRecordsAsync(reader, isStart: false).ConfigureAwait(false);
+                }
+            }
+            catch (Exception) when (_preemptStop.IsCancellationRequested)
+            {
+                // Stopped: every page has arrived (or postcopy is being given up).
+            }
+            catch (Exception ex)
+            {
+                // Requested pages no longer arrive: the guest would wait forever. Fail the migration;
+                // aborting the connection ends the listen thread, which reports the error.
+                _logger.LogError("The postcopy preempt channel failed: {Error}", ex.Message);
+                AbortPostcopy();
+                connection.Abort(new IOException("the postcopy preempt channel failed: " + ex.Message, ex));
+            }
+        });
+    }
+
+    /// <summary>Stops the preempt reader and waits for it. Listen thread (at the end) or the incoming task (failure).</summary>
+    private async ValueTask StopPreemptReaderAsync()
+    {
+        try
+        {
+            _preemptStop.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+            return;
+        }
+
+        await _preemptTask.ConfigureAwait(false);
+    }
+}
