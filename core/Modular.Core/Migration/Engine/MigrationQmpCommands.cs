@@ -31,7 +31,11 @@ public static class MigrationQmpCommands
 
         commands.Register("migrate_cancel", (_, _) =>
         {
-            controller.Outgoing?.Cancel();
+            if (controller.Outgoing is { } outgoing && !outgoing.Cancel())
+            {
+                throw QmpException.Generic("Postcopy migration in progress, cannot cancel.");
+            }
+
             return ValueTask.FromResult<JsonNode?>(new JsonObject());
         });
 

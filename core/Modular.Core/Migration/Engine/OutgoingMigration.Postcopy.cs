@@ -122,6 +122,12 @@ public sealed partial class OutgoingMigration
         description.AddRam(ramSectionId);
         WriteDeviceSections(inner, sections, firstSectionId: ramSectionId + 1, description);
         new PostcopyRunCommand().WriteTo(inner);
+        if (Interlocked.CompareExchange(ref _commitment, CommitmentPostcopy, CommitmentNone) != CommitmentNone)
+        {
+            // migrate_cancel came first: nothing of the package went out, the guest resumes here.
+            throw new OperationCanceledException("migrate_cancel before the postcopy package");
+        }
+
         _inPostcopy = true;
         PackagedCommand.WriteWithPackage(writer, package.WrittenSpan);
         await FlushAsync(output).ConfigureAwait(false);

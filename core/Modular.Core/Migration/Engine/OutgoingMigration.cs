@@ -32,8 +32,13 @@ public sealed partial class OutgoingMigration
     private readonly CancellationTokenSource _cancel = new();
     private readonly TaskCompletionSource<uint> _shutReceived = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private IMigrationConnection? _connection;
+    private const int CommitmentNone = 0;
+    private const int CommitmentCancelled = 1;
+    private const int CommitmentPostcopy = 2;
+
     private volatile string? _error;
     private int _pass;
+    private int _commitment;
 
     /// <summary>Prepares a migration of <paramref name="machine"/> to <paramref name="endpoint"/>.</summary>
     /// <param name="machine">The source machine.</param>
@@ -77,15 +82,25 @@ public sealed partial class OutgoingMigration
 
     /// <summary>
     /// migrate_cancel: in setup or precopy, aborts the connection; the source keeps running with
-    /// nothing lost. Harmless once finished. QMP loop.
+    /// nothing lost. Harmless once finished. Refused once the postcopy package may have gone out
+    /// (QEMU 9.1 refuses it too): cancelling then would lose the guest. A cancel and the postcopy
+    /// switch race through one flag, so exactly one of them wins. QMP loop.
     /// </summary>
-    public void Cancel()
+    /// <returns>False when postcopy is in progress and the migration was not cancelled.</returns>
+    public bool Cancel()
     {
+        if (Interlocked.CompareExchange(ref _commitment, CommitmentCancelled, CommitmentNone) == CommitmentPostcopy)
+        {
+            return Status.Current is MigrationStatus.Completed or MigrationStatus.Failed;
+        }
+
         if (Status.TryMoveTo(MigrationStatus.Cancelling, out _))
         {
             _cancel.Cancel();
             _connection?.Abort(new OperationCanceledException("migrate_cancel"));
         }
+
+        return true;
     }
 
     /// <summary>The migration task: everything a precopy migration writes, in order.</summary>

@@ -68,13 +68,51 @@ public sealed class PostcopyControlTests
         Assert.AreEqual(MigrationStatus.Failed, outgoing.Status.Current);
     }
 
-    private ModularConfig Config(bool postcopy)
+    [TestMethod]
+    public async Task MigrateCancel_DuringPostcopy_IsRefusedWithQemusError_AndTheMigrationCompletes()
     {
-        string path = Path.Combine(_dir, postcopy ? "pc.json" : "plain.json");
+        using PluginCatalog catalog = PluginCatalog.Load([PluginCatalog.DefaultDirectory]);
+        using VirtualMachine source = VirtualMachine.Create(Config(postcopy: true, preempt: true), catalog, MachineStartMode.Boot);
+        using VirtualMachine destination = VirtualMachine.Create(Config(postcopy: true), catalog, MachineStartMode.Incoming);
+        source.Start();
+        var sourceMigration = new MigrationController(source, catalog);
+        var destinationMigration = new MigrationController(destination, catalog);
+        var commands = new QmpCommandRegistry();
+        MigrationQmpCommands.Register(commands, sourceMigration);
+        Assert.IsTrue(commands.TryGet("migrate_cancel", out QmpCommand cancel));
+
+        // 32 MiB at 16 MB/s: postcopy lasts about two seconds, long enough to try a cancel in it.
+        sourceMigration.Settings.SetParameters(null, 16_000_000);
+        IncomingMigration incoming = await destinationMigration.StartIncomingAsync("tcp:127.0.0.1:0");
+        OutgoingMigration outgoing = sourceMigration.StartOutgoing(incoming.BoundEndpoint!.ToString());
+        sourceMigration.StartPostcopy();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (outgoing.Status.Current != MigrationStatus.PostcopyActive)
+        {
+            Assert.IsLessThan(TimeSpan.FromSeconds(30), clock.Elapsed, "postcopy never started: " + outgoing.Status.Current + " " + outgoing.Error);
+            await Task.Delay(5);
+        }
+
+        QmpException refused = await Assert.ThrowsExactlyAsync<QmpException>(async () => await cancel.Handler(QmpArguments.Empty, CancellationToken.None));
+        Assert.AreEqual("Postcopy migration in progress, cannot cancel.", refused.Message);
+
+        await outgoing.Completion.WaitAsync(TimeSpan.FromSeconds(60));
+        await incoming.Completion.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.AreEqual(MigrationStatus.Completed, outgoing.Status.Current, outgoing.Error);
+        Assert.AreEqual(QmpRunState.Running, destination.RunState);
+
+        // After the end, migrate_cancel is harmless again.
+        await cancel.Handler(QmpArguments.Empty, CancellationToken.None);
+        Assert.AreEqual(MigrationStatus.Completed, outgoing.Status.Current);
+    }
+
+    private ModularConfig Config(bool postcopy, bool preempt = false)
+    {
+        string path = Path.Combine(_dir, (postcopy ? "pc" : "plain") + (preempt ? "-preempt" : "") + ".json");
         File.WriteAllText(path, $$"""
             {
               "machine": { "accelerator": "synthetic", "memory": "32M" },
-              "migration": { "capabilities": { "postcopy-ram": {{(postcopy ? "true" : "false")}} } }
+              "migration": { "capabilities": { "postcopy-ram": {{(postcopy ? "true" : "false")}}, "postcopy-preempt": {{(preempt ? "true" : "false")}} } }
             }
             """);
         return ConfigLoader.Load(path);
