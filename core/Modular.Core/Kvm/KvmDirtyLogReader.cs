@@ -26,7 +26,7 @@ internal sealed class KvmDirtyLogReader : IGuestDirtyLog
     }
 
     /// <inheritdoc />
-    public void CollectInto(RamBlock block, DirtyBitmap into)
+    public void CollectInto(RamBlock block, DirtyBitmap into, bool rearm)
     {
         for (int i = 0; i < _slots.Length; i++)
         {
@@ -44,7 +44,7 @@ internal sealed class KvmDirtyLogReader : IGuestDirtyLog
                 continue;
             }
 
-            if (_vm.ManualDirtyLogProtect)
+            if (_vm.ManualDirtyLogProtect && rearm)
             {
                 // Re-protect before anyone copies these pages: a guest write racing with the copy
                 // then lands in the next pass instead of being lost.

@@ -26,6 +26,6 @@ public enum GuestRamBacking
 /// <summary>A source of pages the guest wrote behind the VMM's back (KVM's dirty log).</summary>
 internal interface IGuestDirtyLog
 {
-    /// <summary>Adds the pages of <paramref name="block"/> the guest dirtied since the last call to <paramref name="into"/>, and re-arms logging for them. Migration thread.</summary>
-    void CollectInto(RamBlock block, DirtyBitmap into);
+    /// <summary>Adds the pages of <paramref name="block"/> the guest dirtied since the last call to <paramref name="into"/>, and re-arms logging for them unless <paramref name="rearm"/> is false. Migration thread.</summary>
+    void CollectInto(RamBlock block, DirtyBitmap into, bool rearm);
 }

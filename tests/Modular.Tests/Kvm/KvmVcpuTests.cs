@@ -110,6 +110,22 @@ public sealed class KvmVcpuTests
         machine.Thread.Pause();
         machine.Ram.SyncDirtyBitmap(block, dirty);
         CollectionAssert.AreEqual(new long[] { 5 }, dirty.EnumerateSet().ToArray(), "page 5 not re-protected and logged again");
+
+        // The last sync of a migration does not re-protect: the same page is reported again.
+        dirty.ClearAll();
+        machine.Thread.Resume();
+        before = machine.Handler.PortWrites;
+        WaitFor(() => machine.Handler.PortWrites >= before + 50, "50 more port writes");
+        machine.Thread.Pause();
+        machine.Ram.SyncDirtyBitmap(block, dirty, rearm: false);
+        CollectionAssert.AreEqual(new long[] { 5 }, dirty.EnumerateSet().ToArray(), "page 5 written again");
+        dirty.ClearAll();
+        machine.Ram.SyncDirtyBitmap(block, dirty, rearm: false);
+        CollectionAssert.AreEqual(new long[] { 5 }, dirty.EnumerateSet().ToArray(), "without re-protection KVM reports page 5 until it is cleared");
+        dirty.ClearAll();
+        machine.Ram.SyncDirtyBitmap(block, dirty);
+        dirty.ClearAll();
+        Assert.AreEqual(0, machine.Ram.SyncDirtyBitmap(block, dirty), "a normal sync clears it");
     }
 
     [TestMethod]

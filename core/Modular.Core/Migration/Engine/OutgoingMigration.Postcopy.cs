@@ -110,7 +110,12 @@ public sealed partial class OutgoingMigration
         long downtimeStart = Stopwatch.GetTimestamp();
         _machine.StopAs(QmpRunState.FinishMigrate);
         long stopped = Stopwatch.GetTimestamp();
-        ram.Sync();
+        if (ram.SentMap.Any(m => m.NextSet(0) >= 0))
+        {
+            // Only pages sent before can need a discard; when nothing was sent yet (postcopy right
+            // after the start) every page is still dirty and the sync would change nothing.
+            ram.Sync(final: true);
+        }
         SendDiscards(writer, ram);
         long discarded = Stopwatch.GetTimestamp();
 

@@ -218,7 +218,7 @@ public sealed partial class OutgoingMigration
             long downtimeStart = Stopwatch.GetTimestamp();
             _machine.StopAs(QmpRunState.FinishMigrate);
             stoppedByUs = true;
-            ram.Sync();
+            ram.Sync(final: true);
             SectionHeader.End(ramSectionId).WriteTo(writer);
             await ram.SendDirtyAsync(writer, output, TimeSpan.MaxValue, AfterFlush, _cancel.Token).ConfigureAwait(false);
             writer.WriteRamEos();

@@ -54,11 +54,12 @@ internal sealed class RamSaver
     }
 
     /// <summary>Merges the guest's (KVM) and the VMM's writes into the migration bitmap; returns the pages now dirty.</summary>
-    internal long Sync()
+    /// <param name="final">True for the last sync, with the vCPUs stopped for good (see <see cref="GuestRam.SyncDirtyBitmap"/>: no re-protection).</param>
+    internal long Sync(bool final = false)
     {
         for (int i = 0; i < _dirty.Length; i++)
         {
-            _ram.SyncDirtyBitmap(_ram.Blocks[i], _dirty[i]);
+            _ram.SyncDirtyBitmap(_ram.Blocks[i], _dirty[i], rearm: !final);
         }
 
         _stats.AddDirtySync();
