@@ -255,13 +255,8 @@ public sealed partial class OutgoingMigration
         var ranges = new List<(ulong, ulong)>();
         long runStart = -1;
         long runEnd = -1;
-        for (long page = dirty.NextSet(0); page >= 0; page = page + 1 < dirty.Length ? dirty.NextSet(page + 1) : -1)
+        for (long page = NextInBoth(sent, dirty, 0); page >= 0; page = NextInBoth(sent, dirty, page + 1))
         {
-            if (!sent.Test(page))
-            {
-                continue;
-            }
-
             long first = page / perHost * perHost;
             long end = Math.Min(first + perHost, dirty.Length);
             if (perHost > 1)
@@ -293,6 +288,32 @@ public sealed partial class OutgoingMigration
         }
 
         return ranges;
+    }
+
+    /// <summary>The first page at or after <paramref name="from"/> set in both bitmaps (word by word: the switch is inside the downtime), or -1.</summary>
+    private static long NextInBoth(DirtyBitmap a, DirtyBitmap b, long from)
+    {
+        Span<ulong> wa = a.Words;
+        Span<ulong> wb = b.Words;
+        long word = from >> 6;
+        if (from >= a.Length)
+        {
+            return -1;
+        }
+
+        ulong bits = wa[(int)word] & wb[(int)word] & (~0UL << (int)(from & 63));
+        while (bits == 0)
+        {
+            if (++word >= wa.Length)
+            {
+                return -1;
+            }
+
+            bits = wa[(int)word] & wb[(int)word];
+        }
+
+        long index = (word << 6) + System.Numerics.BitOperations.TrailingZeroCount(bits);
+        return index < a.Length ? index : -1;
     }
 
     /// <param name="Sent">True when the preempt channel already sent the pages.</param>
