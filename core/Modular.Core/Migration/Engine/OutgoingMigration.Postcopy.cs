@@ -176,18 +176,24 @@ public sealed partial class OutgoingMigration
         Status.MoveTo(MigrationStatus.Completed);
     }
 
-    /// <summary>Sends every queued requested page (sent or not before: the destination may have discarded it). Returns true if any was sent. Migration task.</summary>
+    /// <summary>
+    /// Sends every queued requested page (sent or not before: the destination may have discarded it),
+    /// as whole host pages (a request inside a huge page gets the whole huge page). Returns true if
+    /// any was sent. Migration task.
+    /// </summary>
     private bool ServeRequests(MigrationStreamWriter writer, RamSaver ram)
     {
         bool any = false;
         while (_requests.TryDequeue(out PageRequest request))
         {
-            for (int i = 0; i < request.Count; i++)
+            // Whole host pages: a huge page is sent as all of its target pages, in order.
+            long next = request.Page;
+            while (next < request.Page + request.Count)
             {
-                ram.SendPage(writer, request.Block, request.Page + i);
+                next = ram.SendHostPage(writer, request.Block, next);
             }
 
-            ram.MoveCursor(request.Block, request.Page + request.Count - 1);
+            ram.MoveCursor(request.Block, next - 1);
             any = true;
         }
 
@@ -217,6 +223,8 @@ public sealed partial class OutgoingMigration
     /// <summary>
     /// The discard set of one block as byte ranges: runs of pages set in both maps, widened to whole
     /// host pages. A widened host page must be resent whole, so its target pages are marked dirty too.
+    /// For huge pages a host page counts when any target page is dirty and any (not necessarily the
+    /// same) was sent: see <see cref="SentAny"/>.
     /// </summary>
     internal static List<(ulong Start, ulong Length)> DiscardRanges(DirtyBitmap sent, DirtyBitmap dirty, ulong hostPageSize)
     {
@@ -226,13 +234,14 @@ public sealed partial class OutgoingMigration
         long runEnd = -1;
         for (long page = dirty.NextSet(0); page >= 0; page = page + 1 < dirty.Length ? dirty.NextSet(page + 1) : -1)
         {
-            if (!sent.Test(page))
+            long first = page / perHost * perHost;
+            long end = Math.Min(first + perHost, dirty.Length);
+            if (!SentAny(sent, page, first, end, perHost))
             {
+                page = end - 1;
                 continue;
             }
 
-            long first = page / perHost * perHost;
-            long end = Math.Min(first + perHost, dirty.Length);
             if (perHost > 1)
             {
                 dirty.SetRange(first, end - first);
@@ -262,6 +271,24 @@ public sealed partial class OutgoingMigration
         }
 
         return ranges;
+    }
+
+    /// <summary>
+    /// Whether the destination holds some of the host page [first, end) that dirty page
+    /// <paramref name="page"/> lies in. A target-size host page: that page was sent. A huge page: any
+    /// of its target pages was sent, because the destination then has the whole huge page present
+    /// (partly stale or zero), and after LISTEN a present huge page cannot be filled in (UFFDIO_COPY
+    /// refuses it): it must be discarded and resent whole, like QEMU's canonicalised host pages.
+    /// </summary>
+    private static bool SentAny(DirtyBitmap sent, long page, long first, long end, long perHost)
+    {
+        if (perHost == 1)
+        {
+            return sent.Test(page);
+        }
+
+        long next = sent.NextSet(first);
+        return next >= 0 && next < end;
     }
 
     private readonly record struct PageRequest(int Block, long Page, int Count);
