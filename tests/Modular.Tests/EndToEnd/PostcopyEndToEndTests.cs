@@ -18,26 +18,27 @@ public sealed class PostcopyEndToEndTests
     public TestContext TestContext { get; set; } = null!;
 
     [TestMethod]
-    public Task Tcp_PostcopyRightAfterStart() => RunAsync("tcp:127.0.0.1:0", precopyPasses: 0);
+    public Task Tcp_PostcopyRightAfterStart() => RunAsync(TestContext, "tcp:127.0.0.1:0", precopyPasses: 0);
 
     [TestMethod]
-    public Task Unix_PostcopyRightAfterStart() => RunAsync("unix:" + Path.Combine(Path.GetTempPath(), "modular-pc-" + Guid.NewGuid().ToString("N")[..8] + ".sock"), precopyPasses: 0);
+    public Task Unix_PostcopyRightAfterStart() => RunAsync(TestContext, "unix:" + Path.Combine(Path.GetTempPath(), "modular-pc-" + Guid.NewGuid().ToString("N")[..8] + ".sock"), precopyPasses: 0);
 
     [TestMethod]
-    public Task Tcp_PostcopyAfterTwoPrecopyPasses() => RunAsync("tcp:127.0.0.1:0", precopyPasses: 2);
+    public Task Tcp_PostcopyAfterTwoPrecopyPasses() => RunAsync(TestContext, "tcp:127.0.0.1:0", precopyPasses: 2);
 
     [TestMethod]
-    public Task Unix_PostcopyAfterTwoPrecopyPasses() => RunAsync("unix:" + Path.Combine(Path.GetTempPath(), "modular-pc-" + Guid.NewGuid().ToString("N")[..8] + ".sock"), precopyPasses: 2);
+    public Task Unix_PostcopyAfterTwoPrecopyPasses() => RunAsync(TestContext, "unix:" + Path.Combine(Path.GetTempPath(), "modular-pc-" + Guid.NewGuid().ToString("N")[..8] + ".sock"), precopyPasses: 2);
 
     [TestMethod]
-    public Task Tcp_PostcopyWithPreemptChannelRightAfterStart() => RunAsync("tcp:127.0.0.1:0", precopyPasses: 0, preempt: true);
+    public Task Tcp_PostcopyWithPreemptChannelRightAfterStart() => RunAsync(TestContext, "tcp:127.0.0.1:0", precopyPasses: 0, preempt: true);
 
     [TestMethod]
-    public Task Unix_PostcopyWithPreemptChannelAfterTwoPrecopyPasses() => RunAsync("unix:" + Path.Combine(Path.GetTempPath(), "modular-pc-" + Guid.NewGuid().ToString("N")[..8] + ".sock"), precopyPasses: 2, preempt: true);
+    public Task Unix_PostcopyWithPreemptChannelAfterTwoPrecopyPasses() => RunAsync(TestContext, "unix:" + Path.Combine(Path.GetTempPath(), "modular-pc-" + Guid.NewGuid().ToString("N")[..8] + ".sock"), precopyPasses: 2, preempt: true);
 
-    private async Task RunAsync(string listenUri, int precopyPasses, bool preempt = false)
+    /// <summary>The scenario: postcopy after <paramref name="precopyPasses"/> precopy passes; <paramref name="extraArgs"/> go to both processes (e.g. huge pages); <paramref name="preempt"/> sets postcopy-preempt on the source.</summary>
+    internal static async Task RunAsync(TestContext testContext, string listenUri, int precopyPasses, IReadOnlyList<string>? extraArgs = null, bool preempt = false)
     {
-        await using PostcopyPair pair = await PostcopyPair.StartAsync(listenUri);
+        await using PostcopyPair pair = await PostcopyPair.StartAsync(listenUri, extraArgs: extraArgs);
         await pair.SetCapabilitiesAsync("events", "postcopy-ram", "postcopy-blocktime");
         if (preempt)
         {
@@ -64,8 +65,8 @@ public sealed class PostcopyEndToEndTests
         Assert.AreEqual("completed", PostcopyPair.Status(source), "source: " + source.ToJsonString() + "\n" + pair.SourceStderr + pair.DestinationStderr);
         JsonObject destination = await PostcopyPair.WaitForAsync(pair.DestinationQmp, r => PostcopyPair.Status(r) is "completed" or "failed", TimeSpan.FromSeconds(30), "the destination to finish");
         Assert.AreEqual("completed", PostcopyPair.Status(destination), "destination: " + destination.ToJsonString());
-        TestContext.WriteLine("source: " + source.ToJsonString());
-        TestContext.WriteLine("destination: " + destination.ToJsonString());
+        testContext.WriteLine("source: " + source.ToJsonString());
+        testContext.WriteLine("destination: " + destination.ToJsonString());
 
         // The source keeps the stopped guest (postmigrate); the destination runs it.
         Assert.AreEqual("postmigrate", (await pair.SourceQmp.ExecuteAsync("query-status"))!["status"]!.ToString());

@@ -56,6 +56,13 @@ public sealed partial class IncomingMigration
         {
             RamBlock block = _machine.Ram.Blocks.FirstOrDefault(b => b.Name == blockId)
                 ?? throw reader.ErrorAt(at, $"section '{PageChannelSection.Name}' names RAM block '{blockId}', which this machine does not have (it has {string.Join(", ", _machine.Ram.Blocks.Select(b => b.Name))})");
+            if (block.HostPageSize != RamBlock.TargetPageSize)
+            {
+                // A huge page is placed whole; the page channel reads one target page at a time.
+                _logger.LogInformation("RAM block '{Block}' is on 0x{PageSize:x}-byte host pages; its postcopy faults use REQ_PAGES, not the page channel.", blockId, block.HostPageSize);
+                continue;
+            }
+
             try
             {
                 pageChannel.Attach(block, descriptor);

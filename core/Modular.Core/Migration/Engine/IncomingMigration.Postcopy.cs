@@ -78,11 +78,6 @@ public sealed partial class IncomingMigration
             throw reader.ErrorAt(at, $"the source's RAM uses host page sizes 0x{advise.HostPageSizeSummary:x}, this destination's 0x{summary:x}; back guest RAM the same way on both sides");
         }
 
-        if (summary != RamBlock.TargetPageSize)
-        {
-            throw reader.ErrorAt(at, "postcopy of RAM on 2 MiB hugetlbfs pages is not supported by Modular yet; migrate with precopy or use anonymous RAM");
-        }
-
         if (_faultBackend is null)
         {
             throw reader.ErrorAt(at, "postcopy needs a fault backend, and this destination was given none");

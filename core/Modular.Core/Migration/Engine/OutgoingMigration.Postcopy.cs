@@ -199,26 +199,30 @@ public sealed partial class OutgoingMigration
 
     /// <summary>
     /// Sends every queued requested page (sent or not before: the destination may have discarded it)
-    /// and moves the scan just after it; pages the preempt channel already carried only move the scan.
-    /// Returns true if any page was written. Migration task.
+    /// as whole host pages (a request inside a huge page gets the whole huge page), and moves the
+    /// scan just after it; pages the preempt channel already carried only move the scan. Returns true
+    /// if any page was written. Migration task.
     /// </summary>
     private bool ServeRequests(MigrationStreamWriter writer, RamSaver ram)
     {
         bool any = false;
         while (_requests.TryDequeue(out PageRequest request))
         {
-            ram.MoveCursor(request.Block, request.Page + request.Count - 1);
             if (request.Sent)
             {
                 // Already on its way through the preempt channel: only the scan moves there.
+                ram.MoveCursor(request.Block, request.Page + request.Count - 1);
                 continue;
             }
 
-            for (int i = 0; i < request.Count; i++)
+            // Whole host pages: a huge page is sent as all of its target pages, in order.
+            long next = request.Page;
+            while (next < request.Page + request.Count)
             {
-                ram.SendPage(writer, request.Block, request.Page + i);
+                next = ram.SendHostPage(writer, request.Block, next);
             }
 
+            ram.MoveCursor(request.Block, next - 1);
             any = true;
         }
 
@@ -248,6 +252,8 @@ public sealed partial class OutgoingMigration
     /// <summary>
     /// The discard set of one block as byte ranges: runs of pages set in both maps, widened to whole
     /// host pages. A widened host page must be resent whole, so its target pages are marked dirty too.
+    /// For huge pages a host page counts when any target page is dirty and any (not necessarily the
+    /// same) was sent: see <see cref="SentAny"/>.
     /// </summary>
     internal static List<(ulong Start, ulong Length)> DiscardRanges(DirtyBitmap sent, DirtyBitmap dirty, ulong hostPageSize)
     {
@@ -255,10 +261,18 @@ public sealed partial class OutgoingMigration
         var ranges = new List<(ulong, ulong)>();
         long runStart = -1;
         long runEnd = -1;
-        for (long page = NextInBoth(sent, dirty, 0); page >= 0; page = NextInBoth(sent, dirty, page + 1))
+        // Target-size host pages: only pages set in both maps matter (walked word by word: the switch
+        // is inside the downtime). Huge pages: every dirty page, its host page checked as a whole.
+        for (long page = Next(0); page >= 0; page = Next(page + 1))
         {
             long first = page / perHost * perHost;
             long end = Math.Min(first + perHost, dirty.Length);
+            if (!SentAny(sent, page, first, end, perHost))
+            {
+                page = end - 1;
+                continue;
+            }
+
             if (perHost > 1)
             {
                 dirty.SetRange(first, end - first);
@@ -288,6 +302,26 @@ public sealed partial class OutgoingMigration
         }
 
         return ranges;
+
+        long Next(long from) => perHost == 1 ? NextInBoth(sent, dirty, from) : from < dirty.Length ? dirty.NextSet(from) : -1;
+    }
+
+    /// <summary>
+    /// Whether the destination holds some of the host page [first, end) that dirty page
+    /// <paramref name="page"/> lies in. A target-size host page: that page was sent. A huge page: any
+    /// of its target pages was sent, because the destination then has the whole huge page present
+    /// (partly stale or zero), and after LISTEN a present huge page cannot be filled in (UFFDIO_COPY
+    /// refuses it): it must be discarded and resent whole, like QEMU's canonicalised host pages.
+    /// </summary>
+    private static bool SentAny(DirtyBitmap sent, long page, long first, long end, long perHost)
+    {
+        if (perHost == 1)
+        {
+            return sent.Test(page);
+        }
+
+        long next = sent.NextSet(first);
+        return next >= 0 && next < end;
     }
 
     /// <summary>The first page at or after <paramref name="from"/> set in both bitmaps (word by word: the switch is inside the downtime), or -1.</summary>

@@ -143,7 +143,7 @@ public sealed partial class OutgoingMigration
             const uint ramSectionId = 0;
             SectionHeader.Start(ramSectionId, RamSaver.SectionName, 0, RamSaver.SectionVersion).WriteTo(writer);
             ram.MarkAllDirty();
-            ram.BlockList.WriteTo(writer);
+            ram.BlockList(PostcopyEnabled).WriteTo(writer);
             writer.WriteRamEos();
             new SectionFooter(ramSectionId).WriteTo(writer);
             await FlushAsync(output).ConfigureAwait(false);

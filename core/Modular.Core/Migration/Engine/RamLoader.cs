@@ -15,6 +15,8 @@ internal sealed class RamLoader
     private readonly byte[] _scratch = GC.AllocateUninitializedArray<byte>(RamBlock.TargetPageSize, pinned: true);
     private readonly byte[] _zero = GC.AllocateArray<byte>(RamBlock.TargetPageSize, pinned: true);
     private RamBlock? _lastBlock;
+    private Postcopy.PostcopyRam? _postcopy;
+    private Postcopy.HostPageAssembler? _hostPages;
 
     internal RamLoader(GuestRam ram, MigrationStats stats)
     {
@@ -31,8 +33,20 @@ internal sealed class RamLoader
     /// </summary>
     internal void TrustBlockList() => SawMemSize = true;
 
-    /// <summary>Postcopy's RAM (set at POSTCOPY_ADVISE): every page goes through it, so its page maps see each arrival; null otherwise.</summary>
-    internal Postcopy.PostcopyRam? Postcopy { get; set; }
+    /// <summary>
+    /// Postcopy's RAM (set at POSTCOPY_ADVISE): every page goes through it, so its page maps see each
+    /// arrival; null otherwise. Setting it gives this loader its own host-page assembler (huge pages
+    /// after LISTEN are placed whole; each loader, i.e. each channel, assembles its own).
+    /// </summary>
+    internal Postcopy.PostcopyRam? Postcopy
+    {
+        get => _postcopy;
+        set
+        {
+            _postcopy = value;
+            _hostPages = value is null ? null : new Postcopy.HostPageAssembler(value);
+        }
+    }
 
     /// <summary>Reads RAM records up to and including EOS.</summary>
     /// <param name="reader">The stream, at the first record of a ram section.</param>
@@ -54,7 +68,7 @@ internal sealed class RamLoader
                         throw reader.ErrorAt(at, "MEM_SIZE outside the section's START");
                     }
 
-                    RamBlockList blocks = await RamBlockList.ReadFromAsync(reader, header.Offset).ConfigureAwait(false);
+                    RamBlockList blocks = await RamBlockList.ReadFromAsync(reader, header.Offset, _postcopy is null ? null : HasPageSizeEntry).ConfigureAwait(false);
                     CheckBlocks(blocks, reader, at);
                     SawMemSize = true;
                     break;
@@ -73,9 +87,9 @@ internal sealed class RamLoader
                         bytes = _scratch;
                     }
 
-                    if (Postcopy is { } postcopy)
+                    if (_hostPages is { } postcopy)
                     {
-                        postcopy.Place(block, header.Offset, bytes, isZero: false);
+                        postcopy.Add(block, header.Offset, bytes, isZero: false);
                     }
                     else
                     {
@@ -90,9 +104,9 @@ internal sealed class RamLoader
                 {
                     RamBlock block = Resolve(header, reader, at);
                     await reader.ReadRamZeroFillAsync().ConfigureAwait(false);
-                    if (Postcopy is { } postcopy)
+                    if (_hostPages is { } postcopy)
                     {
-                        postcopy.Place(block, header.Offset, _zero, isZero: true);
+                        postcopy.Add(block, header.Offset, _zero, isZero: true);
                     }
                     else if (!block.IsZeroPage(header.Offset))
                     {
@@ -133,6 +147,13 @@ internal sealed class RamLoader
         return block;
     }
 
+    /// <summary>
+    /// Whether the MEM_SIZE entry of block <paramref name="id"/> carries a page size: with postcopy
+    /// advised, for a block whose host page is not the target page (QEMU's parse_ramblock).
+    /// </summary>
+    private bool HasPageSizeEntry(string id) =>
+        _ram.Blocks.FirstOrDefault(b => b.Name == id) is { } block && block.HostPageSize != RamBlock.TargetPageSize;
+
     private void CheckBlocks(RamBlockList blocks, MigrationStreamReader reader, long at)
     {
         foreach (RamBlockEntry entry in blocks.Blocks)
@@ -146,6 +167,11 @@ internal sealed class RamLoader
             if (block.Size != entry.Length)
             {
                 throw reader.ErrorAt(at, $"RAM block '{entry.Id}' is 0x{entry.Length:x} bytes on the source but 0x{block.Size:x} here; start the destination with the same memory size ({entry.Length >> 20} MiB)");
+            }
+
+            if (entry.PageSize is ulong pageSize && pageSize != block.HostPageSize)
+            {
+                throw reader.ErrorAt(at, $"RAM block '{entry.Id}' uses 0x{pageSize:x}-byte host pages on the source but 0x{block.HostPageSize:x} here; back guest RAM the same way on both sides (machine.hugepages)");
             }
         }
     }

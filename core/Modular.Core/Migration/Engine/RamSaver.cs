@@ -37,8 +37,13 @@ internal sealed class RamSaver
     /// <summary>Pages still marked dirty.</summary>
     internal long DirtyPages => _dirty.Sum(b => b.Count());
 
-    /// <summary>The MEM_SIZE record's block list.</summary>
-    internal RamBlockList BlockList => new(_ram.Blocks.Select(b => new RamBlockEntry(b.Name, b.Size)).ToList());
+    /// <summary>
+    /// The MEM_SIZE record's block list. With postcopy-ram, a block whose host page is not the target
+    /// page also carries its page size (QEMU's ram_save_setup), which the destination checks.
+    /// </summary>
+    /// <param name="postcopyRam">True when the postcopy-ram capability is on.</param>
+    internal RamBlockList BlockList(bool postcopyRam) =>
+        new(_ram.Blocks.Select(b => new RamBlockEntry(b.Name, b.Size, postcopyRam && b.HostPageSize != RamBlock.TargetPageSize ? b.HostPageSize : null)).ToList());
 
     /// <summary>Bulk stage: every page needs sending, and KVM's log (which also holds boot-time writes) is emptied.</summary>
     internal void MarkAllDirty()
@@ -98,19 +103,21 @@ internal sealed class RamSaver
     }
 
     /// <summary>
-    /// Sends up to <paramref name="maxPages"/> dirty pages from the scan cursor (postcopy background
-    /// pages; the caller flushes). Returns false when the bitmap turned out empty.
+    /// Sends about <paramref name="maxPages"/> target pages from the scan cursor (postcopy background
+    /// pages; the caller flushes), whole host pages at a time (<see cref="SendHostPage"/>): at least one
+    /// host page. Returns false when the bitmap turned out empty.
     /// </summary>
     internal bool SendDirtyBatch(MigrationStreamWriter writer, int maxPages)
     {
-        for (int i = 0; i < maxPages; i++)
+        for (int sent = 0; sent < maxPages;)
         {
             if (!TryNextDirty(out int blockIndex, out long page))
             {
                 return false;
             }
 
-            SendPage(writer, blockIndex, page);
+            long next = SendHostPage(writer, blockIndex, page);
+            sent += (int)(next - page);
         }
 
         return true;
@@ -147,6 +154,26 @@ internal sealed class RamSaver
             writer.WriteRamPage(block.Name, offset, scratch);
             _stats.AddNormal();
         }
+    }
+
+    /// <summary>
+    /// Postcopy: sends the whole host page that holds target page <paramref name="page"/>, its target
+    /// pages in order with nothing between them, clean or dirty (QEMU's ram_save_host_page): after
+    /// LISTEN the destination can only place a huge page whole, so it assembles the host page from
+    /// exactly this run. For a block on target-size host pages this is <see cref="SendPage"/>.
+    /// Migration task.
+    /// </summary>
+    /// <returns>The first target page after the host page (where a caller walking a range goes on).</returns>
+    internal long SendHostPage(MigrationStreamWriter writer, int blockIndex, long page)
+    {
+        long perHost = (long)(_ram.Blocks[blockIndex].HostPageSize / RamBlock.TargetPageSize);
+        long first = page / perHost * perHost;
+        for (long target = first; target < first + perHost; target++)
+        {
+            SendPage(writer, blockIndex, target);
+        }
+
+        return first + perHost;
     }
 
     private bool TryNextDirty(out int blockIndex, out long page)

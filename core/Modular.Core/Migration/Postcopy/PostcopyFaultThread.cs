@@ -12,7 +12,8 @@ namespace Modular.Core.Migration.Postcopy;
 /// hot path: faults land in a preallocated array, messages are structs, block names already exist.
 /// With a page channel (<see cref="PostcopyPageChannel"/>), a missing page is read from the source
 /// into the staging page and placed here instead, without a request; a failed read falls back to
-/// REQ_PAGES for that page.
+/// REQ_PAGES for that page. Blocks on huge pages (2 MiB hugetlbfs) request whole host pages and never
+/// use the page channel (its staging page is one target page).
 /// </summary>
 internal sealed class PostcopyFaultThread
 {
@@ -84,13 +85,23 @@ internal sealed class PostcopyFaultThread
         }
     }
 
+    /// <summary>
+    /// The page request for a fault whose (host-page aligned) offset <see cref="PostcopyRam.OnFault"/>
+    /// returned: it names the whole host page (one target page, or a 2 MiB huge page), as REQ_PAGES
+    /// when the block is the one last named, else REQ_PAGES_ID. Fault thread; allocation-free.
+    /// </summary>
+    internal static ReturnPathMessage RequestFor(RamBlock block, ulong offset, RamBlock? lastRequestedBlock) =>
+        ReferenceEquals(block, lastRequestedBlock)
+            ? ReturnPathMessage.ReqPages(offset, (uint)block.HostPageSize)
+            : ReturnPathMessage.ReqPagesId(offset, (uint)block.HostPageSize, block.Name);
+
     private void Handle(PageFault fault)
     {
         FaultOutcome outcome = _ram.OnFault(fault.HostAddress, out RamBlock? block, out ulong offset);
         switch (outcome)
         {
             case FaultOutcome.NeedsRequest:
-                if (_pageChannel is { } channel && channel.TryRead(block!, offset))
+                if (_pageChannel is { } channel && block!.HostPageSize == RamBlock.TargetPageSize && channel.TryRead(block, offset))
                 {
                     // Placed like a page from the stream: atomically, waking the waiter, marked
                     // received with its latency recorded; if the stream's copy won, EEXIST is fine.
@@ -98,10 +109,7 @@ internal sealed class PostcopyFaultThread
                     break;
                 }
 
-                ReturnPathMessage request = ReferenceEquals(block, _lastRequestedBlock)
-                    ? ReturnPathMessage.ReqPages(offset, RamBlock.TargetPageSize)
-                    : ReturnPathMessage.ReqPagesId(offset, RamBlock.TargetPageSize, block!.Name);
-                _returnPath.Send(request);
+                _returnPath.Send(RequestFor(block!, offset, _lastRequestedBlock));
                 _lastRequestedBlock = block;
                 RequestsSent++;
                 break;

@@ -12,7 +12,10 @@ namespace Modular.Core.Migration.Postcopy;
 /// <remarks>
 /// Threads: <see cref="Discard"/>, <see cref="Arm"/> on the main incoming task; placement on the main
 /// incoming task before LISTEN (plain native copies) and on the listen thread after it (atomic
-/// placement through the fault backend; also on the fault thread for page-channel reads); <see cref="OnFault"/> on the fault thread. The page maps
+/// placement through the fault backend; also on the fault thread for page-channel reads); <see cref="OnFault"/> on the fault thread.
+/// Blocks on huge host pages (2 MiB hugetlbfs): after LISTEN a whole host page is placed at once
+/// (<see cref="PlaceHostPage"/>, fed by a <see cref="HostPageAssembler"/>), faults request whole host
+/// pages, and the page maps (per target page) move all target pages of a host page together. The page maps
 /// are lock-free; nothing here takes a lock or allocates on the fault or placement path.
 /// Managed code never reads or writes armed RAM: copies are native (RamBlock.CopyIn) or ioctls.
 /// </remarks>
@@ -75,6 +78,9 @@ internal sealed class PostcopyRam : IDisposable
         _armed = true;
     }
 
+    /// <summary>The largest host page of any block (the size of a <see cref="HostPageAssembler"/>'s staging buffer).</summary>
+    internal ulong MaxHostPageSize => _blocks.Max(b => b.HostPageSize);
+
     /// <summary>
     /// Places one received target page: a native copy before LISTEN, an atomic placement that wakes
     /// waiters after it; then marks it received and, if it had been requested, records the latency.
@@ -93,6 +99,10 @@ internal sealed class PostcopyRam : IDisposable
                 block.CopyIn(offset, page);
             }
         }
+        else if (block.HostPageSize != RamBlock.TargetPageSize)
+        {
+            throw new InvalidOperationException($"Target page 0x{offset:x} of RAM block '{block.Name}' cannot be placed alone: the block has 0x{block.HostPageSize:x}-byte host pages, which are placed whole after LISTEN (PlaceHostPage, through a HostPageAssembler).");
+        }
         else if (isZero)
         {
             Backend.PlaceZeroPage(block.HostAddress + (nint)offset, RamBlock.TargetPageSize);
@@ -109,9 +119,46 @@ internal sealed class PostcopyRam : IDisposable
     }
 
     /// <summary>
-    /// A fault at <paramref name="hostAddress"/>: moves its page missing -> requested and says whether
-    /// to ask the source (block and byte offset returned), or wakes the waiter when the page is
-    /// already here. Fault thread; allocation-free.
+    /// Places one whole host page of a block whose host page is larger than the target page (2 MiB
+    /// hugetlbfs), assembled by a <see cref="HostPageAssembler"/>: one atomic placement (UFFDIO_COPY,
+    /// or a zero page when every target page in it was a ZERO record) that wakes waiters; then every
+    /// target page in it goes missing/requested -> received, and the request latency is recorded once.
+    /// A host page that is already present (it came twice) is left alone (the placement reports it)
+    /// and its target pages stay received. Listen thread (or whichever thread owns the assembler),
+    /// after LISTEN; allocation-free.
+    /// </summary>
+    /// <param name="block">A block with <see cref="RamBlock.HostPageSize"/> larger than the target page.</param>
+    /// <param name="offset">The host page's offset in the block (host-page aligned).</param>
+    /// <param name="contents">Exactly one host page (ignored when <paramref name="isZero"/>).</param>
+    /// <param name="isZero">True when every target page of the host page arrived as a ZERO record.</param>
+    internal PlaceResult PlaceHostPage(RamBlock block, ulong offset, ReadOnlySpan<byte> contents, bool isZero)
+    {
+        int index = IndexOf(block);
+        nint at = block.HostAddress + (nint)offset;
+        PlaceResult result = isZero ? Backend.PlaceZeroPage(at, block.HostPageSize) : Backend.PlacePage(at, contents);
+        ulong first = offset / RamBlock.TargetPageSize;
+        ulong count = block.HostPageSize / RamBlock.TargetPageSize;
+        bool wasRequested = false;
+        for (ulong page = first; page < first + count; page++)
+        {
+            wasRequested |= _maps[index].MarkReceived(page) == PageState.Requested;
+        }
+
+        if (wasRequested)
+        {
+            // The fault thread stamps the host page's first target page (see OnFault).
+            Latency.Add(Stopwatch.GetTimestamp() - Volatile.Read(ref _requestedAt[index][first]));
+        }
+
+        return result;
+    }
+
+    /// <summary>
+    /// A fault at <paramref name="hostAddress"/>: moves its host page missing -> requested (every
+    /// target page in it) and says whether to ask the source, or wakes the waiter when the host page
+    /// is already here. The returned offset is the host page's (aligned down to
+    /// <see cref="RamBlock.HostPageSize"/>), and a request must name the whole host page. A fault on any
+    /// target page of a huge page thus requests the host page once. Fault thread; allocation-free.
     /// </summary>
     /// <returns>The outcome; <see cref="FaultOutcome.Invalid"/> for an address outside guest RAM.</returns>
     internal FaultOutcome OnFault(nint hostAddress, out RamBlock? block, out ulong offset)
@@ -123,19 +170,30 @@ internal sealed class PostcopyRam : IDisposable
             if (hostAddress >= candidate.HostAddress && delta < candidate.Size)
             {
                 block = candidate;
-                ulong page = delta / RamBlock.TargetPageSize;
-                offset = page * RamBlock.TargetPageSize;
-                if (_maps[i].GetState(page) == PageState.Missing)
+                offset = delta / candidate.HostPageSize * candidate.HostPageSize;
+                ulong first = offset / RamBlock.TargetPageSize;
+                if (_maps[i].GetState(first) == PageState.Missing)
                 {
                     // Only this thread requests, so the stamp is written before the page can be
                     // Requested, and the listen thread reads it only after seeing Requested.
-                    Volatile.Write(ref _requestedAt[i][page], Stopwatch.GetTimestamp());
+                    Volatile.Write(ref _requestedAt[i][first], Stopwatch.GetTimestamp());
                 }
 
-                FaultOutcome outcome = _maps[i].TryRequest(page);
-                if (outcome == FaultOutcome.AlreadyReceived)
+                // The target pages of a host page share one state (a host page is discarded and
+                // placed whole), so the first one decides; the others follow it to requested. The
+                // listen thread may be marking them received meanwhile: TryRequest leaves those be.
+                FaultOutcome outcome = _maps[i].TryRequest(first);
+                if (outcome == FaultOutcome.NeedsRequest)
                 {
-                    Backend.Wake(candidate.HostAddress + (nint)offset, RamBlock.TargetPageSize);
+                    ulong count = candidate.HostPageSize / RamBlock.TargetPageSize;
+                    for (ulong page = first + 1; page < first + count; page++)
+                    {
+                        _maps[i].TryRequest(page);
+                    }
+                }
+                else if (outcome == FaultOutcome.AlreadyReceived)
+                {
+                    Backend.Wake(candidate.HostAddress + (nint)offset, candidate.HostPageSize);
                 }
 
                 return outcome;

@@ -32,4 +32,22 @@ public sealed class DiscardRangesTests
         CollectionAssert.AreEqual(new List<(ulong, ulong)> { (0, 4UL << 20) }, ranges);
         Assert.AreEqual(1024L, dirty.Count(), "the whole host pages must be resent");
     }
+
+    [TestMethod]
+    public void HugePages_PartlySentHostPage_WithUnsentDirtyPages_IsDiscardedWhole()
+    {
+        // Host page 0: pages 0..99 sent and clean, 100..511 never sent (dirty). The destination holds
+        // the huge page (present, partly zero), so it must be discarded and resent whole.
+        // Host page 1: never sent at all: nothing to discard. Host page 2: sent and clean.
+        var sent = new DirtyBitmap(1536);
+        var dirty = new DirtyBitmap(1536);
+        sent.SetRange(0, 100);
+        dirty.SetRange(100, 412);
+        dirty.SetRange(512, 512);
+        sent.SetRange(1024, 512);
+        List<(ulong Start, ulong Length)> ranges = OutgoingMigration.DiscardRanges(sent, dirty, 2 << 20);
+        CollectionAssert.AreEqual(new List<(ulong, ulong)> { (0, 2UL << 20) }, ranges);
+        Assert.AreEqual(1024L, dirty.Count(), "host page 0 whole and host page 1 must be sent");
+        Assert.IsFalse(dirty.Test(1024));
+    }
 }

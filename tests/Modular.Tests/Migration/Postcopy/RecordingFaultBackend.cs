@@ -1,0 +1,60 @@
+using Modular.Abstractions.Faults;
+
+namespace Modular.Tests.Migration.Postcopy;
+
+/// <summary>
+/// A fault backend double that records what the engine asks of it (placements with their contents,
+/// zero pages, wakes) instead of touching RAM; a second placement at one address reports
+/// <see cref="PlaceResult.AlreadyPresent"/>, as UFFDIO_COPY's EEXIST does. Faults never arrive.
+/// </summary>
+internal sealed class RecordingFaultBackend : IFaultBackend
+{
+    private readonly HashSet<nint> _present = [];
+
+    public List<(nint Address, byte[] Contents)> Placed { get; } = [];
+
+    public List<(nint Address, ulong Length)> ZeroPlaced { get; } = [];
+
+    public List<(nint Address, ulong Length)> Woken { get; } = [];
+
+    public List<PlaceResult> Results { get; } = [];
+
+    public void Arm(HostRamRange range)
+    {
+    }
+
+    public void Disarm(HostRamRange range)
+    {
+    }
+
+    public int ReadFaults(Span<PageFault> faults) => 0;
+
+    public PlaceResult PlacePage(nint hostAddress, ReadOnlySpan<byte> contents)
+    {
+        Placed.Add((hostAddress, contents.ToArray()));
+        return Record(hostAddress);
+    }
+
+    public PlaceResult PlaceZeroPage(nint hostAddress, ulong pageSize)
+    {
+        ZeroPlaced.Add((hostAddress, pageSize));
+        return Record(hostAddress);
+    }
+
+    public void Wake(nint hostAddress, ulong length) => Woken.Add((hostAddress, length));
+
+    public void Shutdown()
+    {
+    }
+
+    public void Dispose()
+    {
+    }
+
+    private PlaceResult Record(nint hostAddress)
+    {
+        PlaceResult result = _present.Add(hostAddress) ? PlaceResult.Placed : PlaceResult.AlreadyPresent;
+        Results.Add(result);
+        return result;
+    }
+}
