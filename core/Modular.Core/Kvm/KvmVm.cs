@@ -145,6 +145,9 @@ public sealed unsafe class KvmVm : IDisposable
         try
         {
             vcpu.SetCpuid(cpuid.ToArray());
+
+            // Fetched (and cached) now: a migration's state capture runs with the guest stopped.
+            _ = System.GetMsrIndexList();
             return vcpu;
         }
         catch

@@ -134,16 +134,18 @@ public sealed partial class OutgoingMigration
         }
 
         _inPostcopy = true;
+        long built = Stopwatch.GetTimestamp();
         PackagedCommand.WriteWithPackage(writer, package.WrittenSpan);
         await FlushAsync(output).ConfigureAwait(false);
         await afterFlush(0).ConfigureAwait(false);
         Stats.SetDowntime((long)Stopwatch.GetElapsedTime(downtimeStart).TotalMilliseconds);
         _logger.LogInformation(
-            "Postcopy switch: vCPUs stopped in {Stop:F1} ms, sync and discards {Discard:F1} ms, package of {Bytes} bytes sent in {Package:F1} ms",
+            "Postcopy switch: vCPUs stopped in {Stop:F1} ms, sync and discards {Discard:F1} ms, package of {Bytes} bytes built in {Build:F1} ms and sent in {Package:F1} ms",
             Stopwatch.GetElapsedTime(downtimeStart, stopped).TotalMilliseconds,
             Stopwatch.GetElapsedTime(stopped, discarded).TotalMilliseconds,
             package.WrittenCount,
-            Stopwatch.GetElapsedTime(discarded).TotalMilliseconds);
+            Stopwatch.GetElapsedTime(discarded, built).TotalMilliseconds,
+            Stopwatch.GetElapsedTime(built).TotalMilliseconds);
         Status.MoveTo(MigrationStatus.PostcopyActive);
         PassStarted?.Invoke(++_pass);
 

@@ -132,25 +132,38 @@ public sealed partial class OutgoingMigration
     }
 }
 
-/// <summary>Builds the VMDESCRIPTION JSON that follows EOF (QEMU's vmdesc, as analyze-migration.py reads it).</summary>
+/// <summary>
+/// Builds the VMDESCRIPTION JSON that follows EOF (QEMU's vmdesc, as analyze-migration.py reads it).
+/// Devices are recorded while the guest is stopped, so recording only keeps their figures; the
+/// JSON is built after EOF.
+/// </summary>
 internal sealed class VmDescriptionBuilder
 {
-    private readonly JsonArray _devices = new();
+    private readonly List<(string IdString, uint InstanceId, uint Version, int Length)> _devices = [];
 
     internal void AddRam(uint sectionId) => _ = sectionId;
 
-    internal void AddDevice(ISaveVmSection section, int length) => _devices.Add(new JsonObject
-    {
-        ["name"] = section.IdString,
-        ["instance_id"] = section.InstanceId,
-        ["vmsd_name"] = section.IdString,
-        ["version"] = section.Version,
-        ["fields"] = new JsonArray
-        {
-            new JsonObject { ["name"] = "length", ["type"] = "uint32", ["size"] = 4 },
-            new JsonObject { ["name"] = "state", ["type"] = "buffer", ["size"] = length },
-        },
-    });
+    internal void AddDevice(ISaveVmSection section, int length) => _devices.Add((section.IdString, section.InstanceId, section.Version, length));
 
-    internal string ToJson() => new JsonObject { ["page_size"] = 4096, ["devices"] = _devices }.ToJsonString();
+    internal string ToJson()
+    {
+        var devices = new JsonArray();
+        foreach ((string idString, uint instanceId, uint version, int length) in _devices)
+        {
+            devices.Add(new JsonObject
+            {
+                ["name"] = idString,
+                ["instance_id"] = instanceId,
+                ["vmsd_name"] = idString,
+                ["version"] = version,
+                ["fields"] = new JsonArray
+                {
+                    new JsonObject { ["name"] = "length", ["type"] = "uint32", ["size"] = 4 },
+                    new JsonObject { ["name"] = "state", ["type"] = "buffer", ["size"] = length },
+                },
+            });
+        }
+
+        return new JsonObject { ["page_size"] = 4096, ["devices"] = devices }.ToJsonString();
+    }
 }

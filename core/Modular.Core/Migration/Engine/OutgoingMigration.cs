@@ -24,6 +24,7 @@ namespace Modular.Core.Migration.Engine;
 public sealed partial class OutgoingMigration
 {
     private static readonly TimeSpan IterationBudget = TimeSpan.FromMilliseconds(50);
+    private static readonly TimeSpan WarmUpWait = TimeSpan.FromSeconds(3);
 
     private readonly VirtualMachine _machine;
     private readonly IMigrationTransport _transport;
@@ -111,6 +112,7 @@ public sealed partial class OutgoingMigration
         try
         {
             IReadOnlyList<ISaveVmSection> sections = _machine.StateSections();
+            Task warmUp = SwitchWarmUp.StartAsync(sections);
             var ram = new RamSaver(_machine.Ram, Stats);
             _connection = await _transport.ConnectAsync(_endpoint, _cancel.Token).ConfigureAwait(false);
             PipeWriter output = _connection.Transport.Output;
@@ -206,6 +208,8 @@ public sealed partial class OutgoingMigration
                 passStart = Environment.TickCount64;
             }
 
+            // The switch's code is compiled before the guest stops, not inside the downtime.
+            await Task.WhenAny(warmUp, Task.Delay(WarmUpWait, _cancel.Token)).ConfigureAwait(false);
             if (postcopy)
             {
                 stoppedByUs = true;

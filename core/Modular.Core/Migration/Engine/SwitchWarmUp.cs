@@ -1,0 +1,78 @@
+using System.Reflection;
+using System.Runtime.CompilerServices;
+using Modular.Abstractions.Devices;
+
+namespace Modular.Core.Migration.Engine;
+
+/// <summary>
+/// Compiles, ahead of the switch, the code that runs while the guest is stopped (vCPU state capture,
+/// device saves, section and package writers). Without it the JIT compiles those methods on first
+/// use, inside the downtime (measured: about 25 ms of a 45 ms postcopy switch under load; the
+/// warm-up itself took 375 ms of one core, while the guest ran). Nothing
+/// is executed: <see cref="RuntimeHelpers.PrepareMethod(RuntimeMethodHandle)"/> only compiles, so
+/// the guest keeps running. Runs once per process on a thread-pool thread; the migration task
+/// waits for it (bounded) before it stops the vCPUs.
+/// </summary>
+internal static class SwitchWarmUp
+{
+    private static readonly string[] CoreNamespaces =
+    [
+        "Modular.Core.Kvm", "Modular.Core.Vcpus", "Modular.Core.Accel", "Modular.Core.Interop",
+        "Modular.Core.Migration.Stream", "Modular.Core.Migration.Engine", "Modular.Core.Memory",
+    ];
+
+    private static Task? _once;
+
+    /// <summary>Starts compiling (once per process) the switch's code and that of <paramref name="sections"/>' types.</summary>
+    internal static Task StartAsync(IReadOnlyList<ISaveVmSection> sections)
+    {
+        Type[] deviceTypes = sections.Select(s => s.GetType()).Distinct().ToArray();
+        lock (CoreNamespaces)
+        {
+            _once ??= Task.Run(() =>
+            {
+                IEnumerable<Type> core = typeof(SwitchWarmUp).Assembly.GetTypes()
+                    .Where(t => t.Namespace is { } ns && CoreNamespaces.Contains(ns));
+                foreach (Type type in core.Concat(deviceTypes).Append(typeof(SaveVmWriter)))
+                {
+                    Prepare(type);
+                }
+            });
+            return _once;
+        }
+    }
+
+    private static void Prepare(Type type)
+    {
+        if (type.ContainsGenericParameters)
+        {
+            return;
+        }
+
+        const BindingFlags all = BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance | BindingFlags.Static | BindingFlags.DeclaredOnly;
+        foreach (MethodBase method in type.GetMethods(all).Cast<MethodBase>().Concat(type.GetConstructors(all)))
+        {
+            // P/Invoke methods have no body but do have a marshalling stub worth preparing.
+            bool native = (method.Attributes & MethodAttributes.PinvokeImpl) != 0;
+            if (method.IsAbstract || method.ContainsGenericParameters || (!native && method.GetMethodBody() is null))
+            {
+                continue;
+            }
+
+            try
+            {
+                RuntimeHelpers.PrepareMethod(method.MethodHandle);
+            }
+            catch (Exception ex) when (ex is ArgumentException or NotSupportedException or TypeLoadException or BadImageFormatException or InvalidProgramException)
+            {
+                // Not compilable on its own (e.g. a method of a type that needs an instantiation):
+                // it is compiled on first use, as without the warm-up.
+            }
+        }
+
+        foreach (Type nested in type.GetNestedTypes(BindingFlags.Public | BindingFlags.NonPublic))
+        {
+            Prepare(nested);
+        }
+    }
+}
