@@ -25,4 +25,10 @@ internal interface IAccelerator : IDisposable
 
     /// <summary>The savevm sections that carry the vCPU state (saved and loaded with the vCPUs paused).</summary>
     IReadOnlyList<ISaveVmSection> StateSections { get; }
+
+    /// <summary>
+    /// The kernel thread id of each vCPU's thread, by vCPU index (0 for one not started yet), so a
+    /// page fault's thread can be told to be a vCPU (postcopy blocktime). A new array each call. Any thread.
+    /// </summary>
+    int[] VcpuThreadIds();
 }

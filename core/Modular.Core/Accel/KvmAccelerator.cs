@@ -62,6 +62,9 @@ internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
 
     public IReadOnlyList<ISaveVmSection> StateSections { get; }
 
+    /// <inheritdoc />
+    public int[] VcpuThreadIds() => _threads.Select(t => t.KernelThreadId).ToArray();
+
     /// <summary>Sets vCPU 0 up for a Multiboot entry, as QEMU's -kernel does.</summary>
     /// <param name="boot">Where the loader put the entry point and the info block.</param>
     internal void SetBootState(MultibootBoot boot) =>

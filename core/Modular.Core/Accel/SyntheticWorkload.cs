@@ -18,6 +18,7 @@ internal sealed class SyntheticWorkload : IAccelerator, ISaveVmSection
     private readonly long _pagesPerSecond;
     private readonly object _gate = new();
     private readonly Thread _thread;
+    private int _workloadThreadId;
     private ulong _nextPage;
     private ulong _passes;
     private bool _runRequested;
@@ -53,6 +54,9 @@ internal sealed class SyntheticWorkload : IAccelerator, ISaveVmSection
     internal ulong Passes => Interlocked.Read(ref _passes);
 
     public IReadOnlyList<ISaveVmSection> StateSections => [this];
+
+    /// <summary>The workload thread stands in for vCPU 0 (its faults are the guest's).</summary>
+    public int[] VcpuThreadIds() => [Volatile.Read(ref _workloadThreadId)];
 
     string ISaveVmSection.IdString => "synthetic-workload";
 
@@ -132,6 +136,7 @@ internal sealed class SyntheticWorkload : IAccelerator, ISaveVmSection
     /// <summary>The workload thread: touches pages while running, parks while paused.</summary>
     private void Run()
     {
+        Volatile.Write(ref _workloadThreadId, Interop.Libc.Gettid());
         ulong pageSize = (ulong)_memory.PageSize;
         ulong firstPage = StartAddress / pageSize;
         ulong lastPage = _memory.Size / pageSize;

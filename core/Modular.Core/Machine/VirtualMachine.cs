@@ -94,6 +94,9 @@ public sealed partial class VirtualMachine : IQmpMachine, IDisposable
 
     internal IAccelerator Accelerator => _accelerator ?? throw new InvalidOperationException("The machine has no accelerator yet.");
 
+    /// <summary>The kernel thread id of each vCPU's thread (0 before it started); see <see cref="IAccelerator.VcpuThreadIds"/>.</summary>
+    internal int[] VcpuThreadIds() => Accelerator.VcpuThreadIds();
+
     /// <summary>
     /// The savevm sections of the machine's state besides RAM: every device (in config order), then
     /// the vCPU sections. Throws when a device declared itself unmigratable.

@@ -43,6 +43,9 @@ public sealed class VcpuThread : IDisposable
     /// <summary>The vCPU index.</summary>
     public int VcpuId => _vcpu.Id;
 
+    /// <summary>The kernel thread id of the vCPU's thread (0 until it started). Any thread.</summary>
+    public int KernelThreadId => Volatile.Read(ref _threadId);
+
     /// <summary>The current state. Any thread.</summary>
     public VcpuRunState State
     {

@@ -13,25 +13,38 @@ internal sealed class FaultLatencyRecorder
     private const int Capacity = 1 << 16;
 
     private readonly long[] _samples = new long[Capacity];
+    private readonly long[] _vcpuTicks;
     private long _count;
     private long _totalTicks;
     private long _maxTicks;
 
+    /// <param name="vcpus">How many vCPUs the machine has (blocktime is kept per vCPU).</param>
+    internal FaultLatencyRecorder(int vcpus = 0) => _vcpuTicks = new long[vcpus];
+
     /// <summary>Requested pages placed so far.</summary>
     internal long Count => Interlocked.Read(ref _count);
 
-    /// <summary>Sum of all latencies in milliseconds (QEMU's postcopy-blocktime).</summary>
+    /// <summary>Sum of all latencies in milliseconds (every requester, vCPU or not).</summary>
     internal long TotalMs => (long)(Interlocked.Read(ref _totalTicks) * 1000.0 / Stopwatch.Frequency);
 
+    /// <summary>Per vCPU, the sum of the latencies of the pages it waited for, in milliseconds (QEMU's postcopy-vcpu-blocktime). QMP loop.</summary>
+    internal long[] VcpuBlocktimeMs() => _vcpuTicks.Select(t => (long)(Interlocked.Read(ref t) * 1000.0 / Stopwatch.Frequency)).ToArray();
+
     /// <summary>
-    /// Records one latency in Stopwatch ticks. Listen thread, or fault thread (page-channel reads):
-    /// each claims its own slot, so the two may add at once.
+    /// Records one latency in Stopwatch ticks, and adds it to the blocktime of <paramref name="vcpu"/>
+    /// when a vCPU waited for it (-1: another thread, e.g. a device load). Listen thread, preempt
+    /// reader, or fault thread (page-channel reads): each claims its own slot, so they may add at once.
     /// </summary>
-    internal void Add(long ticks)
+    internal void Add(long ticks, int vcpu = -1)
     {
         if (ticks <= 0)
         {
             return;
+        }
+
+        if ((uint)vcpu < (uint)_vcpuTicks.Length)
+        {
+            Interlocked.Add(ref _vcpuTicks[vcpu], ticks);
         }
 
         long n = Interlocked.Increment(ref _count) - 1;

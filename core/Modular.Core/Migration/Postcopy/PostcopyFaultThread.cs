@@ -97,7 +97,7 @@ internal sealed class PostcopyFaultThread
 
     private void Handle(PageFault fault)
     {
-        FaultOutcome outcome = _ram.OnFault(fault.HostAddress, out RamBlock? block, out ulong offset);
+        FaultOutcome outcome = _ram.OnFault(fault.HostAddress, fault.ThreadId, out RamBlock? block, out ulong offset);
         switch (outcome)
         {
             case FaultOutcome.NeedsRequest:

@@ -24,24 +24,33 @@ internal sealed class PostcopyRam : IDisposable
     private readonly IReadOnlyList<RamBlock> _blocks;
     private readonly PageStateMap[] _maps;
     private readonly long[][] _requestedAt;
+    private readonly short[][] _requestedBy;
     private readonly HostRamRange[] _ranges;
+    private readonly Func<int[]> _vcpuThreadIds;
+    private int[] _knownVcpuThreads = [];
     private volatile bool _armed;
     private int _disarmed;
 
-    internal PostcopyRam(GuestRam ram, IFaultBackend backend)
+    /// <param name="ram">The destination's guest RAM.</param>
+    /// <param name="backend">The opened fault backend.</param>
+    /// <param name="vcpuThreadIds">The kernel thread id of each vCPU's thread (0 before it starts), to tell which vCPU waited on a fault; null: none is a vCPU.</param>
+    internal PostcopyRam(GuestRam ram, IFaultBackend backend, Func<int[]>? vcpuThreadIds = null)
     {
         _blocks = ram.Blocks;
         Backend = backend;
+        _vcpuThreadIds = vcpuThreadIds ?? (() => []);
         _maps = _blocks.Select(b => new PageStateMap((ulong)b.PageCount)).ToArray();
         _requestedAt = _blocks.Select(b => new long[b.PageCount]).ToArray();
+        _requestedBy = _blocks.Select(b => new short[b.PageCount]).ToArray();
         _ranges = _blocks.Select(b => new HostRamRange(b.HostAddress, b.Size, b.HostPageSize)).ToArray();
+        Latency = new FaultLatencyRecorder(_vcpuThreadIds().Length);
     }
 
     /// <summary>The armed fault backend.</summary>
     internal IFaultBackend Backend { get; }
 
-    /// <summary>Request-to-placement latencies and blocktime.</summary>
-    internal FaultLatencyRecorder Latency { get; } = new();
+    /// <summary>Request-to-placement latencies and blocktime (per vCPU).</summary>
+    internal FaultLatencyRecorder Latency { get; }
 
     /// <summary>The page map of block <paramref name="index"/>.</summary>
     internal PageStateMap Map(int index) => _maps[index];
@@ -114,7 +123,7 @@ internal sealed class PostcopyRam : IDisposable
 
         if (_maps[index].MarkReceived(pageIndex) == PageState.Requested)
         {
-            Latency.Add(Stopwatch.GetTimestamp() - Volatile.Read(ref _requestedAt[index][pageIndex]));
+            RecordLatency(index, pageIndex);
         }
     }
 
@@ -147,7 +156,7 @@ internal sealed class PostcopyRam : IDisposable
         if (wasRequested)
         {
             // The fault thread stamps the host page's first target page (see OnFault).
-            Latency.Add(Stopwatch.GetTimestamp() - Volatile.Read(ref _requestedAt[index][first]));
+            RecordLatency(index, first);
         }
 
         return result;
@@ -161,7 +170,11 @@ internal sealed class PostcopyRam : IDisposable
     /// target page of a huge page thus requests the host page once. Fault thread; allocation-free.
     /// </summary>
     /// <returns>The outcome; <see cref="FaultOutcome.Invalid"/> for an address outside guest RAM.</returns>
-    internal FaultOutcome OnFault(nint hostAddress, out RamBlock? block, out ulong offset)
+    /// <param name="hostAddress">The faulting address.</param>
+    /// <param name="threadId">The faulting kernel thread (0 when the backend does not say): a vCPU's faults count in its blocktime.</param>
+    /// <param name="block">The RAM block, for a request.</param>
+    /// <param name="offset">The host page's offset in it.</param>
+    internal FaultOutcome OnFault(nint hostAddress, int threadId, out RamBlock? block, out ulong offset)
     {
         for (int i = 0; i < _blocks.Count; i++)
         {
@@ -176,6 +189,7 @@ internal sealed class PostcopyRam : IDisposable
                 {
                     // Only this thread requests, so the stamp is written before the page can be
                     // Requested, and the listen thread reads it only after seeing Requested.
+                    _requestedBy[i][first] = (short)(VcpuOf(threadId) + 1);
                     Volatile.Write(ref _requestedAt[i][first], Stopwatch.GetTimestamp());
                 }
 
@@ -235,6 +249,35 @@ internal sealed class PostcopyRam : IDisposable
         DisarmAll();
         Backend.Shutdown();
         Backend.Dispose();
+    }
+
+    /// <summary>Records the latency of a requested page and, when a vCPU asked for it, that vCPU's blocktime. Placing thread.</summary>
+    private void RecordLatency(int block, ulong page)
+    {
+        long ticks = Stopwatch.GetTimestamp() - Volatile.Read(ref _requestedAt[block][page]);
+        Latency.Add(ticks, _requestedBy[block][page] - 1);
+    }
+
+    /// <summary>
+    /// The vCPU whose thread is <paramref name="threadId"/>, or -1 (the main task inside a device
+    /// load, or an unknown thread). Fault thread; allocates only while some vCPU thread has not
+    /// started yet (the known ids are fetched again when a thread is not found among them).
+    /// </summary>
+    private int VcpuOf(int threadId)
+    {
+        if (threadId == 0)
+        {
+            return -1;
+        }
+
+        int found = Array.IndexOf(_knownVcpuThreads, threadId);
+        if (found < 0 && (_knownVcpuThreads.Length == 0 || Array.IndexOf(_knownVcpuThreads, 0) >= 0))
+        {
+            _knownVcpuThreads = _vcpuThreadIds();
+            found = Array.IndexOf(_knownVcpuThreads, threadId);
+        }
+
+        return found;
     }
 
     private int IndexOf(RamBlock block)

@@ -24,8 +24,8 @@ public sealed class HugePageRequestTests
         using var scope = new HugePageScope();
         scope.Postcopy.Arm();
 
-        FaultOutcome first = scope.Postcopy.OnFault(scope.Block.HostAddress + 0x201234, out RamBlock? block, out ulong offset);
-        FaultOutcome second = scope.Postcopy.OnFault(scope.Block.HostAddress + 0x3ff000, out _, out ulong secondOffset);
+        FaultOutcome first = scope.Postcopy.OnFault(scope.Block.HostAddress + 0x201234, 0, out RamBlock? block, out ulong offset);
+        FaultOutcome second = scope.Postcopy.OnFault(scope.Block.HostAddress + 0x3ff000, 0, out _, out ulong secondOffset);
 
         Assert.AreEqual(FaultOutcome.NeedsRequest, first);
         Assert.AreSame(scope.Block, block);
@@ -47,7 +47,7 @@ public sealed class HugePageRequestTests
     {
         using var scope = new HugePageScope();
         scope.Postcopy.Arm();
-        scope.Postcopy.OnFault(scope.Block.HostAddress + 0x200008, out _, out _);
+        scope.Postcopy.OnFault(scope.Block.HostAddress + 0x200008, 0, out _, out _);
         var assembler = new HostPageAssembler(scope.Postcopy);
 
         for (ulong offset = HugePage; offset < 2 * HugePage; offset += Target)
@@ -59,7 +59,7 @@ public sealed class HugePageRequestTests
         Assert.AreEqual(512UL, scope.Map.ReceivedCount);
         Assert.AreEqual(1L, scope.Postcopy.Latency.Count, "one request, one latency sample");
 
-        FaultOutcome late = scope.Postcopy.OnFault(scope.Block.HostAddress + 0x3fffff, out _, out _);
+        FaultOutcome late = scope.Postcopy.OnFault(scope.Block.HostAddress + 0x3fffff, 0, out _, out _);
         Assert.AreEqual(FaultOutcome.AlreadyReceived, late);
         CollectionAssert.AreEqual(new[] { (scope.Block.HostAddress + (nint)HugePage, HugePage) }, scope.Backend.Woken, "the whole host page is woken");
     }
