@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using Modular.Core.Config;
+using Modular.Core.Migration.State;
 using Modular.Core.Qmp;
 
 namespace Modular.Core.Migration.Engine;
@@ -7,7 +8,7 @@ namespace Modular.Core.Migration.Engine;
 /// <summary>Registers the migration QMP commands of one <see cref="MigrationController"/>, with QEMU's argument names.</summary>
 public static class MigrationQmpCommands
 {
-    /// <summary>Adds migrate, migrate-incoming, migrate_cancel, capabilities, parameters and query-migrate to <paramref name="commands"/>.</summary>
+    /// <summary>Adds migrate, migrate-incoming, migrate_cancel, migrate-continue, migrate-start-postcopy, capabilities, parameters and query-migrate to <paramref name="commands"/>.</summary>
     /// <param name="commands">The QMP server's registry.</param>
     /// <param name="controller">The machine's migration controller.</param>
     public static void Register(QmpCommandRegistry commands, MigrationController controller)
@@ -34,6 +35,20 @@ public static class MigrationQmpCommands
             if (controller.Outgoing is { } outgoing && !outgoing.Cancel())
             {
                 throw QmpException.Generic("Postcopy migration in progress, cannot cancel.");
+            }
+
+            return ValueTask.FromResult<JsonNode?>(new JsonObject());
+        });
+
+        commands.Register("migrate-continue", ["state"], (args, _) =>
+        {
+            string wanted = args.GetString("state");
+            MigrationStatus? state = Enum.GetValues<MigrationStatus>().Where(s => s.ToQmp() == wanted).Select(s => (MigrationStatus?)s).FirstOrDefault()
+                ?? throw QmpException.Generic($"Parameter 'state' does not accept value '{wanted}'");
+            MigrationStatus current = controller.Outgoing?.Status.Current ?? MigrationStatus.None;
+            if (controller.Outgoing is not { } outgoing || !outgoing.Continue(state.Value))
+            {
+                throw QmpException.Generic($"Migration not in expected state: {current.ToQmp()}");
             }
 
             return ValueTask.FromResult<JsonNode?>(new JsonObject());

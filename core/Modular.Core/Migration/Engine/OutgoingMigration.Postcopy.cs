@@ -109,6 +109,7 @@ public sealed partial class OutgoingMigration
         // Switch: stop the guest, take the last dirty bits, tell the destination what to drop.
         long downtimeStart = Stopwatch.GetTimestamp();
         _machine.StopAs(QmpRunState.FinishMigrate);
+        await MaybePauseBeforeSwitchoverAsync(next: null).ConfigureAwait(false);
         long stopped = Stopwatch.GetTimestamp();
         if (ram.SentMap.Any(m => m.NextSet(0) >= 0))
         {
@@ -147,6 +148,7 @@ public sealed partial class OutgoingMigration
             Stopwatch.GetElapsedTime(discarded, built).TotalMilliseconds,
             Stopwatch.GetElapsedTime(built).TotalMilliseconds);
         Status.MoveTo(MigrationStatus.PostcopyActive);
+
         PassStarted?.Invoke(++_pass);
 
         // Background pages, requested pages first; PART sections of about one iteration budget.

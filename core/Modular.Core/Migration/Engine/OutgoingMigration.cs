@@ -31,6 +31,7 @@ public sealed partial class OutgoingMigration
     private readonly TransportEndpoint _endpoint;
     private readonly ILogger _logger;
     private readonly CancellationTokenSource _cancel = new();
+    private readonly SemaphoreSlim _continue = new(0, 1);
     private readonly TaskCompletionSource<uint> _shutReceived = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private IMigrationConnection? _connection;
     private const int CommitmentNone = 0;
@@ -102,6 +103,45 @@ public sealed partial class OutgoingMigration
         }
 
         return true;
+    }
+
+    /// <summary>
+    /// migrate-continue: lets a migration paused in <paramref name="state"/> (pre-switchover, with
+    /// pause-before-switchover) go on. QMP loop.
+    /// </summary>
+    /// <returns>False (nothing done) when the migration is not in <paramref name="state"/>.</returns>
+    public bool Continue(MigrationStatus state)
+    {
+        if (state != MigrationStatus.PreSwitchover || Status.Current != MigrationStatus.PreSwitchover)
+        {
+            return false;
+        }
+
+        _continue.Release();
+        return true;
+    }
+
+    /// <summary>
+    /// pause-before-switchover (QEMU's): with the vCPUs stopped and before anything of the switch is
+    /// sent, enter pre-switchover and wait for migrate-continue (or migrate_cancel, which resumes
+    /// the guest here), then enter <paramref name="next"/> (null: stay until the caller moves on, as
+    /// postcopy does once its package is committed). The wait is part of the downtime, as in QEMU.
+    /// Migration task.
+    /// </summary>
+    private async ValueTask MaybePauseBeforeSwitchoverAsync(MigrationStatus? next)
+    {
+        if (!Settings.Has("pause-before-switchover"))
+        {
+            return;
+        }
+
+        Status.MoveTo(MigrationStatus.PreSwitchover);
+        _logger.LogInformation("Migration to {Endpoint} paused before the switchover (pause-before-switchover); migrate-continue state=pre-switchover goes on", _endpoint);
+        await _continue.WaitAsync(_cancel.Token).ConfigureAwait(false);
+        if (next is { } status)
+        {
+            Status.MoveTo(status);
+        }
     }
 
     /// <summary>The migration task: everything a precopy migration writes, in order.</summary>
@@ -222,6 +262,7 @@ public sealed partial class OutgoingMigration
             long downtimeStart = Stopwatch.GetTimestamp();
             _machine.StopAs(QmpRunState.FinishMigrate);
             stoppedByUs = true;
+            await MaybePauseBeforeSwitchoverAsync(MigrationStatus.Device).ConfigureAwait(false);
             ram.Sync(final: true);
             SectionHeader.End(ramSectionId).WriteTo(writer);
             await ram.SendDirtyAsync(writer, output, TimeSpan.MaxValue, AfterFlush, _cancel.Token).ConfigureAwait(false);

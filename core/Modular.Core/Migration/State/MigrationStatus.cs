@@ -11,6 +11,10 @@ namespace Modular.Core.Migration.State;
 ///             │          ├──► cancelling ──► cancelled
 ///             │          │        (source only; also from setup)
 ///             └──────────┴──► failed ◄── postcopy-active
+///   with pause-before-switchover (source only):
+///             active ──► pre-switchover ──► device ──► completed
+///                              └──────────► postcopy-active
+///   (pre-switchover and device may also go to cancelling or failed)
 /// </code>
 /// The destination goes none ──► setup ──► active ──► (postcopy-active) ──► completed | failed.
 /// </remarks>
@@ -39,6 +43,12 @@ public enum MigrationStatus
 
     /// <summary>The migration was cancelled; the source keeps running.</summary>
     Cancelled = 7,
+
+    /// <summary>pause-before-switchover: the vCPUs are stopped and the source waits for migrate-continue.</summary>
+    PreSwitchover = 8,
+
+    /// <summary>pause-before-switchover, after migrate-continue: the rest of RAM and the device state are being sent.</summary>
+    Device = 9,
 }
 
 /// <summary>QEMU's spelling of each <see cref="MigrationStatus"/>.</summary>
@@ -56,6 +66,8 @@ public static class MigrationStatusNames
         MigrationStatus.Failed => "failed",
         MigrationStatus.Cancelling => "cancelling",
         MigrationStatus.Cancelled => "cancelled",
+        MigrationStatus.PreSwitchover => "pre-switchover",
+        MigrationStatus.Device => "device",
         _ => throw new ArgumentOutOfRangeException(nameof(status), status, "not a migration status"),
     };
 }
@@ -100,7 +112,9 @@ public sealed class MigrationStatusMachine
     {
         (MigrationStatus.None or MigrationStatus.Completed or MigrationStatus.Failed or MigrationStatus.Cancelled, MigrationStatus.Setup) => true,
         (MigrationStatus.Setup, MigrationStatus.Active or MigrationStatus.Failed or MigrationStatus.Cancelling) => true,
-        (MigrationStatus.Active, MigrationStatus.PostcopyActive or MigrationStatus.Completed or MigrationStatus.Failed or MigrationStatus.Cancelling) => true,
+        (MigrationStatus.Active, MigrationStatus.PostcopyActive or MigrationStatus.Completed or MigrationStatus.Failed or MigrationStatus.Cancelling or MigrationStatus.PreSwitchover) => true,
+        (MigrationStatus.PreSwitchover, MigrationStatus.Device or MigrationStatus.PostcopyActive or MigrationStatus.Failed or MigrationStatus.Cancelling) => true,
+        (MigrationStatus.Device, MigrationStatus.Completed or MigrationStatus.Failed or MigrationStatus.Cancelling) => true,
         (MigrationStatus.PostcopyActive, MigrationStatus.Completed or MigrationStatus.Failed) => true,
         (MigrationStatus.Cancelling, MigrationStatus.Cancelled or MigrationStatus.Failed) => true,
         _ => false,
