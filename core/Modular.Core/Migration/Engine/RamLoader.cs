@@ -36,6 +36,10 @@ internal sealed class RamLoader
         reader.ResetRamBlock();
         while (true)
         {
+            // Everything the last read delivered first, without an await per record; then one record
+            // the slow way: EOS, MEM_SIZE, a record split across reads (this waits for the rest), or
+            // a malformed one (the reader names what is wrong).
+            LoadBufferedRecords(reader);
             long at = reader.Position;
             RamRecordHeader header = await reader.ReadRamRecordHeaderAsync().ConfigureAwait(false);
             switch (header.Kind)
@@ -56,27 +60,7 @@ internal sealed class RamLoader
                 {
                     RamBlock block = Resolve(header, reader, at);
                     ReadOnlySequence<byte> page = await reader.ReadRamPageAsync().ConfigureAwait(false);
-                    ReadOnlySpan<byte> bytes;
-                    if (page.IsSingleSegment)
-                    {
-                        bytes = page.FirstSpan;
-                    }
-                    else
-                    {
-                        page.CopyTo(_scratch);
-                        bytes = _scratch;
-                    }
-
-                    if (Postcopy is { } postcopy)
-                    {
-                        postcopy.Place(block, header.Offset, bytes, isZero: false);
-                    }
-                    else
-                    {
-                        block.CopyIn(header.Offset, bytes);
-                    }
-
-                    _stats.AddNormal();
+                    LoadPage(block, header.Offset, page);
                     break;
                 }
 
@@ -84,16 +68,7 @@ internal sealed class RamLoader
                 {
                     RamBlock block = Resolve(header, reader, at);
                     await reader.ReadRamZeroFillAsync().ConfigureAwait(false);
-                    if (Postcopy is { } postcopy)
-                    {
-                        postcopy.Place(block, header.Offset, _zero, isZero: true);
-                    }
-                    else if (!block.IsZeroPage(header.Offset))
-                    {
-                        block.CopyIn(header.Offset, _zero);
-                    }
-
-                    _stats.AddDuplicate();
+                    LoadZeroPage(block, header.Offset);
                     break;
                 }
 
@@ -101,6 +76,72 @@ internal sealed class RamLoader
                     throw reader.ErrorAt(at, $"unexpected RAM record {header.Kind}");
             }
         }
+    }
+
+    // The fast path: every whole PAGE and ZERO record the reader already holds, synchronously.
+    private void LoadBufferedRecords(MigrationStreamReader reader)
+    {
+        while (reader.TryReadBufferedRamRecord(out RamRecordHeader header, out ReadOnlySequence<byte> page))
+        {
+            RamBlock block = Resolve(header, reader, reader.RecordStart);
+            if (header.Kind == RamRecordFlags.Page)
+            {
+                LoadPage(block, header.Offset, page);
+            }
+            else
+            {
+                LoadZeroPage(block, header.Offset);
+            }
+        }
+    }
+
+    // Copies a page from the pipe's buffer into guest RAM natively; a page split across buffer
+    // segments is copied in pieces (precopy) or gathered first (postcopy places whole pages).
+    private void LoadPage(RamBlock block, ulong offset, ReadOnlySequence<byte> page)
+    {
+        if (Postcopy is { } postcopy)
+        {
+            ReadOnlySpan<byte> bytes;
+            if (page.IsSingleSegment)
+            {
+                bytes = page.FirstSpan;
+            }
+            else
+            {
+                page.CopyTo(_scratch);
+                bytes = _scratch;
+            }
+
+            postcopy.Place(block, offset, bytes, isZero: false);
+        }
+        else if (page.IsSingleSegment)
+        {
+            block.CopyIn(offset, page.FirstSpan);
+        }
+        else
+        {
+            foreach (ReadOnlyMemory<byte> piece in page)
+            {
+                block.CopyIn(offset, piece.Span);
+                offset += (ulong)piece.Length;
+            }
+        }
+
+        _stats.AddNormal();
+    }
+
+    private void LoadZeroPage(RamBlock block, ulong offset)
+    {
+        if (Postcopy is { } postcopy)
+        {
+            postcopy.Place(block, offset, _zero, isZero: true);
+        }
+        else if (!block.IsZeroPage(offset))
+        {
+            block.CopyIn(offset, _zero);
+        }
+
+        _stats.AddDuplicate();
     }
 
     private RamBlock Resolve(RamRecordHeader header, MigrationStreamReader reader, long at)

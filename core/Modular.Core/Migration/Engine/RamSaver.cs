@@ -16,7 +16,7 @@ internal sealed class RamSaver
     private readonly GuestRam _ram;
     private readonly MigrationStats _stats;
     private readonly DirtyBitmap[] _dirty;
-    private readonly byte[] _page = GC.AllocateUninitializedArray<byte>(RamBlock.TargetPageSize, pinned: true);
+    private static readonly RamPageCopy<RamBlock> CopyPage = static (block, offset, destination) => block.CopyOut(offset, destination);
     private int _cursorBlock;
     private long _cursorPage;
 
@@ -123,17 +123,15 @@ internal sealed class RamSaver
         _dirty[blockIndex].TestAndClear(page);
         SentMap[blockIndex].Set(page);
 
-        // Copy first (natively), then decide: the copy is what is sent, so a page the guest changes
-        // meanwhile is caught by the dirty log, never torn in the stream.
-        block.CopyOut(offset, _page);
-        if (_page.AsSpan().IndexOfAnyExcept((byte)0) < 0)
+        // Copy first (natively, straight into the transport's buffer), then decide: the copy is what
+        // is sent, so a page the guest changes meanwhile is caught by the dirty log, never torn in
+        // the stream.
+        if (writer.WriteRamPageOrZero(block.Name, offset, block, CopyPage))
         {
-            writer.WriteRamZeroPage(block.Name, offset);
             _stats.AddDuplicate();
         }
         else
         {
-            writer.WriteRamPage(block.Name, offset, _page);
             _stats.AddNormal();
         }
     }
