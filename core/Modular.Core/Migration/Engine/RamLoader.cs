@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.CompilerServices;
 using Modular.Core.Memory;
 using Modular.Core.Migration.Stream;
 
@@ -79,6 +80,8 @@ internal sealed class RamLoader
     }
 
     // The fast path: every whole PAGE and ZERO record the reader already holds, synchronously.
+    // Compiled fully optimised at once (see RamSaver.SendPage), as is LoadPage.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void LoadBufferedRecords(MigrationStreamReader reader)
     {
         while (reader.TryReadBufferedRamRecord(out RamRecordHeader header, out ReadOnlySequence<byte> page))
@@ -97,6 +100,7 @@ internal sealed class RamLoader
 
     // Copies a page from the pipe's buffer into guest RAM natively; a page split across buffer
     // segments is copied in pieces (precopy) or gathered first (postcopy places whole pages).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void LoadPage(RamBlock block, ulong offset, ReadOnlySequence<byte> page)
     {
         if (Postcopy is { } postcopy)

@@ -1,4 +1,5 @@
 using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
 using Modular.Core.Memory;
 using Modular.Core.Migration.Stream;
 
@@ -116,6 +117,12 @@ internal sealed class RamSaver
     }
 
     /// <summary>Sends one page now (also used for requested pages): a ZERO record when all zero, else a PAGE record.</summary>
+    /// <remarks>
+    /// Runs once per page, so it is compiled fully optimised at once: with tiering it would run as
+    /// unoptimised tier-0 code through much of a migration (call counting waits while other new methods
+    /// are being compiled, which a migration's start is full of), then be compiled a second time.
+    /// </remarks>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal void SendPage(MigrationStreamWriter writer, int blockIndex, long page)
     {
         RamBlock block = _ram.Blocks[blockIndex];
@@ -136,6 +143,7 @@ internal sealed class RamSaver
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // per page, see SendPage
     private bool TryNextDirty(out int blockIndex, out long page)
     {
         for (int round = 0; round <= _dirty.Length; round++)

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
 
 namespace Modular.Core.Migration.Stream;
 
@@ -22,6 +23,7 @@ public sealed partial class MigrationStreamReader
     /// <param name="header">The record's header; <see cref="RecordStart"/> is where it started.</param>
     /// <param name="page">For PAGE, the page bytes as a slice of the pipe's buffer, valid until the next
     /// call on this reader (copy them into guest RAM natively before reading on); empty for ZERO.</param>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // once per record: no tier-0 phase (see RamSaver.SendPage)
     public bool TryReadBufferedRamRecord(out RamRecordHeader header, out ReadOnlySequence<byte> page)
     {
         header = default;

@@ -194,6 +194,7 @@ public sealed class MigrationStreamWriter
     /// <param name="state">Passed to <paramref name="copy"/>.</param>
     /// <param name="copy">Copies the page at <paramref name="offset"/> into the span it is given (exactly <see cref="StreamFormat.TargetPageSize"/> bytes).</param>
     /// <returns>True when the page was all zero and went out as a ZERO record.</returns>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // once per page: no tier-0 phase (see RamSaver.SendPage)
     public bool WriteRamPageOrZero<TState>(string blockId, ulong offset, TState state, RamPageCopy<TState> copy)
     {
         ArgumentNullException.ThrowIfNull(blockId);
