@@ -10,7 +10,8 @@ namespace Modular.Cli.Bench;
 /// <c>modular bench</c>: in one run, a plain socket's loopback throughput over tcp and unix, then for
 /// each transport a precopy migration of an idle filled guest (fill-halt) and of a dirtying guest (the
 /// A/B guest) between two child <c>modular run</c> processes, with throughput, total time, downtime
-/// and the ratio to the plain socket. A benchmark, never a timed test (DESIGN.md §6).
+/// and the ratio to the plain socket, plus the CPU time each child used while migrating (steadier than
+/// wall-clock figures on a shared, loaded host). A benchmark, never a timed test (DESIGN.md §6).
 /// </summary>
 internal static class MigrationBench
 {
