@@ -4,11 +4,15 @@ namespace Modular.Cli.Bench;
 /// <param name="MemoryBytes">Guest RAM of the migrated guests (1 GiB by default).</param>
 /// <param name="Transports">The transports to migrate over (tcp, unix).</param>
 /// <param name="SocketBytes">How much the plain-socket baseline moves per transport.</param>
-internal sealed record BenchOptions(ulong MemoryBytes, IReadOnlyList<string> Transports, ulong SocketBytes)
+/// <param name="Scenarios">The migration rows to run (<see cref="AllScenarios"/> by default).</param>
+internal sealed record BenchOptions(ulong MemoryBytes, IReadOnlyList<string> Transports, ulong SocketBytes, IReadOnlyList<string> Scenarios)
 {
-    /// <summary>The full run: 1 GiB guests over tcp and unix, 2 GiB through the plain sockets.</summary>
-    public static BenchOptions Default { get; } = new(1UL << 30, ["tcp", "unix"], 2UL << 30);
+    /// <summary>The scenario names <c>--scenarios</c> accepts, in the order they run.</summary>
+    public static IReadOnlyList<string> AllScenarios { get; } = ["idle", "dirtying", "postcopy"];
+
+    /// <summary>The full run: 1 GiB guests over tcp and unix, 2 GiB through the plain sockets, every scenario.</summary>
+    public static BenchOptions Default { get; } = new(1UL << 30, ["tcp", "unix"], 2UL << 30, AllScenarios);
 
     /// <summary>A quick run: 256 MiB guests, 512 MiB through the plain sockets.</summary>
-    public static BenchOptions Quick { get; } = new(256UL << 20, ["tcp", "unix"], 512UL << 20);
+    public static BenchOptions Quick { get; } = new(256UL << 20, ["tcp", "unix"], 512UL << 20, AllScenarios);
 }

@@ -10,22 +10,23 @@ namespace Modular.Cli.Bench;
 /// <c>modular bench</c>: in one run, a plain socket's loopback throughput over tcp and unix, then for
 /// each transport a precopy migration of an idle filled guest (fill-halt) and of a dirtying guest (the
 /// A/B guest) between two child <c>modular run</c> processes, with throughput, total time, downtime
-/// and the ratio to the plain socket. A benchmark, never a timed test (DESIGN.md §6).
+/// and the ratio to the plain socket, plus the CPU time each child used while migrating (steadier than
+/// wall-clock figures on a shared, loaded host). A benchmark, never a timed test (DESIGN.md §6).
 /// </summary>
 internal static class MigrationBench
 {
     private static readonly TimeSpan GuestReadyTimeout = TimeSpan.FromMinutes(5);
     private static readonly TimeSpan MigrationTimeout = TimeSpan.FromMinutes(5);
 
-    private sealed record Scenario(string Name, string Kernel, char Ready, bool Postcopy = false);
+    private sealed record Scenario(string Key, string Name, string Kernel, char Ready, bool Postcopy = false);
 
-    private sealed record Outcome(string Status, double TotalMs, double DowntimeMs, double SetupMs, double Transferred, int Syncs, string? Error, long Requests = 0, JsonNode? FaultLatency = null);
+    private sealed record Outcome(string Status, double TotalMs, double DowntimeMs, double SetupMs, double Transferred, int Syncs, string? Error, long Requests = 0, JsonNode? FaultLatency = null, TimeSpan SourceCpu = default, TimeSpan DestinationCpu = default);
 
     private static readonly Scenario[] Scenarios =
     [
-        new("idle, filled", "fill-halt.elf", 'F'),
-        new("dirtying (A/B)", "ab-guest.elf", 'A'),
-        new("postcopy A/B", "ab-guest.elf", 'A', Postcopy: true),
+        new("idle", "idle, filled", "fill-halt.elf", 'F'),
+        new("dirtying", "dirtying (A/B)", "ab-guest.elf", 'A'),
+        new("postcopy", "postcopy A/B", "ab-guest.elf", 'A', Postcopy: true),
     ];
 
     /// <summary>Runs the whole benchmark and writes the figures to <paramref name="output"/>; 0 when every migration completed.</summary>
@@ -52,13 +53,15 @@ internal static class MigrationBench
             int n = 0;
             foreach (string transport in options.Transports)
             {
-                foreach (Scenario scenario in Scenarios)
+                foreach (Scenario scenario in Scenarios.Where(s => options.Scenarios.Contains(s.Key)))
                 {
                     Outcome outcome = await MigrateAsync(transport, scenario, options.MemoryBytes, directory, n++);
                     allCompleted &= outcome.Status == "completed";
                     double throughput = outcome.Transferred / Math.Max(outcome.TotalMs, 1) * 1000;
                     await output.WriteLineAsync(string.Create(c,
                         $"{transport,-10} {scenario.Name,-16} {outcome.Status,-10} {outcome.TotalMs / 1000,6:F2} s  {outcome.DowntimeMs,5:F0} ms  {outcome.SetupMs,4:F0} ms  {outcome.Transferred / 1e9,8:F2} GB  {throughput / 1e9,6:F2} GB/s  {throughput / socketRates[transport] * 100,6:F0} %  {outcome.Syncs,5}"));
+                    await output.WriteLineAsync(string.Create(c,
+                        $"    CPU while migrating (until the source reports the end; vCPUs included): source {outcome.SourceCpu.TotalSeconds:F2} s, destination {outcome.DestinationCpu.TotalSeconds:F2} s"));
                     if (scenario.Postcopy)
                     {
                         JsonNode? l = outcome.FaultLatency;
@@ -109,6 +112,8 @@ internal static class MigrationBench
             }
         }
 
+        TimeSpan sourceCpu = source.CpuTime;
+        TimeSpan destinationCpu = destination.CpuTime;
         await source.Qmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = uri });
         if (scenario.Postcopy)
         {
@@ -122,6 +127,8 @@ internal static class MigrationBench
             string status = info["status"]?.GetValue<string>() ?? "none";
             if (status is "completed" or "failed" or "cancelled" || clock.Elapsed > MigrationTimeout)
             {
+                sourceCpu = source.CpuTime - sourceCpu;
+                destinationCpu = destination.CpuTime - destinationCpu;
                 if (status is not ("completed" or "failed" or "cancelled"))
                 {
                     await source.Qmp.ExecuteAsync("migrate_cancel");
@@ -150,7 +157,9 @@ internal static class MigrationBench
                     (int)Number(ram?["dirty-sync-count"]),
                     info["error-desc"]?.GetValue<string>(),
                     (long)Number(ram?["postcopy-requests"]),
-                    latency);
+                    latency,
+                    sourceCpu,
+                    destinationCpu);
             }
 
             await Task.Delay(20);

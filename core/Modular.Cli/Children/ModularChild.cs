@@ -37,6 +37,16 @@ internal sealed class ModularChild : IAsyncDisposable
     /// <summary>The child's process id.</summary>
     public int ProcessId => _process.Id;
 
+    /// <summary>CPU time (user and system, all threads) the child has used so far.</summary>
+    public TimeSpan CpuTime
+    {
+        get
+        {
+            _process.Refresh();
+            return _process.TotalProcessorTime;
+        }
+    }
+
     /// <summary>QMP, once connected.</summary>
     public QmpClient Qmp { get; private set; } = null!;
 

@@ -4,11 +4,12 @@ using Modular.Core.Config;
 
 namespace Modular.Cli.Commands;
 
-/// <summary><c>modular bench [--memory 1G] [--transports tcp,unix] [--quick]</c>: the migration benchmark.</summary>
+/// <summary><c>modular bench [--memory 1G] [--transports tcp,unix] [--scenarios idle,dirtying,postcopy] [--quick]</c>: the migration benchmark.</summary>
 internal static class BenchCommand
 {
     private static readonly Option<string?> MemoryOption = new("--memory") { Description = "Guest RAM of the migrated guests (default 1G; 256M with --quick)." };
     private static readonly Option<string?> TransportsOption = new("--transports") { Description = "Comma-separated transports to migrate over (default tcp,unix)." };
+    private static readonly Option<string?> ScenariosOption = new("--scenarios") { Description = "Comma-separated migration rows to run: idle, dirtying, postcopy (default all)." };
     private static readonly Option<bool> QuickOption = new("--quick") { Description = "A short run: 256 MiB guests, 512 MiB through the plain sockets." };
 
     internal static Command Create()
@@ -16,6 +17,7 @@ internal static class BenchCommand
         var command = new Command("bench", "Measure precopy migration (an idle filled guest and a dirtying A/B guest, two processes) over tcp and unix beside a plain socket's throughput.");
         command.Options.Add(MemoryOption);
         command.Options.Add(TransportsOption);
+        command.Options.Add(ScenariosOption);
         command.Options.Add(QuickOption);
         command.SetAction(async (parse, _) =>
         {
@@ -44,6 +46,20 @@ internal static class BenchCommand
                 }
 
                 options = options with { Transports = list };
+            }
+
+            string? scenarios = parse.GetValue(ScenariosOption);
+            if (scenarios is not null)
+            {
+                string[] list = scenarios.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+                string? unknown = list.FirstOrDefault(s => !BenchOptions.AllScenarios.Contains(s));
+                if (list.Length == 0 || unknown is not null)
+                {
+                    await Console.Error.WriteLineAsync($"--scenarios '{scenarios}': the benchmark has the rows {string.Join(", ", BenchOptions.AllScenarios)}; give one or more, comma-separated.");
+                    return ExitCodes.Usage;
+                }
+
+                options = options with { Scenarios = list };
             }
 
             return await MigrationBench.RunAsync(options, Console.Out);

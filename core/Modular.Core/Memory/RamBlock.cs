@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Modular.Abstractions.Memory;
 using Modular.Core.Interop;
 
@@ -153,6 +154,7 @@ public sealed unsafe class RamBlock : IDisposable
     /// <inheritdoc />
     public void Dispose() => _mapping.Dispose();
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // every page a migration moves comes through here (see RamSaver.SendPage)
     private void Copy(ulong offset, Span<byte> buffer, bool toGuest)
     {
         if (buffer.IsEmpty)

@@ -61,7 +61,6 @@ public sealed partial class OutgoingMigration
     private sealed class PreemptSender(IDuplexPipe channel, RamSaver ram, MigrationStats stats)
     {
         private readonly MigrationStreamWriter _writer = new(channel.Output);
-        private readonly byte[] _scratch = GC.AllocateUninitializedArray<byte>(RamBlock.TargetPageSize, pinned: true);
 
         internal async ValueTask SendAsync(int block, long page, int count, CancellationToken cancellationToken)
         {
@@ -69,7 +68,7 @@ public sealed partial class OutgoingMigration
             _writer.ResetRamBlock();
             for (int i = 0; i < count; i++)
             {
-                ram.WritePage(_writer, block, page + i, _scratch);
+                ram.WritePage(_writer, block, page + i);
             }
 
             _writer.WriteRamEos();

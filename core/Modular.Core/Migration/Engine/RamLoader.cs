@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.CompilerServices;
 using Modular.Core.Memory;
 using Modular.Core.Migration.Stream;
 
@@ -56,6 +57,10 @@ internal sealed class RamLoader
         reader.ResetRamBlock();
         while (true)
         {
+            // Everything the last read delivered first, without an await per record; then one record
+            // the slow way: EOS, MEM_SIZE, a record split across reads (this waits for the rest), or
+            // a malformed one (the reader names what is wrong).
+            LoadBufferedRecords(reader);
             long at = reader.Position;
             RamRecordHeader header = await reader.ReadRamRecordHeaderAsync().ConfigureAwait(false);
             switch (header.Kind)
@@ -76,27 +81,7 @@ internal sealed class RamLoader
                 {
                     RamBlock block = Resolve(header, reader, at);
                     ReadOnlySequence<byte> page = await reader.ReadRamPageAsync().ConfigureAwait(false);
-                    ReadOnlySpan<byte> bytes;
-                    if (page.IsSingleSegment)
-                    {
-                        bytes = page.FirstSpan;
-                    }
-                    else
-                    {
-                        page.CopyTo(_scratch);
-                        bytes = _scratch;
-                    }
-
-                    if (_hostPages is { } postcopy)
-                    {
-                        postcopy.Add(block, header.Offset, bytes, isZero: false);
-                    }
-                    else
-                    {
-                        block.CopyIn(header.Offset, bytes);
-                    }
-
-                    _stats.AddNormal();
+                    LoadPage(block, header.Offset, page);
                     break;
                 }
 
@@ -104,16 +89,7 @@ internal sealed class RamLoader
                 {
                     RamBlock block = Resolve(header, reader, at);
                     await reader.ReadRamZeroFillAsync().ConfigureAwait(false);
-                    if (_hostPages is { } postcopy)
-                    {
-                        postcopy.Add(block, header.Offset, _zero, isZero: true);
-                    }
-                    else if (!block.IsZeroPage(header.Offset))
-                    {
-                        block.CopyIn(header.Offset, _zero);
-                    }
-
-                    _stats.AddDuplicate();
+                    LoadZeroPage(block, header.Offset);
                     break;
                 }
 
@@ -121,6 +97,75 @@ internal sealed class RamLoader
                     throw reader.ErrorAt(at, $"unexpected RAM record {header.Kind}");
             }
         }
+    }
+
+    // The fast path: every whole PAGE and ZERO record the reader already holds, synchronously.
+    // Compiled fully optimised at once (see RamSaver.SendPage), as is LoadPage.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void LoadBufferedRecords(MigrationStreamReader reader)
+    {
+        while (reader.TryReadBufferedRamRecord(out RamRecordHeader header, out ReadOnlySequence<byte> page))
+        {
+            RamBlock block = Resolve(header, reader, reader.RecordStart);
+            if (header.Kind == RamRecordFlags.Page)
+            {
+                LoadPage(block, header.Offset, page);
+            }
+            else
+            {
+                LoadZeroPage(block, header.Offset);
+            }
+        }
+    }
+
+    // Copies a page from the pipe's buffer into guest RAM natively; a page split across buffer
+    // segments is copied in pieces (precopy) or gathered first (postcopy places whole pages).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void LoadPage(RamBlock block, ulong offset, ReadOnlySequence<byte> page)
+    {
+        if (_hostPages is { } postcopy)
+        {
+            ReadOnlySpan<byte> bytes;
+            if (page.IsSingleSegment)
+            {
+                bytes = page.FirstSpan;
+            }
+            else
+            {
+                page.CopyTo(_scratch);
+                bytes = _scratch;
+            }
+
+            postcopy.Add(block, offset, bytes, isZero: false);
+        }
+        else if (page.IsSingleSegment)
+        {
+            block.CopyIn(offset, page.FirstSpan);
+        }
+        else
+        {
+            foreach (ReadOnlyMemory<byte> piece in page)
+            {
+                block.CopyIn(offset, piece.Span);
+                offset += (ulong)piece.Length;
+            }
+        }
+
+        _stats.AddNormal();
+    }
+
+    private void LoadZeroPage(RamBlock block, ulong offset)
+    {
+        if (_hostPages is { } postcopy)
+        {
+            postcopy.Add(block, offset, _zero, isZero: true);
+        }
+        else if (!block.IsZeroPage(offset))
+        {
+            block.CopyIn(offset, _zero);
+        }
+
+        _stats.AddDuplicate();
     }
 
     private RamBlock Resolve(RamRecordHeader header, MigrationStreamReader reader, long at)

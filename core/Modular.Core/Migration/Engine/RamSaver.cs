@@ -1,4 +1,5 @@
 using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
 using Modular.Core.Memory;
 using Modular.Core.Migration.Stream;
 
@@ -16,7 +17,7 @@ internal sealed class RamSaver
     private readonly GuestRam _ram;
     private readonly MigrationStats _stats;
     private readonly DirtyBitmap[] _dirty;
-    private readonly byte[] _page = GC.AllocateUninitializedArray<byte>(RamBlock.TargetPageSize, pinned: true);
+    private static readonly RamPageCopy<RamBlock> CopyPage = static (block, offset, destination) => block.CopyOut(offset, destination);
     private int _cursorBlock;
     private long _cursorPage;
 
@@ -124,34 +125,38 @@ internal sealed class RamSaver
     }
 
     /// <summary>Sends one page now (also used for requested pages): a ZERO record when all zero, else a PAGE record.</summary>
+    /// <remarks>
+    /// Runs once per page, so it is compiled fully optimised at once: with tiering it would run as
+    /// unoptimised tier-0 code through much of a migration (call counting waits while other new methods
+    /// are being compiled, which a migration's start is full of), then be compiled a second time.
+    /// </remarks>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal void SendPage(MigrationStreamWriter writer, int blockIndex, long page)
     {
         _dirty[blockIndex].TestAndClear(page);
-        WritePage(writer, blockIndex, page, _page);
+        WritePage(writer, blockIndex, page);
     }
 
     /// <summary>
-    /// Writes one page (ZERO or PAGE record) through <paramref name="scratch"/> and marks it sent,
-    /// leaving the migration bitmap alone. Thread-safe for distinct writers and scratch pages (the
-    /// postcopy preempt sender uses it beside the migration task).
+    /// Writes one page (ZERO or PAGE record) and marks it sent, leaving the migration bitmap alone.
+    /// Thread-safe for distinct writers (the postcopy preempt sender uses it beside the migration task).
     /// </summary>
-    internal void WritePage(MigrationStreamWriter writer, int blockIndex, long page, byte[] scratch)
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal void WritePage(MigrationStreamWriter writer, int blockIndex, long page)
     {
         RamBlock block = _ram.Blocks[blockIndex];
         ulong offset = (ulong)page * RamBlock.TargetPageSize;
         SentMap[blockIndex].Set(page);
 
-        // Copy first (natively), then decide: the copy is what is sent, so a page the guest changes
-        // meanwhile is caught by the dirty log, never torn in the stream.
-        block.CopyOut(offset, scratch);
-        if (scratch.AsSpan().IndexOfAnyExcept((byte)0) < 0)
+        // Copy first (natively, straight into the transport's buffer), then decide: the copy is what
+        // is sent, so a page the guest changes meanwhile is caught by the dirty log, never torn in
+        // the stream.
+        if (writer.WriteRamPageOrZero(block.Name, offset, block, CopyPage))
         {
-            writer.WriteRamZeroPage(block.Name, offset);
             _stats.AddDuplicate();
         }
         else
         {
-            writer.WriteRamPage(block.Name, offset, scratch);
             _stats.AddNormal();
         }
     }
@@ -176,6 +181,7 @@ internal sealed class RamSaver
         return first + perHost;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // per page, see SendPage
     private bool TryNextDirty(out int blockIndex, out long page)
     {
         for (int round = 0; round <= _dirty.Length; round++)

@@ -182,6 +182,62 @@ public sealed class MigrationStreamWriter
         WriteU8(0);
     }
 
+    /// <summary>
+    /// Writes one page as a PAGE record, or as a ZERO record when it is all zero, copying it only once:
+    /// <paramref name="copy"/> fills the output memory right after the record header (a native copy
+    /// out of guest RAM, DESIGN.md §5); the zero check then reads those copied bytes, so what is
+    /// checked is exactly what is sent. A zero page commits only the header and the fill byte.
+    /// </summary>
+    /// <typeparam name="TState">What <paramref name="copy"/> copies from (e.g. the RAM block).</typeparam>
+    /// <param name="blockId">The RAM block.</param>
+    /// <param name="offset">Page-aligned offset in the block.</param>
+    /// <param name="state">Passed to <paramref name="copy"/>.</param>
+    /// <param name="copy">Copies the page at <paramref name="offset"/> into the span it is given (exactly <see cref="StreamFormat.TargetPageSize"/> bytes).</param>
+    /// <returns>True when the page was all zero and went out as a ZERO record.</returns>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // once per page: no tier-0 phase (see RamSaver.SendPage)
+    public bool WriteRamPageOrZero<TState>(string blockId, ulong offset, TState state, RamPageCopy<TState> copy)
+    {
+        ArgumentNullException.ThrowIfNull(blockId);
+        ArgumentNullException.ThrowIfNull(copy);
+        if ((offset & (StreamFormat.TargetPageSize - 1)) != 0)
+        {
+            throw new ArgumentException($"RAM offset 0x{offset:x} in '{blockId}' is not aligned to {StreamFormat.TargetPageSize} bytes.", nameof(offset));
+        }
+
+        bool continues = ReferenceEquals(blockId, _lastRamBlockId) || string.Equals(blockId, _lastRamBlockId, StringComparison.Ordinal);
+        int idLength = continues ? 0 : Encoding.UTF8.GetByteCount(blockId);
+        if (idLength > byte.MaxValue)
+        {
+            throw new ArgumentException($"'{blockId}' is {idLength} bytes long; the stream allows at most 255 for an id string.", nameof(blockId));
+        }
+
+        int headerLength = continues ? 8 : 8 + 1 + idLength;
+        Span<byte> record = _output.GetSpan(headerLength + StreamFormat.TargetPageSize);
+        Span<byte> page = record.Slice(headerLength, StreamFormat.TargetPageSize);
+        copy(state, offset, page);
+        bool zero = !page.ContainsAnyExcept((byte)0);
+        RamRecordFlags flags = (zero ? RamRecordFlags.Zero : RamRecordFlags.Page) | (continues ? RamRecordFlags.Continue : 0);
+        BinaryPrimitives.WriteUInt64BigEndian(record, offset | (ulong)flags);
+        if (!continues)
+        {
+            record[8] = (byte)idLength;
+            Encoding.UTF8.GetBytes(blockId, record.Slice(9, idLength));
+            _lastRamBlockId = blockId;
+        }
+
+        if (zero)
+        {
+            record[headerLength] = 0; // the ZERO record's fill byte (the copied page's first byte, already 0)
+            Advance(headerLength + 1);
+        }
+        else
+        {
+            Advance(headerLength + StreamFormat.TargetPageSize);
+        }
+
+        return zero;
+    }
+
     /// <summary>Writes the EOS word that ends a part of the RAM section.</summary>
     public void WriteRamEos() => WriteBe64((ulong)RamRecordFlags.Eos);
 
@@ -200,3 +256,10 @@ public sealed class MigrationStreamWriter
         return false;
     }
 }
+
+/// <summary>Copies the page at <paramref name="offset"/> of <paramref name="state"/> into <paramref name="destination"/> (see <see cref="MigrationStreamWriter.WriteRamPageOrZero"/>).</summary>
+/// <typeparam name="TState">The page's source, e.g. a RAM block.</typeparam>
+/// <param name="state">The page's source.</param>
+/// <param name="offset">Page-aligned offset in it.</param>
+/// <param name="destination">Exactly one page of output memory.</param>
+public delegate void RamPageCopy<in TState>(TState state, ulong offset, Span<byte> destination);

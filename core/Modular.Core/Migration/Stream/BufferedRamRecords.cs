@@ -1,0 +1,112 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+
+namespace Modular.Core.Migration.Stream;
+
+/// <summary>
+/// The synchronous fast path for RAM records: whole PAGE and ZERO records that the reader already
+/// holds are taken without an await each, so a loader can drain everything one pipe read delivered
+/// and the pipe advances once per read rather than once per record.
+/// </summary>
+public sealed partial class MigrationStreamReader
+{
+    /// <summary>
+    /// Takes the next record when it is a PAGE or ZERO record that lies wholly in what the reader
+    /// already holds (header word, block id, then the page or the fill byte 0), without waiting and
+    /// without allocating (a block id is decoded only when it names a new block). Returns false and
+    /// consumes nothing otherwise: another record kind, a record not yet wholly buffered, or a
+    /// malformed one (unsupported flags, CONTINUE with no block named, a non-zero fill byte); read that
+    /// record with <see cref="ReadRamRecordHeaderAsync"/> and the calls after it, which wait for the
+    /// bytes and name what is wrong.
+    /// </summary>
+    /// <param name="header">The record's header; <see cref="RecordStart"/> is where it started.</param>
+    /// <param name="page">For PAGE, the page bytes as a slice of the pipe's buffer, valid until the next
+    /// call on this reader (copy them into guest RAM natively before reading on); empty for ZERO.</param>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // once per record: no tier-0 phase (see RamSaver.SendPage)
+    public bool TryReadBufferedRamRecord(out RamRecordHeader header, out ReadOnlySequence<byte> page)
+    {
+        header = default;
+        page = default;
+        long buffered = _buffer.Length;
+        if (buffered < 8)
+        {
+            return false;
+        }
+
+        ReadOnlySpan<byte> first = _buffer.FirstSpan;
+        ulong word;
+        if (first.Length >= 8)
+        {
+            word = BinaryPrimitives.ReadUInt64BigEndian(first);
+        }
+        else
+        {
+            Span<byte> tmp = stackalloc byte[8];
+            _buffer.Slice(0, 8).CopyTo(tmp);
+            word = BinaryPrimitives.ReadUInt64BigEndian(tmp);
+        }
+
+        var flags = (RamRecordFlags)(word & RamRecordHeader.FlagMask);
+        RamRecordFlags kind = flags & ~RamRecordFlags.Continue;
+        if (kind is not (RamRecordFlags.Page or RamRecordFlags.Zero))
+        {
+            return false;
+        }
+
+        bool continues = (flags & RamRecordFlags.Continue) != 0;
+        string? blockId;
+        long headerLength;
+        if (continues)
+        {
+            blockId = _lastRamBlockId;
+            headerLength = 8;
+            if (blockId is null)
+            {
+                return false;
+            }
+        }
+        else
+        {
+            if (buffered < 9)
+            {
+                return false;
+            }
+
+            int idLength = ByteAt(8);
+            headerLength = 9 + idLength;
+            if (buffered < headerLength)
+            {
+                return false;
+            }
+
+            ReadOnlySequence<byte> id = _buffer.Slice(9, idLength);
+            blockId = _lastRamBlockId is { } last && SameAscii(id, last) ? last : null;
+        }
+
+        long bodyLength = kind == RamRecordFlags.Page ? StreamFormat.TargetPageSize : 1;
+        if (buffered < headerLength + bodyLength || (kind == RamRecordFlags.Zero && ByteAt(headerLength) != 0))
+        {
+            return false;
+        }
+
+        blockId ??= DecodeString(_buffer.Slice(9, headerLength - 9));
+        _lastRamBlockId = blockId;
+        BeginRecord("ram record");
+        if (kind == RamRecordFlags.Page)
+        {
+            page = _buffer.Slice(headerLength, StreamFormat.TargetPageSize);
+        }
+
+        header = new RamRecordHeader(flags, word & ~RamRecordHeader.FlagMask, blockId);
+        _buffer = _buffer.Slice(headerLength + bodyLength);
+        _position += headerLength + bodyLength;
+        return true;
+    }
+
+    private byte ByteAt(long index)
+    {
+        ReadOnlySpan<byte> first = _buffer.FirstSpan;
+        return index < first.Length ? first[(int)index] : _buffer.Slice(index, 1).FirstSpan[0];
+    }
+}
