@@ -102,6 +102,7 @@ public sealed partial class IncomingMigration
 
         // Postcopy relies on missing pages faulting: drop whatever was populated while waiting
         // (postcopy-ram may have been enabled after listening started), as QEMU discards at ADVISE.
+        _prepopulateStop.Cancel();
         _prepopulate.Wait();
         foreach (RamBlock block in _machine.Ram.Blocks)
         {

@@ -79,6 +79,10 @@ public static class MigrationQmpCommands
             try
             {
                 controller.Settings.SetCapabilities(changes);
+                if (changes.Any(c => c.Key == "postcopy-ram" && c.Value))
+                {
+                    controller.Incoming?.PostcopyEnabledWhileWaiting();
+                }
             }
             catch (ArgumentException ex)
             {

@@ -10,33 +10,39 @@ namespace Modular.Core.Migration.Engine;
 /// use, inside the downtime (measured: about 25 ms of a 45 ms postcopy switch under load; the
 /// warm-up itself took 375 ms of one core, while the guest ran). Nothing
 /// is executed: <see cref="RuntimeHelpers.PrepareMethod(RuntimeMethodHandle)"/> only compiles, so
-/// the guest keeps running. Runs once per process on a thread-pool thread; the migration task
-/// waits for it (bounded) before it stops the vCPUs.
+/// the guest keeps running. Runs once per process on a thread-pool thread: on the source when a
+/// migration starts (the migration task waits for it, bounded, before it stops the vCPUs); on the
+/// destination while it waits for the source (so the incoming path is compiled before the stream
+/// arrives: measured about 12% of a postcopy destination's CPU was the JIT).
 /// </summary>
 internal static class SwitchWarmUp
 {
     private static readonly string[] CoreNamespaces =
     [
         "Modular.Core.Kvm", "Modular.Core.Vcpus", "Modular.Core.Accel", "Modular.Core.Interop",
-        "Modular.Core.Migration.Stream", "Modular.Core.Migration.Engine", "Modular.Core.Memory",
+        "Modular.Core.Migration.Stream", "Modular.Core.Migration.Engine", "Modular.Core.Migration.Postcopy", "Modular.Core.Memory",
     ];
 
-    private static Task? _once;
+    private static Task<TimeSpan>? _once;
 
     /// <summary>Starts compiling (once per process) the switch's code and that of <paramref name="sections"/>' types.</summary>
-    internal static Task StartAsync(IReadOnlyList<ISaveVmSection> sections)
+    /// <returns>How long compiling took (the same task for every caller).</returns>
+    internal static Task<TimeSpan> StartAsync(IReadOnlyList<ISaveVmSection> sections)
     {
         Type[] deviceTypes = sections.Select(s => s.GetType()).Distinct().ToArray();
         lock (CoreNamespaces)
         {
             _once ??= Task.Run(() =>
             {
+                long started = System.Diagnostics.Stopwatch.GetTimestamp();
                 IEnumerable<Type> core = typeof(SwitchWarmUp).Assembly.GetTypes()
                     .Where(t => t.Namespace is { } ns && CoreNamespaces.Contains(ns));
                 foreach (Type type in core.Concat(deviceTypes).Append(typeof(SaveVmWriter)))
                 {
                     Prepare(type);
                 }
+
+                return System.Diagnostics.Stopwatch.GetElapsedTime(started);
             });
             return _once;
         }
