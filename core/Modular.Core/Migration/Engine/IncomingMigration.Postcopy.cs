@@ -147,6 +147,12 @@ public sealed partial class IncomingMigration
         }
 
         (byte[] blob, long offset) = await packaged.ReadPackageAsync(outer).ConfigureAwait(false);
+
+        // A device load in the package may fault on a missing page and block this thread until the
+        // listen thread places it. This continuation may be running on the transport's own receive
+        // thread (a transport may continue reads inline, as tcp and unix do): blocking that thread
+        // would stop the very stream the page arrives on. Go on on a thread-pool thread.
+        await Task.Yield();
         var inner = new MigrationStreamReader(PipeReader.Create(new ReadOnlySequence<byte>(blob)), outer.Limits, offset, _cancel.Token);
         while (!await inner.IsAtEndAsync().ConfigureAwait(false))
         {
