@@ -172,17 +172,31 @@ internal sealed class SocketMigrationConnection : IMigrationConnection, IExtraCh
     {
         foreach ((SocketConnection channel, AbortablePipe _) in TakeChannels())
         {
-            channel.Output.Complete();
-            channel.Input.Complete();
-            channel.Dispose();
+            Close(channel);
         }
 
-        _connection.Output.Complete();
-        _connection.Input.Complete();
-        _connection.Dispose();
+        Close(_connection);
         SignalClosed();
         _closed.Dispose();
         return ValueTask.CompletedTask;
+    }
+
+    // With inline pipe schedulers, completing a pipe runs the socket's send or receive loop on this
+    // thread, which may then fail on a connection the peer already reset: disposing never throws.
+    private static void Close(SocketConnection connection)
+    {
+        try
+        {
+            connection.Output.Complete();
+            connection.Input.Complete();
+        }
+        catch (Exception)
+        {
+            // Whatever the loop failed with (a reset, a closed socket), the connection is going away
+            // anyway; the error already reached the reader or writer that was using it.
+        }
+
+        connection.Dispose();
     }
 
     // Pipelines.Sockets completes the input without an error when the peer resets the connection;

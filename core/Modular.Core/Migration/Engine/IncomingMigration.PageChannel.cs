@@ -12,6 +12,16 @@ public sealed partial class IncomingMigration
 {
     private PostcopyPageChannel? _pageChannel;
 
+    /// <summary>The rest of a SECTION_FULL that carries its state as Modular's sections do: be32 length, the state (at most <paramref name="limit"/> bytes), footer.</summary>
+    private static async ValueTask<byte[]> ReadSectionStateAsync(MigrationStreamReader reader, SectionHeader header, string idString, string what, ulong limit)
+    {
+        long lengthAt = reader.Position;
+        uint length = await reader.ReadBe32Async(what + " length").ConfigureAwait(false);
+        byte[] state = await reader.ReadBlobAsync(length, limit, lengthAt, what).ConfigureAwait(false);
+        await SectionFooter.ReadFromAsync(reader, header.SectionId, idString).ConfigureAwait(false);
+        return state;
+    }
+
     /// <summary>
     /// The "x-modular-page-channel" section (after POSTCOPY_ADVISE): attach each RAM block's source
     /// region when this connection offers a page channel, so the fault thread reads missing pages
@@ -20,10 +30,7 @@ public sealed partial class IncomingMigration
     /// </summary>
     private async ValueTask LoadPageChannelSectionAsync(SectionHeader header, IMigrationConnection connection, MigrationStreamReader reader, long at)
     {
-        long lengthAt = reader.Position;
-        uint length = await reader.ReadBe32Async("page channel state length").ConfigureAwait(false);
-        byte[] state = await reader.ReadBlobAsync(length, 1 << 20, lengthAt, "page channel state").ConfigureAwait(false);
-        await SectionFooter.ReadFromAsync(reader, header.SectionId, PageChannelSection.Name).ConfigureAwait(false);
+        byte[] state = await ReadSectionStateAsync(reader, header, PageChannelSection.Name, "page channel state", 1 << 20).ConfigureAwait(false);
         if (connection is not IPageChannel channel)
         {
             _logger.LogInformation("The source offered a page channel, but {Connection} has none; postcopy faults use REQ_PAGES.", connection.RemoteDescription);

@@ -24,10 +24,7 @@ public sealed partial class IncomingMigration
     /// </summary>
     private async ValueTask LoadPreemptSectionAsync(SectionHeader header, IMigrationConnection connection, MigrationStreamReader reader, long at)
     {
-        long lengthAt = reader.Position;
-        uint length = await reader.ReadBe32Async("preempt channel state length").ConfigureAwait(false);
-        byte[] state = await reader.ReadBlobAsync(length, 4096, lengthAt, "preempt channel state").ConfigureAwait(false);
-        await SectionFooter.ReadFromAsync(reader, header.SectionId, PreemptChannelSection.Name).ConfigureAwait(false);
+        byte[] state = await ReadSectionStateAsync(reader, header, PreemptChannelSection.Name, "preempt channel state", 4096).ConfigureAwait(false);
         if (header.InstanceId != 0 || header.VersionId != PreemptChannelSection.Version)
         {
             throw reader.ErrorAt(at, $"section '{PreemptChannelSection.Name}' instance {header.InstanceId} version {header.VersionId} is not what this destination reads (instance 0, version {PreemptChannelSection.Version}); upgrade the destination or clear postcopy-preempt on the source");

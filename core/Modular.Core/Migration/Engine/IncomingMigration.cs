@@ -178,7 +178,7 @@ public sealed partial class IncomingMigration
             await StopPreemptReaderAsync().ConfigureAwait(false);
             if (connection is not null)
             {
-                await connection.DisposeAsync().ConfigureAwait(false);
+                await TransportCleanup.DisposeAsync(connection, _logger, connection.RemoteDescription).ConfigureAwait(false);
             }
 
             _postcopyRam?.Dispose();
@@ -186,7 +186,7 @@ public sealed partial class IncomingMigration
 
             if (_listener is not null)
             {
-                await _listener.DisposeAsync().ConfigureAwait(false);
+                await TransportCleanup.DisposeAsync(_listener, _logger, _listener.Endpoint.ToString()).ConfigureAwait(false);
             }
         }
     }

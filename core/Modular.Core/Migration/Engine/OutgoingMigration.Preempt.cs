@@ -29,11 +29,7 @@ public sealed partial class OutgoingMigration
             return;
         }
 
-        SaveVmWriter state = PreemptChannelSection.Encode();
-        SectionHeader.Full(sectionId, PreemptChannelSection.Name, 0, PreemptChannelSection.Version).WriteTo(writer);
-        writer.WriteBe32((uint)state.Length);
-        writer.WriteBytes(state.WrittenSpan);
-        new SectionFooter(sectionId).WriteTo(writer);
+        WriteFullSection(writer, sectionId, PreemptChannelSection.Name, 0, PreemptChannelSection.Version, PreemptChannelSection.Encode());
         await FlushAsync(output).ConfigureAwait(false);
 
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_cancel.Token);

@@ -26,15 +26,21 @@ public sealed partial class OutgoingMigration
         {
             var state = new SaveVmWriter();
             section.Save(state);
-            SectionHeader.Full(id, section.IdString, section.InstanceId, section.Version).WriteTo(writer);
-            writer.WriteBe32((uint)state.Length);
-            writer.WriteBytes(state.WrittenSpan);
-            new SectionFooter(id).WriteTo(writer);
+            WriteFullSection(writer, id, section.IdString, section.InstanceId, section.Version, state);
             description?.AddDevice(section, state.Length);
             id++;
         }
 
         return id;
+    }
+
+    /// <summary>A SECTION_FULL carrying <paramref name="state"/> as Modular's sections do: header, be32 length, the state, footer.</summary>
+    private static void WriteFullSection(MigrationStreamWriter writer, uint id, string idString, uint instanceId, uint version, SaveVmWriter state)
+    {
+        SectionHeader.Full(id, idString, instanceId, version).WriteTo(writer);
+        writer.WriteBe32((uint)state.Length);
+        writer.WriteBytes(state.WrittenSpan);
+        new SectionFooter(id).WriteTo(writer);
     }
 
     /// <summary>
@@ -61,11 +67,7 @@ public sealed partial class OutgoingMigration
             }
         }
 
-        SaveVmWriter state = PageChannelSection.Encode(regions);
-        SectionHeader.Full(sectionId, PageChannelSection.Name, 0, PageChannelSection.Version).WriteTo(writer);
-        writer.WriteBe32((uint)state.Length);
-        writer.WriteBytes(state.WrittenSpan);
-        new SectionFooter(sectionId).WriteTo(writer);
+        WriteFullSection(writer, sectionId, PageChannelSection.Name, 0, PageChannelSection.Version, PageChannelSection.Encode(regions));
         _logger.LogInformation("Page channel: {Count} RAM blocks exposed to {Connection}; postcopy faults are served by remote reads.", regions.Count, _connection?.RemoteDescription);
     }
 

@@ -292,7 +292,7 @@ public sealed partial class OutgoingMigration
         {
             if (_connection is not null)
             {
-                await _connection.DisposeAsync().ConfigureAwait(false);
+                await TransportCleanup.DisposeAsync(_connection, _logger, _connection.RemoteDescription).ConfigureAwait(false);
             }
         }
     }
