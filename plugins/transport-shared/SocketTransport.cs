@@ -38,9 +38,9 @@ internal static class SocketPipeTuning
     }
 
     /// <summary>
-    /// Options for extra channels (postcopy preempt: single requested pages that must not wait). The
-    /// pipes' continuations run inline, so a flush sends at once on the flushing thread and a received
-    /// page reaches its reader on the receiving thread, without a hop through the thread pool.
+    /// Inline pipe options (the return path): a flush sends at once on the flushing thread and a
+    /// received message reaches its reader on the receiving thread, without a hop through the
+    /// thread pool. Extra channels go further (<see cref="ThreadedSocketPipe"/>).
     /// </summary>
     public static PipeOptions ChannelOptions { get; } = new(
         pool: null,
@@ -63,21 +63,19 @@ internal static class SocketPipeTuning
     public static SocketConnection Wrap(Socket socket, string name, bool connecting) => connecting
         ? SocketConnection.Create(socket, Options, ChannelOptions, SocketConnectionOptions.InlineReads, name)
         : SocketConnection.Create(socket, ChannelOptions, ChannelOptions, SocketConnectionOptions.InlineWrites | SocketConnectionOptions.InlineReads, name);
-
-    public static SocketConnection WrapChannel(Socket socket, string name) =>
-        SocketConnection.Create(socket, ChannelOptions, ChannelOptions, SocketConnectionOptions.InlineReads | SocketConnectionOptions.InlineWrites, name);
 }
 
 /// <summary>
 /// A migration connection over a connected socket (tcp or unix). Extra channels (<see cref="IExtraChannels"/>)
-/// are further sockets to the same endpoint (<see cref="SocketChannelOpener"/>); they end with the connection.
+/// are further sockets to the same endpoint (<see cref="SocketChannelOpener"/>), each a
+/// <see cref="ThreadedSocketPipe"/> built for latency; they end with the connection.
 /// </summary>
 internal sealed class SocketMigrationConnection : IMigrationConnection, IExtraChannels
 {
     private readonly SocketConnection _connection;
     private readonly AbortablePipe _pipe;
     private readonly SocketChannelOpener _channels;
-    private readonly List<(SocketConnection Connection, AbortablePipe Pipe)> _extra = [];
+    private readonly List<(ThreadedSocketPipe Channel, AbortablePipe Pipe)> _extra = [];
     private readonly CancellationTokenSource _closed = new();
     private int _ended;
 
@@ -104,10 +102,10 @@ internal sealed class SocketMigrationConnection : IMigrationConnection, IExtraCh
 
         Socket socket = await _channels.OpenAsync(index, RemoteDescription, cancellationToken).ConfigureAwait(false);
         string description = $"{RemoteDescription} (channel {index})";
-        SocketConnection channel = SocketPipeTuning.WrapChannel(socket, description);
-        var pipe = new AbortablePipe(channel, description, static () => { }, () => channel.SocketError == SocketError.Success
+        var channel = new ThreadedSocketPipe(socket, description);
+        var pipe = new AbortablePipe(channel, description, static () => { }, () => channel.Error == SocketError.Success
             ? null
-            : new SocketException((int)channel.SocketError, $"the channel ended abnormally ({channel.SocketError}); the peer aborted or the network failed"));
+            : new SocketException((int)channel.Error, $"the channel ended abnormally ({channel.Error}); the peer aborted or the network failed"));
         lock (_extra)
         {
             _extra.Add((channel, pipe));
@@ -130,10 +128,11 @@ internal sealed class SocketMigrationConnection : IMigrationConnection, IExtraCh
     {
         _pipe.Abort(reason);
         Reset(_connection);
-        foreach ((SocketConnection channel, AbortablePipe pipe) in TakeChannels())
+        foreach ((ThreadedSocketPipe channel, AbortablePipe pipe) in TakeChannels())
         {
             pipe.Abort(reason);
-            Reset(channel);
+            Reset(channel.Socket);
+            channel.Close();
         }
     }
 
@@ -141,24 +140,28 @@ internal sealed class SocketMigrationConnection : IMigrationConnection, IExtraCh
     // the peer cannot tell from a finished stream; linger 0 makes close send a RST.
     private static void Reset(SocketConnection connection)
     {
+        Reset(connection.Socket);
+        connection.Dispose();
+    }
+
+    private static void Reset(Socket socket)
+    {
         try
         {
-            connection.Socket.LingerState = new LingerOption(true, 0);
-            connection.Socket.Close();
+            socket.LingerState = new LingerOption(true, 0);
+            socket.Close();
         }
         catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
         {
             // Already closed: nothing to reset.
         }
-
-        connection.Dispose();
     }
 
-    private List<(SocketConnection, AbortablePipe)> TakeChannels()
+    private List<(ThreadedSocketPipe, AbortablePipe)> TakeChannels()
     {
         lock (_extra)
         {
-            var taken = new List<(SocketConnection, AbortablePipe)>(_extra);
+            var taken = new List<(ThreadedSocketPipe, AbortablePipe)>(_extra);
             _extra.Clear();
             return taken;
         }
@@ -170,9 +173,9 @@ internal sealed class SocketMigrationConnection : IMigrationConnection, IExtraCh
     /// </summary>
     public ValueTask DisposeAsync()
     {
-        foreach ((SocketConnection channel, AbortablePipe _) in TakeChannels())
+        foreach ((ThreadedSocketPipe channel, AbortablePipe _) in TakeChannels())
         {
-            Close(channel);
+            channel.Close();
         }
 
         Close(_connection);
