@@ -23,6 +23,7 @@ internal static class SwitchWarmUp
         "Modular.Core.Migration.Stream", "Modular.Core.Migration.Engine", "Modular.Core.Migration.Postcopy", "Modular.Core.Memory",
     ];
 
+    private static readonly Lock Gate = new();
     private static Task<TimeSpan>? _once;
 
     /// <summary>Starts compiling (once per process) the switch's code and that of <paramref name="sections"/>' types.</summary>
@@ -30,7 +31,7 @@ internal static class SwitchWarmUp
     internal static Task<TimeSpan> StartAsync(IReadOnlyList<ISaveVmSection> sections)
     {
         Type[] deviceTypes = sections.Select(s => s.GetType()).Distinct().ToArray();
-        lock (CoreNamespaces)
+        lock (Gate)
         {
             _once ??= Task.Run(() =>
             {
