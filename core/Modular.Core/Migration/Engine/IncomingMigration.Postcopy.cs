@@ -46,7 +46,9 @@ public sealed partial class IncomingMigration
         switch (command)
         {
             case PostcopyAdviseCommand advise:
+                long adviseStart = System.Diagnostics.Stopwatch.GetTimestamp();
                 Advise(advise, reader, at);
+                _logger.LogDebug("POSTCOPY_ADVISE: fault backend open and RAM prepared in {Ms:F1} ms", System.Diagnostics.Stopwatch.GetElapsedTime(adviseStart).TotalMilliseconds);
                 break;
             case PostcopyRamDiscardCommand discard:
                 Discard(discard, reader, at);

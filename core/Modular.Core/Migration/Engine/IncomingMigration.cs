@@ -129,6 +129,7 @@ public sealed partial class IncomingMigration
         {
             connection = await _listener!.AcceptAsync(_cancel.Token).ConfigureAwait(false);
             Status.MoveTo(MigrationStatus.Setup);
+            _logger.LogDebug("Incoming migration: {Connection} connected", connection.RemoteDescription);
             _connection = connection;
             await LoadAsync(connection).ConfigureAwait(false);
             if (_listenTask is { } listen)

@@ -152,9 +152,10 @@ public sealed partial class OutgoingMigration
         try
         {
             IReadOnlyList<ISaveVmSection> sections = _machine.StateSections();
-            Task warmUp = SwitchWarmUp.StartAsync(sections);
+            Task<TimeSpan> warmUp = SwitchWarmUp.StartAsync(sections);
             var ram = new RamSaver(_machine.Ram, Stats);
             _connection = await _transport.ConnectAsync(_endpoint, _cancel.Token).ConfigureAwait(false);
+            _logger.LogDebug("Migration to {Endpoint}: connected at {Ms} ms", _endpoint, Stats.ElapsedMs);
             PipeWriter output = _connection.Transport.Output;
             var writer = new MigrationStreamWriter(output);
             bool returnPath = Settings.Has("return-path") || Settings.Has("postcopy-ram");
@@ -190,6 +191,7 @@ public sealed partial class OutgoingMigration
             new SectionFooter(ramSectionId).WriteTo(writer);
             await FlushAsync(output).ConfigureAwait(false);
             Stats.SetSetupDone();
+            _logger.LogDebug("Migration to {Endpoint}: setup done in {Ms} ms", _endpoint, Stats.ElapsedMs);
             Status.MoveTo(MigrationStatus.Active);
 
             var bandwidth = new BandwidthEstimator();
@@ -249,7 +251,9 @@ public sealed partial class OutgoingMigration
             }
 
             // The switch's code is compiled before the guest stops, not inside the downtime.
+            long waitStart = Stopwatch.GetTimestamp();
             await Task.WhenAny(warmUp, Task.Delay(WarmUpWait, _cancel.Token)).ConfigureAwait(false);
+            _logger.LogDebug("Migration to {Endpoint}: switch code compiled in {Compile:F0} ms; waited {Wait:F1} ms for it at {Ms} ms", _endpoint, warmUp.IsCompletedSuccessfully ? warmUp.Result.TotalMilliseconds : double.NaN, Stopwatch.GetElapsedTime(waitStart).TotalMilliseconds, Stats.ElapsedMs);
             if (postcopy)
             {
                 stoppedByUs = true;
