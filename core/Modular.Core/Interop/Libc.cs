@@ -105,6 +105,16 @@ internal static unsafe partial class Libc
     [LibraryImport(Library, EntryPoint = "gettid")]
     internal static partial int Gettid();
 
+    /// <summary>setpriority(2); with <c>which</c> = PRIO_PROCESS and a thread id it sets that thread's nice value.</summary>
+    [LibraryImport(Library, EntryPoint = "setpriority", SetLastError = true)]
+    internal static partial int Setpriority(int which, uint who, int priority);
+
+    /// <summary>getpriority(2): the nice value (-1 is also a valid value: clear errno to tell).</summary>
+    [LibraryImport(Library, EntryPoint = "getpriority", SetLastError = true)]
+    internal static partial int Getpriority(int which, uint who);
+
+    internal const int PRIO_PROCESS = 0;
+
     [LibraryImport(Library, EntryPoint = "tgkill", SetLastError = true)]
     internal static partial int Tgkill(int processId, int threadId, int signal);
 

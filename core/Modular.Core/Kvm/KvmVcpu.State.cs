@@ -19,7 +19,7 @@ public sealed partial class KvmVcpu
         Fpu = GetFpu(),
         Xsave = GetXsave(),
         Xcrs = GetXcrs(),
-        Msrs = GetMsrs(Vm.System.GetMsrIndexList().ToArray()),
+        Msrs = GetMsrs(Vm.System.MsrIndices),
         MpState = GetMpState(),
         Events = GetVcpuEvents(),
         DebugRegs = GetDebugRegs(),

@@ -108,45 +108,58 @@ public sealed partial class OutgoingMigration
     {
         // Switch: stop the guest, take the last dirty bits, tell the destination what to drop.
         long downtimeStart = Stopwatch.GetTimestamp();
-        _machine.StopAs(QmpRunState.FinishMigrate);
-        await MaybePauseBeforeSwitchoverAsync(next: null).ConfigureAwait(false);
-        long stopped = Stopwatch.GetTimestamp();
-        if (ram.SentMap.Any(m => m.NextSet(0) >= 0))
-        {
-            // Only pages sent before can need a discard; when nothing was sent yet (postcopy right
-            // after the start) every page is still dirty and the sync would change nothing.
-            ram.Sync(final: true);
-        }
-        SendDiscards(writer, ram);
-        long discarded = Stopwatch.GetTimestamp();
-
-        // The package: LISTEN, every device and vCPU section, RUN, read by the destination in one go.
-        var package = new ArrayBufferWriter<byte>(64 * 1024);
-        var inner = new MigrationStreamWriter(package);
-        new PostcopyListenCommand().WriteTo(inner);
+        long stopped, discarded, built, flushed;
+        int packageBytes;
         var description = new VmDescriptionBuilder();
-        description.AddRam(ramSectionId);
-        WriteDeviceSections(inner, sections, firstSectionId: ramSectionId + 1, description);
-        new PostcopyRunCommand().WriteTo(inner);
-        if (Interlocked.CompareExchange(ref _commitment, CommitmentPostcopy, CommitmentNone) != CommitmentNone)
+        SwitchPriority priority = SwitchPriority.Raise();
+        try
         {
-            // migrate_cancel came first: nothing of the package went out, the guest resumes here.
-            throw new OperationCanceledException("migrate_cancel before the postcopy package");
+            _machine.StopAs(QmpRunState.FinishMigrate);
+            await MaybePauseBeforeSwitchoverAsync(next: null).ConfigureAwait(false);
+            stopped = Stopwatch.GetTimestamp();
+            if (ram.SentMap.Any(m => m.NextSet(0) >= 0))
+            {
+                // Only pages sent before can need a discard; when nothing was sent yet (postcopy right
+                // after the start) every page is still dirty and the sync would change nothing.
+                ram.Sync(final: true);
+            }
+            SendDiscards(writer, ram);
+            discarded = Stopwatch.GetTimestamp();
+
+            // The package: LISTEN, every device and vCPU section, RUN, read by the destination in one go.
+            var package = new ArrayBufferWriter<byte>(64 * 1024);
+            var inner = new MigrationStreamWriter(package);
+            new PostcopyListenCommand().WriteTo(inner);
+            description.AddRam(ramSectionId);
+            WriteDeviceSections(inner, sections, firstSectionId: ramSectionId + 1, description);
+            new PostcopyRunCommand().WriteTo(inner);
+            if (Interlocked.CompareExchange(ref _commitment, CommitmentPostcopy, CommitmentNone) != CommitmentNone)
+            {
+                // migrate_cancel came first: nothing of the package went out, the guest resumes here.
+                throw new OperationCanceledException("migrate_cancel before the postcopy package");
+            }
+
+            _inPostcopy = true;
+            built = Stopwatch.GetTimestamp();
+            packageBytes = package.WrittenCount;
+            PackagedCommand.WriteWithPackage(writer, package.WrittenSpan);
+            await FlushAsync(output).ConfigureAwait(false);
+            flushed = Stopwatch.GetTimestamp();
+            Stats.SetDowntime((long)Stopwatch.GetElapsedTime(downtimeStart, flushed).TotalMilliseconds);
+        }
+        finally
+        {
+            priority.Dispose();
         }
 
-        _inPostcopy = true;
-        long built = Stopwatch.GetTimestamp();
-        PackagedCommand.WriteWithPackage(writer, package.WrittenSpan);
-        await FlushAsync(output).ConfigureAwait(false);
         await afterFlush(0).ConfigureAwait(false);
-        Stats.SetDowntime((long)Stopwatch.GetElapsedTime(downtimeStart).TotalMilliseconds);
         _logger.LogInformation(
             "Postcopy switch: vCPUs stopped in {Stop:F1} ms, sync and discards {Discard:F1} ms, package of {Bytes} bytes built in {Build:F1} ms and sent in {Package:F1} ms",
             Stopwatch.GetElapsedTime(downtimeStart, stopped).TotalMilliseconds,
             Stopwatch.GetElapsedTime(stopped, discarded).TotalMilliseconds,
-            package.WrittenCount,
+            packageBytes,
             Stopwatch.GetElapsedTime(discarded, built).TotalMilliseconds,
-            Stopwatch.GetElapsedTime(built).TotalMilliseconds);
+            Stopwatch.GetElapsedTime(built, flushed).TotalMilliseconds);
         Status.MoveTo(MigrationStatus.PostcopyActive);
 
         PassStarted?.Invoke(++_pass);

@@ -128,13 +128,12 @@ public sealed partial class OutgoingMigration
     /// postcopy does once its package is committed). The wait is part of the downtime, as in QEMU.
     /// Migration task.
     /// </summary>
-    private async ValueTask MaybePauseBeforeSwitchoverAsync(MigrationStatus? next)
-    {
-        if (!Settings.Has("pause-before-switchover"))
-        {
-            return;
-        }
+    /// <remarks>Not async when the capability is off: the first run of an async method's state machine compiles generic code inside the downtime.</remarks>
+    private ValueTask MaybePauseBeforeSwitchoverAsync(MigrationStatus? next) =>
+        Settings.Has("pause-before-switchover") ? PauseBeforeSwitchoverAsync(next) : ValueTask.CompletedTask;
 
+    private async ValueTask PauseBeforeSwitchoverAsync(MigrationStatus? next)
+    {
         Status.MoveTo(MigrationStatus.PreSwitchover);
         _logger.LogInformation("Migration to {Endpoint} paused before the switchover (pause-before-switchover); migrate-continue state=pre-switchover goes on", _endpoint);
         await _continue.WaitAsync(_cancel.Token).ConfigureAwait(false);
