@@ -5,17 +5,19 @@ using System.Net.Sockets;
 namespace Modular.Transports.Shared;
 
 /// <summary>
-/// A duplex pipe over a socket for an extra channel (postcopy preempt), built for latency rather than
-/// throughput: a dedicated thread blocks in recv(2) and hands each arrival to the reader inline, on
-/// that thread, and a flush sends at once on the flushing thread. No step waits for a thread-pool
-/// thread, which on a busy 2-core host is where a requested page used to spend most of its time.
+/// A duplex pipe over a socket whose receive side is built for latency: a dedicated thread blocks in
+/// recv(2) and hands each arrival to the reader inline, on that thread, so no received message waits
+/// for a thread-pool thread (on a busy 2-core host that is where a requested page used to spend most
+/// of its time). Sends either run at once on the flushing thread (an extra channel: postcopy
+/// preempt) or, for bulk data, in a send loop on the thread pool that overlaps the sender's work
+/// (the source's main connection: pages out, the return path in).
 /// </summary>
 /// <remarks>
 /// Threads: the receive thread is the only writer of <see cref="Input"/>'s pipe; the reader's
-/// continuations run on it (keep them short and never block them on this channel's own data).
-/// <see cref="Output"/> may be written by one thread at a time; its flush runs send(2) on that thread.
+/// continuations run on it (keep them short and never block them on this pipe's own data).
+/// <see cref="Output"/> may be written by one thread at a time.
 /// </remarks>
-internal sealed class ThreadedSocketPipe : IDuplexPipe
+internal sealed class ThreadedSocketPipe : ISocketPipe
 {
     private const int ReceiveChunk = 64 * 1024;
 
@@ -31,16 +33,23 @@ internal sealed class ThreadedSocketPipe : IDuplexPipe
     private readonly Socket _socket;
     private readonly string _description;
     private readonly Pipe _receive = new(InlineOptions);
-    private readonly Pipe _send = new(InlineOptions);
+    private readonly Pipe _send;
+    private readonly bool _poolSends;
     private readonly Thread _receiveThread;
     private readonly Task _sendLoop;
     private volatile SocketError _error = SocketError.Success;
 
-    internal ThreadedSocketPipe(Socket socket, string description)
+    /// <param name="socket">A connected socket; the pipe owns it.</param>
+    /// <param name="description">Names the connection in errors.</param>
+    /// <param name="threadName">The receive thread's name.</param>
+    /// <param name="poolSends">True for bulk data: sends run on the thread pool, asynchronously.</param>
+    internal ThreadedSocketPipe(Socket socket, string description, string threadName = "channel recv", bool poolSends = false)
     {
         _socket = socket;
         _description = description;
-        _receiveThread = new Thread(ReceiveLoop) { IsBackground = true, Name = "channel recv" };
+        _poolSends = poolSends;
+        _send = new Pipe(poolSends ? SocketPipeTuning.Options : InlineOptions);
+        _receiveThread = new Thread(ReceiveLoop) { IsBackground = true, Name = threadName };
         _receiveThread.Start();
         _sendLoop = SendLoopAsync();
     }
@@ -49,14 +58,14 @@ internal sealed class ThreadedSocketPipe : IDuplexPipe
 
     public PipeWriter Output => _send.Writer;
 
-    /// <summary>The socket error that ended the channel, or Success for an orderly end.</summary>
-    internal SocketError Error => _error;
+    /// <inheritdoc/>
+    public SocketError Error => _error;
 
-    /// <summary>The underlying socket (to reset it on abort).</summary>
-    internal Socket Socket => _socket;
+    /// <inheritdoc/>
+    public Socket Socket => _socket;
 
     /// <summary>Completes both pipes and closes the socket; the receive thread ends with it. Never throws.</summary>
-    internal void Close()
+    public void Close()
     {
         try
         {
@@ -82,6 +91,7 @@ internal sealed class ThreadedSocketPipe : IDuplexPipe
 
     private void ReceiveLoop()
     {
+        _ = LatencyThread.RaiseCurrentThread();
         PipeWriter writer = _receive.Writer;
         Exception? failure = null;
         try
@@ -141,7 +151,9 @@ internal sealed class ThreadedSocketPipe : IDuplexPipe
                 {
                     for (int sent = 0; sent < segment.Length;)
                     {
-                        sent += _socket.Send(segment.Span[sent..]);
+                        sent += _poolSends
+                            ? await _socket.SendAsync(segment[sent..], SocketFlags.None).ConfigureAwait(false)
+                            : _socket.Send(segment.Span[sent..]);
                     }
                 }
 

@@ -111,7 +111,7 @@ public sealed partial class OutgoingMigration
         long stopped, discarded, built, flushed;
         int packageBytes;
         var description = new VmDescriptionBuilder();
-        SwitchPriority priority = SwitchPriority.Raise();
+        RaisedPriority priority = RaisedPriority.RaiseCurrentThread();
         try
         {
             _machine.StopAs(QmpRunState.FinishMigrate);

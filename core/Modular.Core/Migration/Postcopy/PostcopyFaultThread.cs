@@ -59,6 +59,9 @@ internal sealed class PostcopyFaultThread
 
     private void Run()
     {
+        // Every missing page's request starts here: run ahead of the bulk threads (the thread
+        // ends with the migration, so nothing is restored).
+        _ = RaisedPriority.RaiseCurrentThread();
         try
         {
             while (!_stopping)
