@@ -14,9 +14,9 @@ namespace Modular.Transports.Shared;
 /// </summary>
 internal static class SocketPipeTuning
 {
-    public const int SegmentSize = 64 * 1024;
-    public const long PauseWriterThreshold = 2 * 1024 * 1024;
-    public const long ResumeWriterThreshold = 1 * 1024 * 1024;
+    public const int SegmentSize = 256 * 1024;
+    public const long PauseWriterThreshold = 4 * 1024 * 1024;
+    public const long ResumeWriterThreshold = 2 * 1024 * 1024;
 
     public static PipeOptions Options { get; } = new(
         pool: null,

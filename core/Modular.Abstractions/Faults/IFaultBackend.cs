@@ -67,6 +67,35 @@ public interface IFaultBackend : IDisposable
     /// <param name="contents">Exactly one host page of data.</param>
     PlaceResult PlacePage(nint hostAddress, ReadOnlySpan<byte> contents);
 
+    /// <summary>
+    /// Places consecutive host pages starting at <paramref name="hostAddress"/>, each atomically, and
+    /// wakes their waiters; a page that is already present is left as it is (its waiters are woken)
+    /// and the rest are still placed. Returns how many pages this call placed. A backend that can
+    /// place a run in one step (userfaultfd: one UFFDIO_COPY) should override this; the default
+    /// places the pages one by one with <see cref="PlacePage"/>.
+    /// </summary>
+    /// <param name="hostAddress">Page-aligned destination of the first page, inside an armed range.</param>
+    /// <param name="contents">A whole number of host pages of data.</param>
+    /// <param name="pageSize">The host page size of that range.</param>
+    int PlacePages(nint hostAddress, ReadOnlySpan<byte> contents, ulong pageSize)
+    {
+        if (pageSize == 0 || (ulong)contents.Length % pageSize != 0)
+        {
+            throw new ArgumentException($"PlacePages needs a whole number of 0x{pageSize:x}-byte pages; it was given 0x{contents.Length:x} bytes.", nameof(contents));
+        }
+
+        int placed = 0;
+        for (int at = 0; at < contents.Length; at += (int)pageSize)
+        {
+            if (PlacePage(hostAddress + at, contents.Slice(at, (int)pageSize)) == PlaceResult.Placed)
+            {
+                placed++;
+            }
+        }
+
+        return placed;
+    }
+
     /// <summary>Atomically places a zero page at <paramref name="hostAddress"/> and wakes waiters.</summary>
     /// <param name="hostAddress">Page-aligned destination inside an armed range.</param>
     /// <param name="pageSize">The host page size of that range.</param>

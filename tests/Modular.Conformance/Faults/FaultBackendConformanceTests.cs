@@ -152,6 +152,50 @@ public abstract class FaultBackendConformanceTests
             $"{Name}: a second placement changed the page; the first contents must stay (the guest may already have written to it).");
     }
 
+    /// <summary>
+    /// A run of pages is placed in one call: the waiter inside it wakes with its contents, a page
+    /// already present in the middle keeps its contents and does not stop the pages after it, and
+    /// the count says how many the call placed.
+    /// </summary>
+    [TestMethod]
+    public void PlacingARunSkipsPresentPagesAndWakesItsWaiters()
+    {
+        using var scope = new FaultTestScope(OpenUsable());
+        IFaultBackend backend = scope.Backend;
+        TestRamMapping mapping = scope.Map(8);
+        backend.Arm(mapping.Range);
+
+        byte[] present = Pattern(mapping.PageSize, 9);
+        ExpectPlaced(backend.PlacePage(mapping.Page(3), present), "PlacePage of a missing page");
+        NativeToucher waiter = scope.Track(NativeToucher.Read(mapping.Page(5) + 128, 64));
+        nint faulted = PageOf(ReadOneFault(backend, "for page 5").HostAddress, mapping.PageSize);
+        Expect.That(faulted == mapping.Page(5), $"{Name}: a read of page 5 at 0x{mapping.Page(5):x} was reported at page 0x{faulted:x}.");
+
+        int pages = 6; // pages 1-6: page 3 is already there
+        byte[] run = new byte[pages * (int)mapping.PageSize];
+        for (int i = 0; i < pages; i++)
+        {
+            Pattern(mapping.PageSize, i + 1).CopyTo(run, i * (int)mapping.PageSize);
+        }
+
+        int placed = backend.PlacePages(mapping.Page(1), run, mapping.PageSize);
+        Expect.Equal(pages - 1, placed, $"{Name}: PlacePages over six pages of which one was present must report 5 placed.");
+        Expect.That(waiter.Finished(Released), $"{Name}: PlacePages did not wake the thread waiting on page 5, inside the run.");
+        Expect.Bytes(Pattern(mapping.PageSize, 5)[128..192], waiter.Bytes(), $"{Name}: page 5's waiter read something other than the run's contents for it.");
+        Expect.Bytes(present, NativeToucher.ReadNow(mapping.Page(3), (int)mapping.PageSize),
+            $"{Name}: PlacePages overwrote page 3, which was already present; it must be left as it was.");
+        for (int page = 1; page <= pages; page++)
+        {
+            if (page == 3)
+            {
+                continue;
+            }
+
+            Expect.Bytes(Pattern(mapping.PageSize, page), NativeToucher.ReadNow(mapping.Page(page), (int)mapping.PageSize),
+                $"{Name}: page {page} does not hold the run's contents after PlacePages (a present page must not stop the pages after it).");
+        }
+    }
+
     /// <summary>A zero page is placed atomically and wakes its waiter, who reads zeros.</summary>
     [TestMethod]
     public void ZeroPageIsPlacedAndWakesItsWaiter()

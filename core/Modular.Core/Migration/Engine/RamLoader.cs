@@ -61,6 +61,7 @@ internal sealed class RamLoader
             // the slow way: EOS, MEM_SIZE, a record split across reads (this waits for the rest), or
             // a malformed one (the reader names what is wrong).
             LoadBufferedRecords(reader);
+            _hostPages?.Flush(); // nothing waits in a postcopy run while this loader waits for data
             long at = reader.Position;
             RamRecordHeader header = await reader.ReadRamRecordHeaderAsync().ConfigureAwait(false);
             switch (header.Kind)

@@ -9,8 +9,8 @@ namespace Modular.Core.Migration.Postcopy;
 /// source sends in order with nothing between them (QEMU's ram_save_host_page), are gathered in a
 /// staging buffer and the host page is placed when its last target page arrives (QEMU's
 /// ram_load_postcopy). A host page made only of ZERO records is placed as a zero page. Pages of
-/// blocks on target-size host pages, and every page before LISTEN, go straight to
-/// <see cref="PostcopyRam.Place"/>.
+/// blocks on target-size host pages go in runs (<see cref="PageRunBatcher"/>) after LISTEN, and
+/// every page before LISTEN goes straight to <see cref="PostcopyRam.Place"/>.
 /// </summary>
 /// <remarks>
 /// One assembler per <c>RamLoader</c> (per incoming channel): each channel carries whole host pages
@@ -23,6 +23,7 @@ namespace Modular.Core.Migration.Postcopy;
 internal sealed class HostPageAssembler
 {
     private readonly PostcopyRam _ram;
+    private readonly PageRunBatcher _runs;
     private readonly byte[] _staging;
     private RamBlock? _block;
     private ulong _hostOffset;
@@ -33,6 +34,7 @@ internal sealed class HostPageAssembler
     internal HostPageAssembler(PostcopyRam ram)
     {
         _ram = ram;
+        _runs = new PageRunBatcher(ram);
         ulong largest = ram.MaxHostPageSize;
         _staging = largest > RamBlock.TargetPageSize ? GC.AllocateUninitializedArray<byte>(checked((int)largest), pinned: true) : [];
     }
@@ -59,9 +61,18 @@ internal sealed class HostPageAssembler
                 throw OutOfOrder(block, offset);
             }
 
+            if (_ram.IsArmed && !isZero)
+            {
+                _runs.Add(block, offset, page);
+                return;
+            }
+
+            _runs.Flush();
             _ram.Place(block, offset, page, isZero);
             return;
         }
+
+        _runs.Flush();
 
         if (_block is null)
         {
@@ -99,6 +110,12 @@ internal sealed class HostPageAssembler
             _ram.PlaceHostPage(block, _hostOffset, _staging.AsSpan(0, (int)hostPageSize), _allZero);
         }
     }
+
+    /// <summary>
+    /// Places the 4 KiB pages waiting in the current run (<see cref="PageRunBatcher"/>). The loader
+    /// calls it whenever it has taken every record it holds, before it waits for more.
+    /// </summary>
+    internal void Flush() => _runs.Flush();
 
     private HostPageAssemblyException OutOfOrder(RamBlock block, ulong offset) =>
         new(string.Create(CultureInfo.InvariantCulture,

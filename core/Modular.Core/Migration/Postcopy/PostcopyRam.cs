@@ -128,6 +128,35 @@ internal sealed class PostcopyRam : IDisposable
     }
 
     /// <summary>
+    /// Places a run of consecutive 4 KiB pages after LISTEN in one step (<see cref="IFaultBackend.PlacePages"/>),
+    /// then marks each received and records the latency of those that had been requested. Pages that
+    /// were already present (placed by another channel) are left as they are and stay received.
+    /// Listen thread or preempt reader (whichever owns the <see cref="PageRunBatcher"/>); allocation-free.
+    /// </summary>
+    /// <param name="block">A block on 4 KiB host pages.</param>
+    /// <param name="offset">The first page's offset in the block.</param>
+    /// <param name="contents">The pages, in order.</param>
+    internal void PlaceRun(RamBlock block, ulong offset, ReadOnlySpan<byte> contents)
+    {
+        if (!_armed || block.HostPageSize != RamBlock.TargetPageSize)
+        {
+            throw new InvalidOperationException($"A run of pages at 0x{offset:x} of RAM block '{block.Name}' can only be placed after LISTEN and in a block on 0x{RamBlock.TargetPageSize:x}-byte host pages.");
+        }
+
+        int index = IndexOf(block);
+        Backend.PlacePages(block.HostAddress + (nint)offset, contents, RamBlock.TargetPageSize);
+        ulong first = offset / RamBlock.TargetPageSize;
+        ulong end = first + (ulong)(contents.Length / RamBlock.TargetPageSize);
+        for (ulong page = first; page < end; page++)
+        {
+            if (_maps[index].MarkReceived(page) == PageState.Requested)
+            {
+                RecordLatency(index, page);
+            }
+        }
+    }
+
+    /// <summary>
     /// Places one whole host page of a block whose host page is larger than the target page (2 MiB
     /// hugetlbfs), assembled by a <see cref="HostPageAssembler"/>: one atomic placement (UFFDIO_COPY,
     /// or a zero page when every target page in it was a ZERO record) that wakes waiters; then every

@@ -19,6 +19,9 @@ internal sealed class RecordingFaultBackend : IFaultBackend
 
     public List<PlaceResult> Results { get; } = [];
 
+    /// <summary>Each PlacePages call: where and how many pages (its pages are also in <see cref="Placed"/>).</summary>
+    public List<(nint Address, int Pages)> Runs { get; } = [];
+
     public void Arm(HostRamRange range)
     {
     }
@@ -33,6 +36,18 @@ internal sealed class RecordingFaultBackend : IFaultBackend
     {
         Placed.Add((hostAddress, contents.ToArray()));
         return Record(hostAddress);
+    }
+
+    public int PlacePages(nint hostAddress, ReadOnlySpan<byte> contents, ulong pageSize)
+    {
+        Runs.Add((hostAddress, contents.Length / (int)pageSize));
+        int placed = 0;
+        for (int at = 0; at < contents.Length; at += (int)pageSize)
+        {
+            placed += PlacePage(hostAddress + at, contents.Slice(at, (int)pageSize)) == PlaceResult.Placed ? 1 : 0;
+        }
+
+        return placed;
     }
 
     public PlaceResult PlaceZeroPage(nint hostAddress, ulong pageSize)
