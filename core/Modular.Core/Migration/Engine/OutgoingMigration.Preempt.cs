@@ -58,7 +58,8 @@ public sealed partial class OutgoingMigration
     {
         private readonly MigrationStreamWriter _writer = new(channel.Output);
 
-        internal async ValueTask SendAsync(int block, long page, int count, CancellationToken cancellationToken)
+        /// <summary>Writes the pages and EOS and flushes; completes at once when the flush does (no async state machine then).</summary>
+        internal ValueTask SendAsync(int block, long page, int count, CancellationToken cancellationToken)
         {
             long before = _writer.Position;
             _writer.ResetRamBlock();
@@ -68,7 +69,21 @@ public sealed partial class OutgoingMigration
             }
 
             _writer.WriteRamEos();
-            FlushResult result = await channel.Output.FlushAsync(cancellationToken).ConfigureAwait(false);
+            ValueTask<FlushResult> flush = channel.Output.FlushAsync(cancellationToken);
+            if (!flush.IsCompletedSuccessfully)
+            {
+                return FinishAsync(flush, before, count);
+            }
+
+            Account(flush.Result, before, count);
+            return ValueTask.CompletedTask;
+        }
+
+        private async ValueTask FinishAsync(ValueTask<FlushResult> flush, long before, int count) =>
+            Account(await flush.ConfigureAwait(false), before, count);
+
+        private void Account(FlushResult result, long before, int count)
+        {
             if (result.IsCanceled || result.IsCompleted)
             {
                 throw new IOException("the destination closed the postcopy preempt channel");

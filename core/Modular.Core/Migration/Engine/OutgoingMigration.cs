@@ -165,6 +165,9 @@ public sealed partial class OutgoingMigration
             if (returnPath)
             {
                 new OpenReturnPathCommand().WriteTo(writer);
+                // As QEMU's migration thread does ("a ping that will make stuff easier to debug"). It
+                // also runs the return path's code on both sides once, before the first page request.
+                new PingCommand(1).WriteTo(writer);
                 returnPathReader = ReadReturnPathAsync(_connection);
             }
 
