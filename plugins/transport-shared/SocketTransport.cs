@@ -54,20 +54,44 @@ internal static class SocketPipeTuning
     /// <summary>
     /// The main connection. Its two directions differ: the connecting end (the migration source)
     /// writes bulk pages and reads the return path; the accepting end (the destination) the reverse.
-    /// The source gets a <see cref="ThreadedSocketPipe"/>: bulk sends in a loop on the thread pool,
-    /// and the return path read by a dedicated thread, which also answers page requests on the
-    /// preempt channel without leaving it. Measured (1 GiB postcopy, per-hop timestamps): with the
-    /// return path read through Pipelines.Sockets the request spent median 220 us, p90 2.3 ms
-    /// between the destination's send and the source's reader (an epoll thread, then a pool thread
-    /// behind the bulk sends' work items). The destination keeps Pipelines.Sockets with everything
-    /// inline (its bulk receive then keeps the pool free). Earlier figures (idle precopy total,
-    /// postcopy fault-to-placement median): pool everywhere 0.88-1.16 s and 740-790 us; inline
-    /// everywhere 1.24-1.29 s and 170-224 us; inline except the source's bulk sends 1.05-1.12 s and
-    /// 165-242 us.
+    /// Both ends get a <see cref="ThreadedSocketPipe"/>, whose receive thread blocks in recv(2) and
+    /// runs the reader inline. The source sends bulk pages from a send loop on the thread pool, and
+    /// its receive thread also answers page requests on the preempt channel without leaving it. The
+    /// destination's receive thread parses and places the pages, and its return-path messages go
+    /// out at once on the writing thread.
     /// </summary>
-    public static ISocketPipe Wrap(Socket socket, string name, bool connecting) => connecting
-        ? new ThreadedSocketPipe(socket, name, "migration recv", poolSends: true)
-        : new PipelinesSocketPipe(SocketConnection.Create(socket, ChannelOptions, ChannelOptions, SocketConnectionOptions.InlineWrites | SocketConnectionOptions.InlineReads, name));
+    /// <remarks>
+    /// Measured on this 2-core host, 1 GiB over tcp, alternating runs of one build each:
+    /// <list type="bullet">
+    /// <item>Pipelines.Sockets.Unofficial with everything inline but the source's bulk sends (the
+    /// previous tuning, still selectable: <c>MODULAR_SOCKET_PIPES=pipelines-sockets</c>): idle
+    /// 0.71-0.93 s, destination CPU 0.62-0.85 s; postcopy 1.33-2.49 s. The source's return path
+    /// took a median 220 us and p90 2.3 ms per request (an epoll thread, then a pool thread behind
+    /// the bulk sends' work items).</item>
+    /// <item>These threads: idle 0.61-0.85 s, destination CPU 0.45-0.74 s; postcopy 1.21-1.74 s;
+    /// return path 45-70 us median, p90 0.2-0.9 ms.</item>
+    /// </list>
+    /// </remarks>
+    public static ISocketPipe Wrap(Socket socket, string name, bool connecting)
+    {
+        if (UsePipelinesSockets)
+        {
+            return new PipelinesSocketPipe(connecting
+                ? SocketConnection.Create(socket, Options, ChannelOptions, SocketConnectionOptions.InlineReads, name)
+                : SocketConnection.Create(socket, ChannelOptions, ChannelOptions, SocketConnectionOptions.InlineWrites | SocketConnectionOptions.InlineReads, name));
+        }
+
+        return connecting
+            ? new ThreadedSocketPipe(socket, name, "migration recv", poolSends: true)
+            : new ThreadedSocketPipe(socket, name, "migration recv", latencyReceive: false);
+    }
+
+    /// <summary>
+    /// <c>MODULAR_SOCKET_PIPES=pipelines-sockets</c> in the environment runs main connections on
+    /// Pipelines.Sockets.Unofficial instead (for comparison; extra channels keep their threads).
+    /// </summary>
+    internal static bool UsePipelinesSockets { get; } =
+        string.Equals(Environment.GetEnvironmentVariable("MODULAR_SOCKET_PIPES"), "pipelines-sockets", StringComparison.Ordinal);
 }
 
 /// <summary>

@@ -19,7 +19,7 @@ namespace Modular.Transports.Shared;
 /// </remarks>
 internal sealed class ThreadedSocketPipe : ISocketPipe
 {
-    private const int ReceiveChunk = 64 * 1024;
+    private const int ReceiveChunk = SocketPipeTuning.SegmentSize;
 
     private static readonly PipeOptions InlineOptions = new(
         pool: null,
@@ -35,6 +35,7 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
     private readonly Pipe _receive = new(InlineOptions);
     private readonly Pipe _send;
     private readonly bool _poolSends;
+    private readonly bool _latencyReceive;
     private readonly Thread _receiveThread;
     private readonly Task _sendLoop;
     private volatile SocketError _error = SocketError.Success;
@@ -43,8 +44,10 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
     /// <param name="description">Names the connection in errors.</param>
     /// <param name="threadName">The receive thread's name.</param>
     /// <param name="poolSends">True for bulk data: sends run on the thread pool, asynchronously.</param>
-    internal ThreadedSocketPipe(Socket socket, string description, string threadName = "channel recv", bool poolSends = false)
+    /// <param name="latencyReceive">True when what arrives is latency-critical (page requests, requested pages): the receive thread runs at nice -20 (<see cref="LatencyThread"/>). Not for bulk data, whose work would then crowd out everything else.</param>
+    internal ThreadedSocketPipe(Socket socket, string description, string threadName = "channel recv", bool poolSends = false, bool latencyReceive = true)
     {
+        _latencyReceive = latencyReceive;
         _socket = socket;
         _description = description;
         _poolSends = poolSends;
@@ -91,7 +94,11 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
 
     private void ReceiveLoop()
     {
-        _ = LatencyThread.RaiseCurrentThread();
+        if (_latencyReceive)
+        {
+            _ = LatencyThread.RaiseCurrentThread();
+        }
+
         PipeWriter writer = _receive.Writer;
         Exception? failure = null;
         try
