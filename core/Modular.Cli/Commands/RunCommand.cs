@@ -148,6 +148,11 @@ internal static partial class RunCommand
                 }
 
                 machine.Start();
+                if (mode == MachineStartMode.Boot && qmp is not null)
+                {
+                    migration.PrepareAhead();
+                }
+
                 exitCode = await machine.Exited.WaitAsync(cancellationToken);
             }
             catch (MachineCreationException ex)

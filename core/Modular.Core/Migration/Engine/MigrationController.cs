@@ -40,6 +40,13 @@ public sealed class MigrationController
     /// <summary>Capabilities and parameters.</summary>
     public MigrationSettings Settings { get; }
 
+    /// <summary>
+    /// Compiles the outgoing migration's code ahead, at the lowest priority, so that a later
+    /// migration's setup and switch do not wait for the JIT. For a machine that may be migrated away
+    /// (started with QMP); once per process; returns at once. Any thread.
+    /// </summary>
+    public void PrepareAhead() => _ = SwitchWarmUp.StartAheadAsync(_machine.StateSections());
+
     /// <summary>The current or last outgoing migration.</summary>
     public OutgoingMigration? Outgoing
     {

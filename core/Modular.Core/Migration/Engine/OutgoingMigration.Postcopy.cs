@@ -112,7 +112,7 @@ public sealed partial class OutgoingMigration
         long stopped, discarded, built, flushed;
         int packageBytes;
         var description = new VmDescriptionBuilder();
-        RaisedPriority priority = RaisedPriority.RaiseCurrentThread();
+        NiceScope priority = NiceScope.RaiseCurrentThread();
         try
         {
             _machine.StopAs(QmpRunState.FinishMigrate);

@@ -61,7 +61,7 @@ internal sealed class PostcopyFaultThread
     {
         // Every missing page's request starts here: run ahead of the bulk threads (the thread
         // ends with the migration, so nothing is restored).
-        _ = RaisedPriority.RaiseCurrentThread();
+        _ = NiceScope.RaiseCurrentThread();
         try
         {
             while (!_stopping)

@@ -1,0 +1,145 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using Modular.Core.Memory;
+using Modular.Core.Migration.Stream;
+
+namespace Modular.Core.Migration.Engine;
+
+/// <summary>
+/// Writes a small made-up migration stream and reads it back through the same readers, the RAM
+/// loader and the return path use: on 1 MiB of scratch RAM, never the guest's. Part of the
+/// warm-up (<see cref="SwitchWarmUp"/>): the readers are async methods whose state machines are
+/// generic code that the ReadyToRun image cannot hold, so without this each is compiled, optimised,
+/// when the first real stream arrives (measured: the destination took about 50 ms from accepting
+/// the connection to POSTCOPY_ADVISE, most of it compiling). The stream is read twice: whole, and
+/// in 7-byte pieces, so the readers' slow paths (a value split across buffers) run too.
+/// </summary>
+internal static class StreamWarmUp
+{
+    /// <summary>Runs it once; everything is in memory, so it completes without waiting.</summary>
+    internal static void Exercise()
+    {
+        using GuestRam scratch = GuestRam.Create(1 << 20);
+        byte[] stream = Write(scratch);
+        foreach (int chunk in (int[])[int.MaxValue, 7])
+        {
+            ReadAsync(scratch, Pipe(stream, chunk)).AsTask().GetAwaiter().GetResult();
+        }
+
+        byte[] returnPath = WriteReturnPath();
+        ReadReturnPathAsync(Pipe(returnPath, int.MaxValue)).AsTask().GetAwaiter().GetResult();
+    }
+
+    private static byte[] Write(GuestRam scratch)
+    {
+        var buffer = new ArrayBufferWriter<byte>(64 * 1024);
+        var writer = new MigrationStreamWriter(buffer);
+        RamBlock block = scratch.Blocks[0];
+        StreamHeader.Current.WriteTo(writer);
+        new ConfigurationSection("x-modular-warm-up").WriteTo(writer);
+        new OpenReturnPathCommand().WriteTo(writer);
+        new PingCommand(1).WriteTo(writer);
+        new PostcopyAdviseCommand(RamBlock.TargetPageSize, RamBlock.TargetPageSize).WriteTo(writer);
+
+        SectionHeader.Start(0, RamSaver.SectionName, 0, RamSaver.SectionVersion).WriteTo(writer);
+        new RamBlockList([new RamBlockEntry(block.Name, block.Size)]).WriteTo(writer);
+        writer.WriteRamEos();
+        new SectionFooter(0).WriteTo(writer);
+
+        SectionHeader.Part(0).WriteTo(writer);
+        byte[] page = new byte[RamBlock.TargetPageSize];
+        page[1] = 1;
+        writer.WriteRamPage(block.Name, 0, page);
+        writer.WriteRamPage(block.Name, RamBlock.TargetPageSize, page);
+        writer.WriteRamZeroPage(block.Name, 2 * RamBlock.TargetPageSize);
+        writer.WriteRamEos();
+        new SectionFooter(0).WriteTo(writer);
+
+        SectionHeader.Full(1, "x-modular-warm-up", 0, 1).WriteTo(writer);
+        writer.WriteBe32(4);
+        writer.WriteBytes([1, 2, 3, 4]);
+        new SectionFooter(1).WriteTo(writer);
+        writer.WriteEof();
+        new VmDescription("{}").WriteTo(writer);
+        return buffer.WrittenSpan.ToArray();
+    }
+
+    private static async ValueTask ReadAsync(GuestRam scratch, MigrationStreamReader reader)
+    {
+        var loader = new RamLoader(scratch, new MigrationStats());
+        await StreamHeader.ReadFromAsync(reader).ConfigureAwait(false);
+        while (!await reader.IsAtEndAsync().ConfigureAwait(false))
+        {
+            SectionType type = await reader.ReadSectionTypeAsync().ConfigureAwait(false);
+            switch (type)
+            {
+                case SectionType.Configuration:
+                    await ConfigurationSection.ReadFromAsync(reader).ConfigureAwait(false);
+                    break;
+                case SectionType.Command:
+                    await StreamCommand.ReadFromAsync(reader).ConfigureAwait(false);
+                    break;
+                case SectionType.Start or SectionType.Part:
+                {
+                    SectionHeader header = await SectionHeader.ReadFromAsync(reader, type).ConfigureAwait(false);
+                    await loader.LoadRecordsAsync(reader, type == SectionType.Start).ConfigureAwait(false);
+                    await SectionFooter.ReadFromAsync(reader, header.SectionId, RamSaver.SectionName).ConfigureAwait(false);
+                    break;
+                }
+
+                case SectionType.Full:
+                {
+                    SectionHeader header = await SectionHeader.ReadFromAsync(reader, type).ConfigureAwait(false);
+                    long lengthAt = reader.Position;
+                    uint length = await reader.ReadBe32Async("device state length").ConfigureAwait(false);
+                    _ = await reader.ReadBlobAsync(length, 1 << 20, lengthAt, "device state").ConfigureAwait(false);
+                    await SectionFooter.ReadFromAsync(reader, header.SectionId, header.IdString ?? string.Empty).ConfigureAwait(false);
+                    break;
+                }
+
+                case SectionType.Eof:
+                    if (await reader.PeekU8Async("VMDESCRIPTION").ConfigureAwait(false) == (int)SectionType.VmDescription)
+                    {
+                        await reader.ReadSectionTypeAsync().ConfigureAwait(false);
+                        await VmDescription.ReadFromAsync(reader).ConfigureAwait(false);
+                    }
+
+                    break;
+                default:
+                    throw new InvalidOperationException($"the warm-up stream holds an unexpected {type}");
+            }
+        }
+    }
+
+    private static byte[] WriteReturnPath()
+    {
+        var buffer = new ArrayBufferWriter<byte>(256);
+        var writer = new MigrationStreamWriter(buffer);
+        ReturnPathMessage.Pong(1).WriteTo(writer);
+        ReturnPathMessage.ReqPagesId(0, RamBlock.TargetPageSize, GuestRam.MainBlockName).WriteTo(writer);
+        ReturnPathMessage.ReqPages(RamBlock.TargetPageSize, RamBlock.TargetPageSize).WriteTo(writer);
+        ReturnPathMessage.Shut(0).WriteTo(writer);
+        return buffer.WrittenSpan.ToArray();
+    }
+
+    private static async ValueTask ReadReturnPathAsync(MigrationStreamReader reader)
+    {
+        while (!await reader.IsAtEndAsync().ConfigureAwait(false))
+        {
+            _ = await ReturnPathMessage.ReadFromAsync(reader).ConfigureAwait(false);
+        }
+    }
+
+    private static MigrationStreamReader Pipe(byte[] bytes, int chunk)
+    {
+        var pipe = new Pipe(new PipeOptions(pauseWriterThreshold: 0, useSynchronizationContext: false));
+        for (int at = 0; at < bytes.Length; at += chunk)
+        {
+            pipe.Writer.Write(bytes.AsSpan(at, Math.Min(chunk, bytes.Length - at)));
+            _ = pipe.Writer.FlushAsync().AsTask().GetAwaiter().GetResult();
+        }
+
+        pipe.Writer.Complete();
+        return new MigrationStreamReader(pipe.Reader);
+    }
+}

@@ -1,0 +1,72 @@
+using System.Runtime.InteropServices;
+using Modular.Core.Migration.Engine;
+
+namespace Modular.Tests.Migration.Engine;
+
+/// <summary>
+/// The pieces that keep compiling and scheduling out of a migration's way: the made-up stream the
+/// warm-up writes must read back through the real readers and RAM loader (a format change that
+/// breaks one side fails here, not silently in the warm-up), and a thread's nice value is changed
+/// and put back.
+/// </summary>
+[TestClass]
+public sealed partial class WarmUpTests
+{
+    [TestMethod]
+    public void TheWarmUpStreamReadsBackThroughTheRealReaders()
+    {
+        // Throws if a writer and its reader disagree (for instance an unknown section or a short read).
+        StreamWarmUp.Exercise();
+        StreamWarmUp.Exercise();
+    }
+
+    [TestMethod]
+    public void NiceScopeChangesTheCurrentThreadAndRestoresIt()
+    {
+        Exception? failure = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                Check();
+            }
+            catch (Exception ex)
+            {
+                failure = ex;
+            }
+        });
+        thread.Start();
+        thread.Join();
+        if (failure is not null)
+        {
+            throw failure;
+        }
+
+        static void Check()
+        {
+            int before = Nice();
+            using (NiceScope lowered = NiceScope.LowerCurrentThread())
+            {
+                Assert.IsTrue(lowered.IsChanged, "lowering one's own thread needs no privilege");
+                Assert.AreEqual(NiceScope.Lowered, Nice());
+            }
+
+            Assert.AreEqual(before, Nice(), "dispose restores the previous nice value");
+            NiceScope raised = NiceScope.RaiseCurrentThread();
+            Assert.AreEqual(raised.IsChanged ? NiceScope.Raised : before, Nice(), "raised, or (without CAP_SYS_NICE) unchanged");
+            raised.Dispose();
+            Assert.AreEqual(before, Nice(), "dispose restores the previous nice value");
+        }
+    }
+
+    private static int Nice() => Interop.Getpriority(0, (uint)Interop.Gettid());
+
+    private static partial class Interop
+    {
+        [LibraryImport("libc", EntryPoint = "getpriority")]
+        internal static partial int Getpriority(int which, uint who);
+
+        [LibraryImport("libc", EntryPoint = "gettid")]
+        internal static partial int Gettid();
+    }
+}
