@@ -23,7 +23,7 @@ internal sealed partial class UserfaultfdBackend
         fixed (byte* source = contents)
         {
             // SAFETY: source is pinned for the duration of the ioctl, which only reads length bytes from it.
-            return Copy(hostAddress, (nint)source, length);
+            return CopyRun(hostAddress, (nint)source, length, length) == length ? PlaceResult.Placed : PlaceResult.AlreadyPresent;
         }
     }
 
@@ -44,47 +44,11 @@ internal sealed partial class UserfaultfdBackend
             throw new ArgumentException($"PlacePages at 0x{hostAddress:x} needs a whole number of 0x{pageSize:x}-byte pages; it was given 0x{length:x} bytes.", nameof(contents));
         }
 
-        ulong placed = 0;
-        ulong done = 0;
         fixed (byte* source = contents)
         {
-            for (int attempt = 0; done < length; attempt++)
-            {
-                UffdAbi.UffdioCopy copy = new()
-                {
-                    Dst = (ulong)hostAddress + done,
-                    Src = (ulong)source + done,
-                    Len = length - done,
-                };
-                // SAFETY: copy is a local uffdio_copy; the kernel reads length - done bytes from
-                // source, which is pinned for the duration of the ioctl, and writes the result field.
-                int errno = Ioctl(_uffd, UffdAbi.IoctlCopy, &copy);
-                if (errno == 0)
-                {
-                    placed += length - done;
-                    break;
-                }
-
-                if (copy.Copy > 0)
-                {
-                    placed += (ulong)copy.Copy;
-                    done += (ulong)copy.Copy;
-                }
-
-                if (errno == EEXIST)
-                {
-                    // The kernel does not wake on failure: wake the present page's waiters, go past it.
-                    Wake(hostAddress + (nint)done, pageSize);
-                    done += pageSize;
-                    attempt = -1;
-                    continue;
-                }
-
-                _ = HandlePlacementError(errno, attempt, hostAddress + (nint)done, length - done, "UFFDIO_COPY");
-            }
+            // SAFETY: source is pinned for the duration of the ioctls, which only read length bytes from it.
+            return (int)(CopyRun(hostAddress, (nint)source, length, pageSize) / pageSize);
         }
-
-        return (int)(placed / pageSize);
     }
 
     /// <inheritdoc />
@@ -103,7 +67,7 @@ internal sealed partial class UserfaultfdBackend
                     $"Cannot place a {pageSize}-byte zero page at 0x{hostAddress:x}: no range with that page size is armed on this userfaultfd.",
                     nameof(pageSize));
             }
-            return Copy(hostAddress, _hugeZeroPage, pageSize);
+            return CopyRun(hostAddress, _hugeZeroPage, pageSize, pageSize) == pageSize ? PlaceResult.Placed : PlaceResult.AlreadyPresent;
         }
 
         ulong done = 0;
@@ -144,10 +108,19 @@ internal sealed partial class UserfaultfdBackend
         }
     }
 
-    private unsafe PlaceResult Copy(nint destination, nint source, ulong length)
+    /// <summary>
+    /// UFFDIO_COPY of [<paramref name="destination"/>, +<paramref name="length"/>) from
+    /// <paramref name="source"/> (pinned or native memory owned by the caller), in as few calls as
+    /// the kernel allows. It stops at a page that is already present: the pages before it are placed
+    /// and woken (EAGAIN with progress), the present one is woken and skipped (EEXIST; the kernel does
+    /// not wake on failure, and a thread may have faulted on it before it appeared), and the copy goes
+    /// on after it. Returns the bytes this call placed.
+    /// </summary>
+    private unsafe ulong CopyRun(nint destination, nint source, ulong length, ulong pageSize)
     {
+        ulong placed = 0;
         ulong done = 0;
-        for (int attempt = 0; ; attempt++)
+        for (int attempt = 0; done < length; attempt++)
         {
             UffdAbi.UffdioCopy copy = new()
             {
@@ -156,22 +129,31 @@ internal sealed partial class UserfaultfdBackend
                 Len = length - done,
             };
             // SAFETY: copy is a local uffdio_copy; the kernel reads length - done bytes from source
-            // (pinned or native memory owned by the caller) and writes the result field.
+            // and writes the result field.
             int errno = Ioctl(_uffd, UffdAbi.IoctlCopy, &copy);
             if (errno == 0)
             {
-                return PlaceResult.Placed;
+                return placed + (length - done);
             }
+
             if (copy.Copy > 0)
             {
+                placed += (ulong)copy.Copy;
                 done += (ulong)copy.Copy;
             }
-            PlaceResult? result = HandlePlacementError(errno, attempt, destination, length, "UFFDIO_COPY");
-            if (result is PlaceResult settled)
+
+            if (errno == EEXIST)
             {
-                return settled;
+                Wake(destination + (nint)done, pageSize);
+                done += pageSize;
+                attempt = -1;
+                continue;
             }
+
+            _ = HandlePlacementError(errno, attempt, destination + (nint)done, length - done, "UFFDIO_COPY");
         }
+
+        return placed;
     }
 
     /// <summary>Null means "retry"; else the result to return. Throws for real failures.</summary>

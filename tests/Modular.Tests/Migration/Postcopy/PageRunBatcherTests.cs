@@ -17,12 +17,8 @@ public sealed class PageRunBatcherTests
     [TestMethod]
     public void ConsecutivePages_WaitForTheFlush_ThenGoInOnePlacement()
     {
-        using GuestRam ram = GuestRam.Create(1 << 20);
-        var backend = new RecordingFaultBackend();
-        using var postcopy = new PostcopyRam(ram, backend);
-        RamBlock block = ram.Blocks[0];
-        postcopy.Arm();
-        var assembler = new HostPageAssembler(postcopy);
+        using var scope = new Scope(armed: true);
+        (RecordingFaultBackend backend, PostcopyRam postcopy, RamBlock block, HostPageAssembler assembler) = scope;
 
         for (ulong page = 10; page < 14; page++)
         {
@@ -50,12 +46,8 @@ public sealed class PageRunBatcherTests
     [TestMethod]
     public void AGapAZeroPageOrAFullRun_StartsANewRun()
     {
-        using GuestRam ram = GuestRam.Create(1 << 20);
-        var backend = new RecordingFaultBackend();
-        using var postcopy = new PostcopyRam(ram, backend);
-        RamBlock block = ram.Blocks[0];
-        postcopy.Arm();
-        var assembler = new HostPageAssembler(postcopy);
+        using var scope = new Scope(armed: true);
+        (RecordingFaultBackend backend, PostcopyRam postcopy, RamBlock block, HostPageAssembler assembler) = scope;
 
         assembler.Add(block, 0, Pattern(0), isZero: false);
         assembler.Add(block, 1 * Page, Pattern(1), isZero: false);
@@ -79,12 +71,8 @@ public sealed class PageRunBatcherTests
     [TestMethod]
     public void ARequestedPageInARun_HasItsLatencyRecorded_AndAPresentPageStaysReceived()
     {
-        using GuestRam ram = GuestRam.Create(1 << 20);
-        var backend = new RecordingFaultBackend();
-        using var postcopy = new PostcopyRam(ram, backend);
-        RamBlock block = ram.Blocks[0];
-        postcopy.Arm();
-        var assembler = new HostPageAssembler(postcopy);
+        using var scope = new Scope(armed: true);
+        (RecordingFaultBackend backend, PostcopyRam postcopy, RamBlock block, HostPageAssembler assembler) = scope;
 
         // Page 21 is requested and arrives first on another channel; page 22 is requested and waits.
         Assert.AreEqual(FaultOutcome.NeedsRequest, postcopy.OnFault(block.HostAddress + (21 * Page), 0, out _, out _));
@@ -108,11 +96,8 @@ public sealed class PageRunBatcherTests
     [TestMethod]
     public void BeforeListen_PagesAreCopiedStraightIn_WithoutARun()
     {
-        using GuestRam ram = GuestRam.Create(1 << 20);
-        var backend = new RecordingFaultBackend();
-        using var postcopy = new PostcopyRam(ram, backend);
-        RamBlock block = ram.Blocks[0];
-        var assembler = new HostPageAssembler(postcopy);
+        using var scope = new Scope(armed: false);
+        (RecordingFaultBackend backend, PostcopyRam postcopy, RamBlock block, HostPageAssembler assembler) = scope;
 
         assembler.Add(block, 7 * Page, Pattern(7), isZero: false);
 
@@ -121,6 +106,37 @@ public sealed class PageRunBatcherTests
         block.CopyOut(7 * Page, back);
         CollectionAssert.AreEqual(Pattern(7), back);
         Assert.AreEqual(PageState.Received, postcopy.Map(0).GetState(7));
+    }
+
+    /// <summary>1 MiB of guest RAM, postcopy's RAM over a recording backend (armed: after LISTEN), an assembler.</summary>
+    private sealed class Scope : IDisposable
+    {
+        private readonly GuestRam _ram = GuestRam.Create(1 << 20);
+        private readonly RecordingFaultBackend _backend = new();
+        private readonly PostcopyRam _postcopy;
+
+        public Scope(bool armed)
+        {
+            _postcopy = new PostcopyRam(_ram, _backend);
+            if (armed)
+            {
+                _postcopy.Arm();
+            }
+        }
+
+        public void Deconstruct(out RecordingFaultBackend backend, out PostcopyRam postcopy, out RamBlock block, out HostPageAssembler assembler)
+        {
+            backend = _backend;
+            postcopy = _postcopy;
+            block = _ram.Blocks[0];
+            assembler = new HostPageAssembler(_postcopy);
+        }
+
+        public void Dispose()
+        {
+            _postcopy.Dispose();
+            _ram.Dispose();
+        }
     }
 
     private static byte[] Pattern(ulong page)
