@@ -58,39 +58,54 @@ internal static class SwitchWarmUp
                 return _once;
             }
 
-            _once = Task.Run(() =>
+            Func<TimeSpan> compile = () =>
             {
-                if (lowPriority)
+                long started = System.Diagnostics.Stopwatch.GetTimestamp();
+                IEnumerable<Type> core = typeof(SwitchWarmUp).Assembly.GetTypes()
+                    .Where(t => t.Namespace is { } ns && CoreNamespaces.Contains(ns));
+                foreach (Type type in core.Concat(deviceTypes).Append(typeof(SaveVmWriter)))
                 {
-                    lock (Gate)
-                    {
-                        _lowered = NiceScope.LowerCurrentThread();
-                    }
+                    Prepare(type);
+                }
+
+                Exercise();
+                return System.Diagnostics.Stopwatch.GetElapsedTime(started);
+            };
+            if (!lowPriority)
+            {
+                _once = Task.Run(compile);
+                return _once;
+            }
+
+            // A thread of its own, lowered for its whole life: nothing to restore afterwards (a
+            // process without CAP_SYS_NICE could not raise a pool thread back from nice 19).
+            var done = new TaskCompletionSource<TimeSpan>(TaskCreationOptions.RunContinuationsAsynchronously);
+            var thread = new Thread(() =>
+            {
+                lock (Gate)
+                {
+                    _lowered = NiceScope.LowerCurrentThread();
                 }
 
                 try
                 {
-                    long started = System.Diagnostics.Stopwatch.GetTimestamp();
-                    IEnumerable<Type> core = typeof(SwitchWarmUp).Assembly.GetTypes()
-                        .Where(t => t.Namespace is { } ns && CoreNamespaces.Contains(ns));
-                    foreach (Type type in core.Concat(deviceTypes).Append(typeof(SaveVmWriter)))
-                    {
-                        Prepare(type);
-                    }
-
-                    Exercise();
-
-                    return System.Diagnostics.Stopwatch.GetElapsedTime(started);
+                    done.SetResult(compile());
+                }
+                catch (Exception ex)
+                {
+                    done.SetException(ex);
                 }
                 finally
                 {
                     lock (Gate)
                     {
-                        _lowered.Dispose();
-                        _lowered = default;
+                        _lowered = default; // the thread ends: its id must not be touched again
                     }
                 }
-            });
+            })
+            { IsBackground = true, Name = "migration warm-up" };
+            thread.Start();
+            _once = done.Task;
             return _once;
         }
     }
