@@ -269,11 +269,14 @@ public sealed partial class OutgoingMigration
             _machine.StopAs(QmpRunState.FinishMigrate);
             stoppedByUs = true;
             await MaybePauseBeforeSwitchoverAsync(MigrationStatus.Device).ConfigureAwait(false);
-            ram.Sync(final: true);
+            long stopped = Stopwatch.GetTimestamp();
+            long lastPages = ram.Sync(final: true);
+            long synced = Stopwatch.GetTimestamp();
             SectionHeader.End(ramSectionId).WriteTo(writer);
             await ram.SendDirtyAsync(writer, output, TimeSpan.MaxValue, AfterFlush, _cancel.Token).ConfigureAwait(false);
             writer.WriteRamEos();
             new SectionFooter(ramSectionId).WriteTo(writer);
+            long pagesWritten = Stopwatch.GetTimestamp();
             var description = new VmDescriptionBuilder();
             description.AddRam(ramSectionId);
             WriteDeviceSections(writer, sections, firstSectionId: ramSectionId + 1, description);
@@ -281,9 +284,18 @@ public sealed partial class OutgoingMigration
             new VmDescription(description.ToJson()).WriteTo(writer);
             await FlushAsync(output).ConfigureAwait(false);
             await AfterFlush(0).ConfigureAwait(false);
+            long flushed = Stopwatch.GetTimestamp();
             await WaitForDestinationAsync(_connection, returnPath, returnPathReader).ConfigureAwait(false);
 
             Stats.SetDowntime((long)Stopwatch.GetElapsedTime(downtimeStart).TotalMilliseconds);
+            _logger.LogInformation(
+                "Completion: vCPUs stopped in {Stop:F1} ms, last sync {Sync:F1} ms, {Pages} pages written in {Write:F1} ms, devices and EOF flushed in {Flush:F1} ms, destination done {Wait:F1} ms later",
+                Stopwatch.GetElapsedTime(downtimeStart, stopped).TotalMilliseconds,
+                Stopwatch.GetElapsedTime(stopped, synced).TotalMilliseconds,
+                lastPages,
+                Stopwatch.GetElapsedTime(synced, pagesWritten).TotalMilliseconds,
+                Stopwatch.GetElapsedTime(pagesWritten, flushed).TotalMilliseconds,
+                Stopwatch.GetElapsedTime(flushed).TotalMilliseconds);
             Stats.SetRemaining(0);
             Stats.SetFinished();
             _machine.SetRunState(QmpRunState.PostMigrate);
