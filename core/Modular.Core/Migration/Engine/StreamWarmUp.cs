@@ -12,7 +12,8 @@ namespace Modular.Core.Migration.Engine;
 /// generic code that the ReadyToRun image cannot hold, so without this each is compiled, optimised,
 /// when the first real stream arrives (measured: the destination took about 50 ms from accepting
 /// the connection to POSTCOPY_ADVISE, most of it compiling). The stream is read twice: whole, and
-/// in 7-byte pieces, so the readers' slow paths (a value split across buffers) run too.
+/// in 7-byte pieces, so the readers' slow paths (a value split across buffers) run too; each time
+/// the reader starts before the data, so it suspends and resumes as a real one does.
 /// </summary>
 internal static class StreamWarmUp
 {
@@ -21,13 +22,32 @@ internal static class StreamWarmUp
     {
         using GuestRam scratch = GuestRam.Create(1 << 20);
         byte[] stream = Write(scratch);
+        byte[] returnPath = WriteReturnPath();
         foreach (int chunk in (int[])[int.MaxValue, 7])
         {
-            ReadAsync(scratch, Pipe(stream, chunk)).AsTask().GetAwaiter().GetResult();
+            Feed(stream, chunk, reader => ReadAsync(scratch, reader));
+            Feed(returnPath, chunk, ReadReturnPathAsync);
+        }
+    }
+
+    /// <summary>
+    /// Starts <paramref name="read"/> on an empty pipe, so it suspends as a real reader does (its
+    /// async state machines then move to the heap and resume, which is code of its own), then
+    /// writes <paramref name="bytes"/> in pieces of <paramref name="chunk"/>. The pipe's schedulers
+    /// are inline: each flush runs the reader on this thread, so nothing here waits.
+    /// </summary>
+    private static void Feed(byte[] bytes, int chunk, Func<MigrationStreamReader, ValueTask> read)
+    {
+        var pipe = new Pipe(new PipeOptions(pauseWriterThreshold: 0, readerScheduler: PipeScheduler.Inline, writerScheduler: PipeScheduler.Inline, useSynchronizationContext: false));
+        Task reading = read(new MigrationStreamReader(pipe.Reader)).AsTask();
+        for (int at = 0; at < bytes.Length; at += chunk)
+        {
+            pipe.Writer.Write(bytes.AsSpan(at, Math.Min(chunk, bytes.Length - at)));
+            _ = pipe.Writer.FlushAsync().AsTask().GetAwaiter().GetResult();
         }
 
-        byte[] returnPath = WriteReturnPath();
-        ReadReturnPathAsync(Pipe(returnPath, int.MaxValue)).AsTask().GetAwaiter().GetResult();
+        pipe.Writer.Complete();
+        reading.GetAwaiter().GetResult();
     }
 
     private static byte[] Write(GuestRam scratch)
@@ -128,18 +148,5 @@ internal static class StreamWarmUp
         {
             _ = await ReturnPathMessage.ReadFromAsync(reader).ConfigureAwait(false);
         }
-    }
-
-    private static MigrationStreamReader Pipe(byte[] bytes, int chunk)
-    {
-        var pipe = new Pipe(new PipeOptions(pauseWriterThreshold: 0, useSynchronizationContext: false));
-        for (int at = 0; at < bytes.Length; at += chunk)
-        {
-            pipe.Writer.Write(bytes.AsSpan(at, Math.Min(chunk, bytes.Length - at)));
-            _ = pipe.Writer.FlushAsync().AsTask().GetAwaiter().GetResult();
-        }
-
-        pipe.Writer.Complete();
-        return new MigrationStreamReader(pipe.Reader);
     }
 }
