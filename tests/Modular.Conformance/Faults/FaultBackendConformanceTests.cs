@@ -73,8 +73,7 @@ public abstract class FaultBackendConformanceTests
     {
         using var scope = new FaultTestScope(OpenUsable());
         IFaultBackend backend = scope.Backend;
-        TestRamMapping mapping = scope.Map(16);
-        backend.Arm(mapping.Range);
+        TestRamMapping mapping = scope.MapArmed(16);
 
         NativeToucher reader = scope.Track(NativeToucher.Read(mapping.Page(5) + 100, 8));
         PageFault fault = ReadOneFault(backend, "for a read of page 5");
@@ -107,8 +106,7 @@ public abstract class FaultBackendConformanceTests
     {
         using var scope = new FaultTestScope(OpenUsable());
         IFaultBackend backend = scope.Backend;
-        TestRamMapping mapping = scope.Map(8);
-        backend.Arm(mapping.Range);
+        TestRamMapping mapping = scope.MapArmed(8);
 
         NativeToucher first = scope.Track(NativeToucher.Read(mapping.Page(1), 64));
         NativeToucher second = scope.Track(NativeToucher.Read(mapping.Page(6) + 64, 64));
@@ -138,8 +136,7 @@ public abstract class FaultBackendConformanceTests
     {
         using var scope = new FaultTestScope(OpenUsable());
         IFaultBackend backend = scope.Backend;
-        TestRamMapping mapping = scope.Map(2);
-        backend.Arm(mapping.Range);
+        TestRamMapping mapping = scope.MapArmed(2);
 
         byte[] first = Pattern(mapping.PageSize, 1);
         ExpectPlaced(backend.PlacePage(mapping.Page(0), first), "PlacePage of a missing page");
@@ -162,8 +159,7 @@ public abstract class FaultBackendConformanceTests
     {
         using var scope = new FaultTestScope(OpenUsable());
         IFaultBackend backend = scope.Backend;
-        TestRamMapping mapping = scope.Map(8);
-        backend.Arm(mapping.Range);
+        TestRamMapping mapping = scope.MapArmed(8);
 
         byte[] present = Pattern(mapping.PageSize, 9);
         ExpectPlaced(backend.PlacePage(mapping.Page(3), present), "PlacePage of a missing page");
@@ -202,8 +198,7 @@ public abstract class FaultBackendConformanceTests
     {
         using var scope = new FaultTestScope(OpenUsable());
         IFaultBackend backend = scope.Backend;
-        TestRamMapping mapping = scope.Map(2);
-        backend.Arm(mapping.Range);
+        TestRamMapping mapping = scope.MapArmed(2);
 
         NativeToucher toucher = scope.Track(NativeToucher.Read(mapping.Page(1), (int)mapping.PageSize));
         nint faultedPage = PageOf(ReadOneFault(backend, "for page 1").HostAddress, mapping.PageSize);
@@ -222,8 +217,7 @@ public abstract class FaultBackendConformanceTests
         using (var scope = new FaultTestScope(OpenUsable()))
         {
             IFaultBackend backend = scope.Backend;
-            TestRamMapping mapping = scope.Map(4);
-            backend.Arm(mapping.Range);
+            TestRamMapping mapping = scope.MapArmed(4);
             NativeToucher toucher = scope.Track(NativeToucher.Read(mapping.Page(3), 8));
             ReadOneFault(backend, "for page 3");
             Expect.That(!toucher.Finished(Blocked), $"{Name}: the touch of a missing armed page completed before the page was placed: it must wait for PlacePage.");

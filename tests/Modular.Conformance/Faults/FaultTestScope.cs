@@ -26,6 +26,15 @@ public sealed class FaultTestScope(IFaultBackend backend) : IDisposable
         return mapping;
     }
 
+    /// <summary>Maps <paramref name="pages"/> pages of test RAM and arms them on <see cref="Backend"/> (missing mode).</summary>
+    /// <param name="pages">How many pages.</param>
+    public TestRamMapping MapArmed(int pages)
+    {
+        TestRamMapping mapping = Map(pages);
+        Backend.Arm(mapping.Range);
+        return mapping;
+    }
+
     /// <summary>Keeps <paramref name="toucher"/> to be joined before any memory is unmapped.</summary>
     /// <param name="toucher">A started toucher.</param>
     public NativeToucher Track(NativeToucher toucher)

@@ -46,14 +46,9 @@ public sealed class PostcopyControlTests
     [TestMethod]
     public async Task DestinationWithoutPostcopyRam_RefusesAdvise_SayingWhatToDo_AndTheSourceKeepsRunning()
     {
-        using PluginCatalog catalog = PluginCatalog.Load([PluginCatalog.DefaultDirectory]);
-        using VirtualMachine source = VirtualMachine.Create(Config(postcopy: true), catalog, MachineStartMode.Boot);
-        using VirtualMachine destination = VirtualMachine.Create(Config(postcopy: false), catalog, MachineStartMode.Incoming);
-        source.Start();
-        var sourceMigration = new MigrationController(source, catalog);
-        var destinationMigration = new MigrationController(destination, catalog);
-        IncomingMigration incoming = await destinationMigration.StartIncomingAsync("tcp:127.0.0.1:0");
-        OutgoingMigration outgoing = sourceMigration.StartOutgoing(incoming.BoundEndpoint!.ToString());
+        await using InProcessMigrationPair pair = await InProcessMigrationPair.StartAsync(Config(postcopy: true), Config(postcopy: false));
+        IncomingMigration incoming = pair.Incoming;
+        OutgoingMigration outgoing = pair.Outgoing;
 
         IncomingMigrationException failure = await Assert.ThrowsExactlyAsync<IncomingMigrationException>(() => incoming.Completion.WaitAsync(TimeSpan.FromSeconds(30)));
         StringAssert.Contains(failure.Message, "command POSTCOPY_ADVISE");
@@ -61,60 +56,50 @@ public sealed class PostcopyControlTests
         await outgoing.Completion.WaitAsync(TimeSpan.FromSeconds(30));
         Assert.AreEqual(MigrationStatus.Failed, outgoing.Status.Current);
         StringAssert.Contains(outgoing.Error, "The guest keeps running on this host.");
-        Assert.AreEqual(QmpRunState.Running, source.RunState);
+        Assert.AreEqual(QmpRunState.Running, pair.Source.RunState);
 
         // migrate-start-postcopy after the end is harmless.
-        sourceMigration.StartPostcopy();
+        pair.SourceMigration.StartPostcopy();
         Assert.AreEqual(MigrationStatus.Failed, outgoing.Status.Current);
     }
 
     [TestMethod]
     public async Task MigrateCancel_DuringPostcopy_IsRefusedWithQemusError_AndTheMigrationCompletes()
     {
-        using PluginCatalog catalog = PluginCatalog.Load([PluginCatalog.DefaultDirectory]);
-        using VirtualMachine source = VirtualMachine.Create(Config(postcopy: true, preempt: true), catalog, MachineStartMode.Boot);
-        using VirtualMachine destination = VirtualMachine.Create(Config(postcopy: true), catalog, MachineStartMode.Incoming);
-        source.Start();
-        var sourceMigration = new MigrationController(source, catalog);
-        var destinationMigration = new MigrationController(destination, catalog);
-        var commands = new QmpCommandRegistry();
-        MigrationQmpCommands.Register(commands, sourceMigration);
-        Assert.IsTrue(commands.TryGet("migrate_cancel", out QmpCommand cancel));
-
         // 32 MiB at 16 MB/s: postcopy lasts about two seconds, long enough to try a cancel in it.
-        sourceMigration.Settings.SetParameters(null, 16_000_000);
-        IncomingMigration incoming = await destinationMigration.StartIncomingAsync("tcp:127.0.0.1:0");
-        OutgoingMigration outgoing = sourceMigration.StartOutgoing(incoming.BoundEndpoint!.ToString());
-        sourceMigration.StartPostcopy();
-        var clock = System.Diagnostics.Stopwatch.StartNew();
-        while (outgoing.Status.Current != MigrationStatus.PostcopyActive)
-        {
-            Assert.IsLessThan(TimeSpan.FromSeconds(30), clock.Elapsed, "postcopy never started: " + outgoing.Status.Current + " " + outgoing.Error);
-            await Task.Delay(5);
-        }
+        await using InProcessMigrationPair pair = await InProcessMigrationPair.StartAsync(
+            Config(postcopy: true, preempt: true), Config(postcopy: true), startPostcopy: true,
+            configureSource: migration => migration.Settings.SetParameters(null, 16_000_000));
+        OutgoingMigration outgoing = pair.Outgoing;
+        IncomingMigration incoming = pair.Incoming;
+        await pair.WaitForStatusAsync(MigrationStatus.PostcopyActive);
 
-        QmpException refused = await Assert.ThrowsExactlyAsync<QmpException>(async () => await cancel.Handler(QmpArguments.Empty, CancellationToken.None));
+        QmpException refused = await Assert.ThrowsExactlyAsync<QmpException>(() => pair.ExecuteAsync("migrate_cancel"));
         Assert.AreEqual("Postcopy migration in progress, cannot cancel.", refused.Message);
 
         await outgoing.Completion.WaitAsync(TimeSpan.FromSeconds(60));
         await incoming.Completion.WaitAsync(TimeSpan.FromSeconds(30));
         Assert.AreEqual(MigrationStatus.Completed, outgoing.Status.Current, outgoing.Error);
-        Assert.AreEqual(QmpRunState.Running, destination.RunState);
+        Assert.AreEqual(QmpRunState.Running, pair.Destination.RunState);
 
         // After the end, migrate_cancel is harmless again.
-        await cancel.Handler(QmpArguments.Empty, CancellationToken.None);
+        await pair.ExecuteAsync("migrate_cancel");
         Assert.AreEqual(MigrationStatus.Completed, outgoing.Status.Current);
     }
 
     private ModularConfig Config(bool postcopy, bool preempt = false)
     {
-        string path = Path.Combine(_dir, (postcopy ? "pc" : "plain") + (preempt ? "-preempt" : "") + ".json");
-        File.WriteAllText(path, $$"""
-            {
-              "machine": { "accelerator": "synthetic", "memory": "32M" },
-              "migration": { "capabilities": { "postcopy-ram": {{(postcopy ? "true" : "false")}}, "postcopy-preempt": {{(preempt ? "true" : "false")}} } }
-            }
-            """);
-        return ConfigLoader.Load(path);
+        var capabilities = new List<string>();
+        if (postcopy)
+        {
+            capabilities.Add("postcopy-ram");
+        }
+
+        if (preempt)
+        {
+            capabilities.Add("postcopy-preempt");
+        }
+
+        return InProcessMigrationPair.Config(_dir, [.. capabilities]);
     }
 }

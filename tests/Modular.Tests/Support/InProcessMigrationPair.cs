@@ -1,0 +1,125 @@
+using System.Collections.Concurrent;
+using Modular.Core.Config;
+using Modular.Core.Machine;
+using Modular.Core.Migration.Engine;
+using Modular.Core.Migration.State;
+using Modular.Core.Plugins;
+using Modular.Core.Qmp;
+
+namespace Modular.Tests.Support;
+
+/// <summary>
+/// Two machines in this process (synthetic accelerator, 32 MiB) migrating over the real tcp
+/// transport on loopback: a running source and a destination waiting for it. QMP migration
+/// commands go to the source's controller. Disposing cancels whatever still runs and frees both.
+/// </summary>
+internal sealed class InProcessMigrationPair : IAsyncDisposable
+{
+    private readonly PluginCatalog _catalog;
+    private readonly QmpCommandRegistry _commands = new();
+
+    private InProcessMigrationPair(PluginCatalog catalog, VirtualMachine source, VirtualMachine destination)
+    {
+        _catalog = catalog;
+        Source = source;
+        Destination = destination;
+    }
+
+    public VirtualMachine Source { get; }
+
+    public VirtualMachine Destination { get; }
+
+    public MigrationController SourceMigration { get; private set; } = null!;
+
+    public OutgoingMigration Outgoing { get; private set; } = null!;
+
+    public IncomingMigration Incoming { get; private set; } = null!;
+
+    /// <summary>Every status the outgoing migration moved to, in order.</summary>
+    public ConcurrentQueue<MigrationStatus> Statuses { get; } = new();
+
+    /// <summary>
+    /// A machine config file in <paramref name="directory"/>: synthetic accelerator, 32 MiB, and the
+    /// given migration capabilities set to true (the others at their defaults).
+    /// </summary>
+    public static ModularConfig Config(string directory, params string[] capabilities)
+    {
+        string path = Path.Combine(directory, Guid.NewGuid().ToString("N")[..8] + ".json");
+        string enabled = string.Join(", ", capabilities.Select(c => $"\"{c}\": true"));
+        File.WriteAllText(path, $$"""
+            {
+              "machine": { "accelerator": "synthetic", "memory": "32M" },
+              "migration": { "capabilities": { {{enabled}} } }
+            }
+            """);
+        return ConfigLoader.Load(path);
+    }
+
+    /// <summary>Starts the source, the destination's listener and the migration.</summary>
+    /// <param name="source">The source machine's config.</param>
+    /// <param name="destination">The destination machine's config.</param>
+    /// <param name="startPostcopy">migrate-start-postcopy right after the start.</param>
+    /// <param name="configureSource">Runs on the source's controller before the migration starts (parameters).</param>
+    public static async Task<InProcessMigrationPair> StartAsync(ModularConfig source, ModularConfig destination, bool startPostcopy = false, Action<MigrationController>? configureSource = null)
+    {
+        PluginCatalog catalog = PluginCatalog.Load([PluginCatalog.DefaultDirectory]);
+        var pair = new InProcessMigrationPair(catalog, VirtualMachine.Create(source, catalog, MachineStartMode.Boot), VirtualMachine.Create(destination, catalog, MachineStartMode.Incoming));
+        pair.Source.Start();
+        pair.SourceMigration = new MigrationController(pair.Source, catalog);
+        var destinationMigration = new MigrationController(pair.Destination, catalog);
+        MigrationQmpCommands.Register(pair._commands, pair.SourceMigration);
+        configureSource?.Invoke(pair.SourceMigration);
+        pair.Incoming = await destinationMigration.StartIncomingAsync("tcp:127.0.0.1:0");
+        pair.Outgoing = pair.SourceMigration.StartOutgoing(pair.Incoming.BoundEndpoint!.ToString());
+        pair.Outgoing.Status.Changed += pair.Statuses.Enqueue;
+        if (startPostcopy)
+        {
+            pair.SourceMigration.StartPostcopy();
+        }
+
+        return pair;
+    }
+
+    /// <summary>Runs a QMP command on the source, with an optional "state" argument.</summary>
+    public async Task ExecuteAsync(string command, string? state = null)
+    {
+        Assert.IsTrue(_commands.TryGet(command, out QmpCommand registered));
+        var arguments = new System.Text.Json.Nodes.JsonObject();
+        if (state is not null)
+        {
+            arguments["state"] = state;
+        }
+
+        await registered.Handler(new QmpArguments(arguments), CancellationToken.None);
+    }
+
+    /// <summary>Waits (60 s at most) until the outgoing migration reaches <paramref name="wanted"/>; fails if it finishes first.</summary>
+    public async Task WaitForStatusAsync(MigrationStatus wanted)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (Outgoing.Status.Current != wanted)
+        {
+            Assert.IsLessThan(TimeSpan.FromSeconds(60), clock.Elapsed, $"never reached {wanted.ToQmp()}: {Outgoing.Status.Current.ToQmp()} {Outgoing.Error}");
+            Assert.IsFalse(Outgoing.Status.IsFinished, $"finished before {wanted.ToQmp()}: {Outgoing.Status.Current.ToQmp()} {Outgoing.Error}");
+            await Task.Delay(5);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Outgoing?.Cancel();
+        Incoming?.Cancel();
+        try
+        {
+            await Task.WhenAll(Outgoing?.Completion ?? Task.CompletedTask, Incoming?.Completion ?? Task.CompletedTask).WaitAsync(TimeSpan.FromSeconds(30));
+        }
+        catch (Exception)
+        {
+            // A failed side throws here; the test has checked what it needs.
+        }
+
+        Source.Dispose();
+        Destination.Dispose();
+        _catalog.Dispose();
+    }
+}
