@@ -27,7 +27,7 @@ internal sealed class AbortablePipe : IDuplexPipe
         _onEnd = onEnd;
         _endError = endError;
         Input = new AbortableReader(this);
-        Output = new AbortableWriter(this);
+        Output = inner.Output is IGatherWriter gather ? new AbortableGatherWriter(this, gather) : new AbortableWriter(this);
     }
 
     public PipeReader Input { get; }
@@ -168,8 +168,25 @@ internal sealed class AbortablePipe : IDuplexPipe
         public override void Complete(Exception? exception = null) => Inner.Complete(exception);
     }
 
-    private sealed class AbortableWriter(AbortablePipe owner) : PipeWriter
+    private sealed class AbortableGatherWriter(AbortablePipe owner, IGatherWriter inner) : AbortableWriter(owner), IGatherWriter
     {
+        public void WriteByReference(nint address, int length)
+        {
+            try
+            {
+                inner.WriteByReference(address, length);
+            }
+            catch (InvalidOperationException ex)
+            {
+                throw Owner.WriterClosed(ex);
+            }
+        }
+    }
+
+    private class AbortableWriter(AbortablePipe owner) : PipeWriter
+    {
+        protected AbortablePipe Owner => owner;
+
         private PipeWriter Inner => owner._inner.Output;
 
         public override bool CanGetUnflushedBytes => Inner.CanGetUnflushedBytes;

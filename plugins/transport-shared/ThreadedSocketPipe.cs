@@ -8,9 +8,9 @@ namespace Modular.Transports.Shared;
 /// A duplex pipe over a socket whose receive side is built for latency: a dedicated thread blocks in
 /// recv(2) and hands each arrival to the reader inline, on that thread, so no received message waits
 /// for a thread-pool thread (on a busy 2-core host that is where a requested page used to spend most
-/// of its time). Sends either run at once on the flushing thread (an extra channel: postcopy
-/// preempt) or, for bulk data, in a send loop on the thread pool that overlaps the sender's work
-/// (the source's main connection: pages out, the return path in).
+/// of its time). Sends run on the flushing thread: send(2) at once (an extra channel: postcopy
+/// preempt; the destination's return path), or for the source's bulk pages one sendmsg(2) per flush
+/// over a gather list that takes RAM pages by reference (<see cref="GatherSocketWriter"/>).
 /// </summary>
 /// <remarks>
 /// Threads: the receive thread is the only writer of <see cref="Input"/>'s pipe; the reader's
@@ -34,7 +34,7 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
     private readonly string _description;
     private readonly Pipe _receive = new(InlineOptions);
     private readonly Pipe _send;
-    private readonly bool _poolSends;
+    private readonly GatherSocketWriter? _gather;
     private readonly bool _latencyReceive;
     private readonly Thread _receiveThread;
     private readonly Task _sendLoop;
@@ -43,23 +43,30 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
     /// <param name="socket">A connected socket; the pipe owns it.</param>
     /// <param name="description">Names the connection in errors.</param>
     /// <param name="threadName">The receive thread's name.</param>
-    /// <param name="poolSends">True for bulk data: sends run on the thread pool, asynchronously.</param>
+    /// <param name="gatherSends">True for the source's bulk data: <see cref="Output"/> is a <see cref="GatherSocketWriter"/> (sendmsg on the flushing thread, RAM pages by reference). Otherwise a flush hands the bytes to send(2) at once on the flushing thread.</param>
     /// <param name="latencyReceive">True when what arrives is latency-critical (page requests, requested pages): the receive thread runs at nice -20 (<see cref="LatencyThread"/>). Not for bulk data, whose work would then crowd out everything else.</param>
-    internal ThreadedSocketPipe(Socket socket, string description, string threadName = "channel recv", bool poolSends = false, bool latencyReceive = true)
+    internal ThreadedSocketPipe(Socket socket, string description, string threadName = "channel recv", bool latencyReceive = true, bool gatherSends = false)
     {
         _latencyReceive = latencyReceive;
         _socket = socket;
         _description = description;
-        _poolSends = poolSends;
-        _send = new Pipe(poolSends ? SocketPipeTuning.Options : InlineOptions);
+        _send = new Pipe(InlineOptions);
         _receiveThread = new Thread(ReceiveLoop) { IsBackground = true, Name = threadName };
         _receiveThread.Start();
-        _sendLoop = SendLoopAsync();
+        if (gatherSends)
+        {
+            _gather = new GatherSocketWriter(socket, description, error => _error = error);
+            _sendLoop = Task.CompletedTask;
+        }
+        else
+        {
+            _sendLoop = SendLoopAsync();
+        }
     }
 
     public PipeReader Input => _receive.Reader;
 
-    public PipeWriter Output => _send.Writer;
+    public PipeWriter Output => _gather ?? (PipeWriter)_send.Writer;
 
     /// <inheritdoc/>
     public SocketError Error => _error;
@@ -72,7 +79,16 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
     {
         try
         {
-            _send.Writer.Complete();
+            if (_gather is not null)
+            {
+                // The writing thread may be inside a flush: it stops there, and nothing here touches its state.
+                _gather.Abandon();
+            }
+            else
+            {
+                _send.Writer.Complete();
+            }
+
             _receive.Reader.Complete();
         }
         catch (Exception)
@@ -145,6 +161,7 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
         }
     }
 
+    // Inline schedulers: a flush runs this loop's continuation, and so the send, on the flushing thread.
     private async Task SendLoopAsync()
     {
         PipeReader reader = _send.Reader;
@@ -158,9 +175,7 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
                 {
                     for (int sent = 0; sent < segment.Length;)
                     {
-                        sent += _poolSends
-                            ? await _socket.SendAsync(segment[sent..], SocketFlags.None).ConfigureAwait(false)
-                            : _socket.Send(segment.Span[sent..]);
+                        sent += _socket.Send(segment.Span[sent..]);
                     }
                 }
 

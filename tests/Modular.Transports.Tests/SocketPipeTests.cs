@@ -71,8 +71,62 @@ public sealed class SocketPipeTests
         destination.Close();
     }
 
+    /// <summary>
+    /// The source's gather writer blocks a flush while the peer reads nothing; a cancel (what an abort
+    /// does) ends that flush as canceled, and closing the pipe under it ends it too, without throwing.
+    /// </summary>
+    [TestMethod]
+    [DataRow("cancel")]
+    [DataRow("close")]
+    public async Task AFlushBlockedOnAFullSocketEndsOnCancelOrClose(string how)
+    {
+        (Socket a, Socket b) = await ConnectedPairAsync();
+        var source = new ThreadedSocketPipe(a, "test source", "test recv", gatherSends: true);
+        var gather = (Modular.Abstractions.Transports.IGatherWriter)source.Output;
+        const int size = 64 << 20; // far more than both socket buffers: the flush must wait for the reader
+        nint region = System.Runtime.InteropServices.Marshal.AllocHGlobal(size);
+        try
+        {
+            gather.WriteByReference(region, size);
+            Task<System.IO.Pipelines.FlushResult> flush = source.Output.FlushAsync().AsTask();
+            await Task.Delay(300);
+            Assert.IsFalse(flush.IsCompleted, "nobody reads: the flush must still be waiting for room");
+            if (how == "cancel")
+            {
+                source.Output.CancelPendingFlush();
+                Assert.IsTrue((await flush.WithTimeout()).IsCanceled, "a canceled flush says so");
+            }
+            else
+            {
+                source.Close();
+                Exception? failure = await Record(flush.WithTimeout());
+                Assert.IsTrue(failure is null ? flush.Result.IsCanceled : failure is IOException, $"a flush under a close ends canceled or with an IOException, not {failure}");
+                Assert.ThrowsExactly<InvalidOperationException>(() => source.Output.GetMemory(1), "writing after the close is refused");
+            }
+        }
+        finally
+        {
+            source.Close();
+            b.Dispose();
+            System.Runtime.InteropServices.Marshal.FreeHGlobal(region);
+        }
+
+        static async Task<Exception?> Record(Task task)
+        {
+            try
+            {
+                await task;
+                return null;
+            }
+            catch (Exception ex)
+            {
+                return ex;
+            }
+        }
+    }
+
     private static ISocketPipe Wrap(string kind, Socket socket, bool connecting) => kind == "threaded"
-        ? connecting ? new ThreadedSocketPipe(socket, "test source", "test recv", poolSends: true) : new ThreadedSocketPipe(socket, "test destination", "test recv", latencyReceive: false)
+        ? connecting ? new ThreadedSocketPipe(socket, "test source", "test recv", gatherSends: true) : new ThreadedSocketPipe(socket, "test destination", "test recv", latencyReceive: false)
         : new PipelinesSocketPipe(SocketConnection.Create(socket, SocketPipeTuning.Options, SocketPipeTuning.ChannelOptions, SocketConnectionOptions.InlineReads, kind));
 
     private static async Task<(Socket, Socket)> ConnectedPairAsync()

@@ -96,6 +96,10 @@ internal static unsafe partial class Libc
     [LibraryImport(Library, EntryPoint = "memcpy")]
     internal static partial nint Memcpy(void* destination, void* source, nuint length);
 
+    /// <summary>memcmp: reads guest RAM natively, like <see cref="Memcpy"/> (DESIGN.md §5). Deliberately not <c>SuppressGCTransition</c>.</summary>
+    [LibraryImport(Library, EntryPoint = "memcmp")]
+    internal static partial int Memcmp(void* first, void* second, nuint length);
+
     [LibraryImport(Library, EntryPoint = "eventfd", SetLastError = true)]
     internal static partial int Eventfd(uint initialValue, int flags);
 

@@ -26,6 +26,8 @@ public sealed unsafe class RamBlock : IDisposable
     /// <summary>The target page size: dirty tracking and migration work in 4 KiB pages.</summary>
     public const int TargetPageSize = 4096;
 
+    private static readonly byte* ZeroPage = (byte*)System.Runtime.InteropServices.NativeMemory.AllocZeroed(TargetPageSize);
+
     private readonly MappedMemory _mapping;
 
     internal RamBlock(string name, MappedMemory mapping, ulong hostPageSize, IReadOnlyList<RamRegion> regions)
@@ -116,6 +118,43 @@ public sealed unsafe class RamBlock : IDisposable
         {
             _mapping.DangerousRelease();
         }
+    }
+
+    /// <summary>
+    /// For a sender that hands pages to the transport by reference (<see cref="Modular.Abstractions.Transports.IGatherWriter"/>):
+    /// the host address of the target page at <paramref name="offset"/>, and whether it is all zero
+    /// now (compared natively with a zero page, DESIGN.md §5). Hold a <see cref="KeepMapped"/> lease
+    /// until the transport has sent the page.
+    /// </summary>
+    /// <param name="offset">Page-aligned offset in the block.</param>
+    /// <param name="zero">True when the page is all zero.</param>
+    internal nint PageForSending(ulong offset, out bool zero)
+    {
+        CheckRange(offset, TargetPageSize);
+        byte* page = (byte*)HostAddress + offset;
+        // SAFETY: range-checked; the caller's KeepMapped lease keeps the mapping alive. A native
+        // compare, so a fault on an armed page would block in preemptive mode (§5); a source's RAM is never armed.
+        zero = Libc.Memcmp(page, ZeroPage, TargetPageSize) == 0;
+        return (nint)page;
+    }
+
+    /// <summary>Keeps the block's mapping alive (no munmap) until the lease is disposed, even if the block is disposed meanwhile.</summary>
+    internal MappingLease KeepMapped() => new(_mapping);
+
+    /// <summary>A reference on a block's mapping; see <see cref="KeepMapped"/>.</summary>
+    internal sealed class MappingLease : IDisposable
+    {
+        private MappedMemory? _mapping;
+
+        internal MappingLease(MappedMemory mapping)
+        {
+            bool added = false;
+            mapping.DangerousAddRef(ref added);
+            _mapping = mapping;
+        }
+
+        /// <summary>Releases the reference (once).</summary>
+        public void Dispose() => Interlocked.Exchange(ref _mapping, null)?.DangerousRelease();
     }
 
     /// <summary>True when the target page at <paramref name="offset"/> is all zero (copied out natively, then checked vectorized).</summary>

@@ -79,6 +79,73 @@ public abstract partial class TransportConformanceTests
         }
     }
 
+    /// <summary>
+    /// When the forward path's writer is an <see cref="IGatherWriter"/>, bytes written by reference
+    /// arrive in order with the bytes copied around them (more pieces per flush than IOV_MAX), and a
+    /// flush has sent them: memory overwritten right after it does not change what arrives.
+    /// </summary>
+    [TestMethod]
+    public async Task BytesWrittenByReferenceArriveInOrderAndAreOutWhenTheFlushReturns()
+    {
+        RequireLivePeer("writing by reference");
+        await using ConnectedPair pair = await ConnectPairAsync().ConfigureAwait(false);
+        if (pair.Source.Transport.Output is not IGatherWriter gather)
+        {
+            Assert.Inconclusive($"{Name}: the forward path's writer is not an IGatherWriter, which is optional.");
+            return;
+        }
+
+        const int total = 16 << 20;
+        var pattern = new StreamPattern(71);
+        Task<long> receiving = pattern.ReceiveAsync(pair.Destination.Transport.Input, $"{Name} forward path written by reference", total);
+        PipeWriter output = pair.Source.Transport.Output;
+        int[] copied = [8, 17, 1, 8];
+        int[] referenced = [4096, 65536, 4093, 4096, 1];
+        nint region = Marshal.AllocHGlobal(total);
+        try
+        {
+            unsafe
+            {
+                pattern.Fill(0, new Span<byte>((void*)region, total));
+            }
+
+            int at = 0, piece = 0;
+            while (at < total)
+            {
+                for (int inFlush = 0; inFlush < 1500 && at < total; inFlush++, piece++)
+                {
+                    int copy = Math.Min(copied[piece % copied.Length], total - at);
+                    pattern.Fill(at, output.GetSpan(copy)[..copy]);
+                    output.Advance(copy);
+                    at += copy;
+                    int reference = Math.Min(referenced[piece % referenced.Length], total - at);
+                    if (reference > 0)
+                    {
+                        gather.WriteByReference(region + at, reference);
+                        at += reference;
+                    }
+                }
+
+                FlushResult flushed = await Step(output.FlushAsync().AsTask(), "FlushAsync after writes by reference").ConfigureAwait(false);
+                Expect.That(!flushed.IsCanceled && !flushed.IsCompleted, $"{Name}: a flush with a live reader must neither be canceled nor completed.");
+                unsafe
+                {
+                    // Out of our memory once the flush returned: scribbling on it must change nothing.
+                    new Span<byte>((void*)region, at).Fill(0xEE);
+                }
+            }
+
+            await output.CompleteAsync().ConfigureAwait(false);
+            Expect.Equal((long)total, await Step(receiving, "receiving what was written by reference").ConfigureAwait(false),
+                $"{Name}: the destination must receive every byte written by reference, in order.");
+        }
+        finally
+        {
+            await pair.DisposeAsync().ConfigureAwait(false);
+            Marshal.FreeHGlobal(region);
+        }
+    }
+
     private T RequireOnBothEnds<T>(ConnectedPair pair) where T : class
     {
         bool onSource = pair.Source is T, onDestination = pair.Destination is T;

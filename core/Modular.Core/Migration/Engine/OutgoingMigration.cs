@@ -148,11 +148,12 @@ public sealed partial class OutgoingMigration
     {
         bool stoppedByUs = false;
         bool guestWasRunning = _machine.RunState == QmpRunState.Running;
+        RamSaver? ramSaver = null;
         try
         {
             IReadOnlyList<ISaveVmSection> sections = _machine.StateSections();
             Task<TimeSpan> warmUp = SwitchWarmUp.StartAsync(sections);
-            var ram = new RamSaver(_machine.Ram, Stats);
+            RamSaver ram = ramSaver = new RamSaver(_machine.Ram, Stats);
             _connection = await _transport.ConnectAsync(_endpoint, _cancel.Token).ConfigureAwait(false);
             _logger.LogDebug("Migration to {Endpoint}: connected at {Ms} ms", _endpoint, Stats.ElapsedMs);
             PipeWriter output = _connection.Transport.Output;
@@ -312,6 +313,9 @@ public sealed partial class OutgoingMigration
             {
                 await TransportCleanup.DisposeAsync(_connection, _logger, _connection.RemoteDescription).ConfigureAwait(false);
             }
+
+            // After the connection: nothing written by reference is waiting to be sent any more.
+            ramSaver?.Dispose();
         }
     }
 

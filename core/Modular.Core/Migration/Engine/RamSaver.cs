@@ -9,7 +9,7 @@ namespace Modular.Core.Migration.Engine;
 /// The source side of the "ram" section: the migration bitmap per RAM block, the scan cursor, and
 /// sending pages (zero pages as ZERO records). Migration task only (not thread-safe).
 /// </summary>
-internal sealed class RamSaver
+internal sealed class RamSaver : IDisposable
 {
     internal const string SectionName = "ram";
     internal const uint SectionVersion = StreamFormat.RamSectionVersion;
@@ -18,6 +18,7 @@ internal sealed class RamSaver
     private readonly MigrationStats _stats;
     private readonly DirtyBitmap[] _dirty;
     private static readonly RamPageCopy<RamBlock> CopyPage = static (block, offset, destination) => block.CopyOut(offset, destination);
+    private readonly RamBlock.MappingLease[] _leases;
     private int _cursorBlock;
     private long _cursorPage;
 
@@ -27,6 +28,16 @@ internal sealed class RamSaver
         _stats = stats;
         _dirty = ram.Blocks.Select(b => new DirtyBitmap(b.PageCount)).ToArray();
         SentMap = ram.Blocks.Select(b => new DirtyBitmap(b.PageCount)).ToArray();
+        _leases = ram.Blocks.Select(b => b.KeepMapped()).ToArray();
+    }
+
+    /// <summary>Lets the RAM mappings go (pages written by reference have all been flushed by then).</summary>
+    public void Dispose()
+    {
+        foreach (RamBlock.MappingLease lease in _leases)
+        {
+            lease.Dispose();
+        }
     }
 
     /// <summary>Pages sent at least once, per block (the seed's "sent map").</summary>
@@ -147,6 +158,26 @@ internal sealed class RamSaver
         RamBlock block = _ram.Blocks[blockIndex];
         ulong offset = (ulong)page * RamBlock.TargetPageSize;
         SentMap[blockIndex].Set(page);
+
+        if (writer.WritesByReference)
+        {
+            // The transport sends the page from guest RAM at the next flush (sendmsg over iovecs, as
+            // QEMU's writev): a page the guest changes before then goes out as it is then, and is
+            // dirty again, so it is sent again. The RAM stays mapped while this saver lives.
+            nint address = block.PageForSending(offset, out bool zero);
+            if (zero)
+            {
+                writer.WriteRamZeroPage(block.Name, offset);
+                _stats.AddDuplicate();
+            }
+            else
+            {
+                writer.WriteRamPageByReference(block.Name, offset, address);
+                _stats.AddNormal();
+            }
+
+            return;
+        }
 
         // Copy first (natively, straight into the transport's buffer), then decide: the copy is what
         // is sent, so a page the guest changes meanwhile is caught by the dirty log, never torn in

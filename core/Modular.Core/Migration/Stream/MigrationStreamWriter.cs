@@ -3,6 +3,7 @@ using System.Buffers.Binary;
 using System.IO.Pipelines;
 using System.Runtime.CompilerServices;
 using System.Text;
+using Modular.Abstractions.Transports;
 
 namespace Modular.Core.Migration.Stream;
 
@@ -17,6 +18,7 @@ namespace Modular.Core.Migration.Stream;
 public sealed class MigrationStreamWriter
 {
     private readonly IBufferWriter<byte> _output;
+    private readonly IGatherWriter? _gather;
     private string? _lastRamBlockId;
 
     /// <summary>Writes to <paramref name="output"/>.</summary>
@@ -26,8 +28,12 @@ public sealed class MigrationStreamWriter
     {
         ArgumentNullException.ThrowIfNull(output);
         _output = output;
+        _gather = output as IGatherWriter;
         Position = basePosition;
     }
+
+    /// <summary>True when the output takes bytes by reference (<see cref="IGatherWriter"/>): see <see cref="WriteRamPageByReference"/>.</summary>
+    public bool WritesByReference => _gather is not null;
 
     /// <summary>Number of bytes written so far (plus the base position).</summary>
     public long Position { get; private set; }
@@ -171,6 +177,23 @@ public sealed class MigrationStreamWriter
 
         page.CopyTo(BeginRamPage(blockId, offset));
         CommitRamPage();
+    }
+
+    /// <summary>
+    /// Writes a PAGE record whose page bytes the transport sends from <paramref name="page"/> at its
+    /// next flush, without a copy here (only when <see cref="WritesByReference"/>). The memory must
+    /// stay mapped until that flush returns; what it holds then is what is sent.
+    /// </summary>
+    /// <param name="blockId">The RAM block.</param>
+    /// <param name="offset">Page-aligned offset in the block.</param>
+    /// <param name="page">Host address of the page's <see cref="StreamFormat.TargetPageSize"/> bytes.</param>
+    /// <exception cref="InvalidOperationException">The output does not take references.</exception>
+    public void WriteRamPageByReference(string blockId, ulong offset, nint page)
+    {
+        IGatherWriter gather = _gather ?? throw new InvalidOperationException("This stream's output does not take bytes by reference; copy the page with WriteRamPageOrZero.");
+        WriteRamRecordHeader(RamRecordFlags.Page, blockId, offset);
+        gather.WriteByReference(page, StreamFormat.TargetPageSize);
+        Position += StreamFormat.TargetPageSize;
     }
 
     /// <summary>Writes a ZERO record (the page is all zeroes): header, then the fill byte 0.</summary>

@@ -69,7 +69,7 @@ public sealed class HugePageRequestTests
     {
         using var scope = new HugePageScope();
         scope.Block.CopyIn(HugePage + 7 * Target, HugePageScope.Pattern(7));
-        var saver = new RamSaver(scope.Ram, new MigrationStats());
+        using var saver = new RamSaver(scope.Ram, new MigrationStats());
         saver.MarkAllDirty();
         var output = new ArrayBufferWriter<byte>();
         var writer = new MigrationStreamWriter(output);
