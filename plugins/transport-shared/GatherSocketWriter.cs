@@ -2,6 +2,7 @@ using System.IO.Pipelines;
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using System.Threading.Tasks.Sources;
 using Modular.Abstractions.Transports;
 
 namespace Modular.Transports.Shared;
@@ -22,7 +23,7 @@ namespace Modular.Transports.Shared;
 /// <see cref="CancelPendingFlush"/> and <see cref="Abandon"/> may come from any thread: a flush
 /// waiting on a full socket then ends within <see cref="PollSlice"/>.</para>
 /// </remarks>
-internal sealed unsafe partial class GatherSocketWriter : PipeWriter, IGatherWriter
+internal sealed unsafe partial class GatherSocketWriter : PipeWriter, IGatherWriter, IValueTaskSource<FlushResult>
 {
     private const int ChunkSize = 64 * 1024;
     private const int MaxIovecs = 1024; // IOV_MAX
@@ -41,6 +42,12 @@ internal sealed unsafe partial class GatherSocketWriter : PipeWriter, IGatherWri
     private bool _completed;
     private volatile bool _cancelFlush;
     private volatile bool _abandoned;
+    private volatile bool _sendThreadStop;
+    private volatile bool _flushPending;
+    private ManualResetValueTaskSourceCore<FlushResult> _flush; // a flush the send thread finishes
+    private CancellationToken _flushCancellation;
+    private readonly SemaphoreSlim _sendWork = new(0);
+    private Thread? _sendThread;
 
     /// <param name="socket">The connected socket; the owner closes it.</param>
     /// <param name="description">Names the connection in errors.</param>
@@ -121,10 +128,67 @@ internal sealed unsafe partial class GatherSocketWriter : PipeWriter, IGatherWri
         Outcome outcome = _iovecCount == 0 ? Outcome.Sent : SendPending(cancellationToken, mayWait: false);
         if (outcome == Outcome.Full)
         {
-            return new(Task.Run(() => Finish(SendPending(cancellationToken, mayWait: true)), CancellationToken.None));
+            // The socket is full: the send thread waits for room and completes this flush; the
+            // caller's continuation then runs on that thread (no hop through the thread pool, whose
+            // free threads on a busy host could be hundreds of milliseconds away).
+            _flush.Reset();
+            _flushCancellation = cancellationToken;
+            _flushPending = true;
+            EnsureSendThread();
+            _sendWork.Release();
+            return new(this, _flush.Version);
         }
 
         return new(Finish(outcome));
+    }
+
+    FlushResult IValueTaskSource<FlushResult>.GetResult(short token) => _flush.GetResult(token);
+
+    ValueTaskSourceStatus IValueTaskSource<FlushResult>.GetStatus(short token) => _flush.GetStatus(token);
+
+    void IValueTaskSource<FlushResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
+        _flush.OnCompleted(continuation, state, token, flags);
+
+    private void EnsureSendThread()
+    {
+        if (_sendThread is null)
+        {
+            _sendThread = new Thread(SendLoop) { IsBackground = true, Name = "migration send" };
+            _sendThread.Start();
+        }
+    }
+
+    /// <summary>Finishes flushes that found the socket full; ends with the writer.</summary>
+    private void SendLoop()
+    {
+        while (true)
+        {
+            _sendWork.Wait();
+            if (_flushPending)
+            {
+                // After Abandon this ends at once, canceled: a pending flush is never left hanging.
+                FlushResult result;
+                try
+                {
+                    result = Finish(SendPending(_flushCancellation, mayWait: true));
+                }
+                catch (Exception ex)
+                {
+                    _flushPending = false;
+                    _flush.SetException(ex);
+                    continue;
+                }
+
+                _flushPending = false;
+                _flush.SetResult(result); // runs the writer's continuation here, which may flush again
+                continue;
+            }
+
+            if (_sendThreadStop)
+            {
+                return;
+            }
+        }
     }
 
     private FlushResult Finish(Outcome outcome)
@@ -167,11 +231,25 @@ internal sealed unsafe partial class GatherSocketWriter : PipeWriter, IGatherWri
         {
             _completed = true;
             _iovecCount = 0;
+            StopSendThread();
+        }
+    }
+
+    private void StopSendThread()
+    {
+        if (_sendThread is not null && !_sendThreadStop)
+        {
+            _sendThreadStop = true;
+            _sendWork.Release();
         }
     }
 
     /// <summary>The socket is being closed by another thread: stop sending and never touch it again.</summary>
-    internal void Abandon() => _abandoned = true;
+    internal void Abandon()
+    {
+        _abandoned = true;
+        StopSendThread();
+    }
 
     private void ThrowIfCompleted()
     {

@@ -7,7 +7,10 @@ namespace Modular.Cli.Bench;
 /// <summary>
 /// The baseline: how fast a plain <see cref="Socket"/> moves bytes over loopback tcp or a unix socket
 /// on this machine right now (one sender, one receiver, 1 MiB writes), so migration throughput can be
-/// read as a fraction of what the host allows.
+/// read as a fraction of what the host allows. Sender and receiver are two dedicated threads in
+/// blocking send(2)/recv(2), as in a C program, with the 4 MiB socket buffers the transports use:
+/// the figure depends neither on the thread pool nor on <c>modular</c>'s tuning of it (idle pool
+/// threads do not spin, which slows async socket loops like the one this bench used before).
 /// </summary>
 internal static class PlainSocketBench
 {
@@ -36,33 +39,41 @@ internal static class PlainSocketBench
             sender.NoDelay = true;
         }
 
+        foreach (Socket socket in new[] { sender, receiver })
+        {
+            socket.SendBufferSize = 4 << 20;
+            socket.ReceiveBufferSize = 4 << 20;
+        }
+
         var clock = Stopwatch.StartNew();
-        Task send = Task.Run(async () =>
+        var send = new Thread(() =>
         {
             byte[] buffer = GC.AllocateArray<byte>(Chunk, pinned: true);
             Random.Shared.NextBytes(buffer);
-            for (ulong sent = 0; sent < bytes; sent += Chunk)
+            for (ulong sent = 0; sent < bytes;)
             {
-                int n = (int)Math.Min(Chunk, bytes - sent);
-                await sender.SendAsync(buffer.AsMemory(0, n));
+                sent += (ulong)sender.Send(buffer, 0, (int)Math.Min(Chunk, bytes - sent), SocketFlags.None);
             }
 
             sender.Shutdown(SocketShutdown.Send);
-        });
-        Task<ulong> receive = Task.Run(async () =>
+        }) { IsBackground = true, Name = "bench plain send" };
+        ulong received = 0;
+        var receive = new Thread(() =>
         {
             byte[] buffer = GC.AllocateArray<byte>(Chunk, pinned: true);
-            ulong total = 0;
             int n;
-            while ((n = await receiver.ReceiveAsync(buffer.AsMemory())) > 0)
+            while ((n = receiver.Receive(buffer)) > 0)
             {
-                total += (ulong)n;
+                received += (ulong)n;
             }
-
-            return total;
+        }) { IsBackground = true, Name = "bench plain recv" };
+        send.Start();
+        receive.Start();
+        await Task.Run(() =>
+        {
+            send.Join();
+            receive.Join();
         });
-        await send;
-        ulong received = await receive;
         double seconds = clock.Elapsed.TotalSeconds;
         if (scheme == "unix")
         {
