@@ -8,9 +8,10 @@ namespace Modular.Transports.Shared;
 /// A duplex pipe over a socket whose receive side is built for latency: a dedicated thread blocks in
 /// recv(2) and hands each arrival to the reader inline, on that thread, so no received message waits
 /// for a thread-pool thread (on a busy 2-core host that is where a requested page used to spend most
-/// of its time). Sends run on the flushing thread: send(2) at once (an extra channel: postcopy
-/// preempt; the destination's return path), or for the source's bulk pages one sendmsg(2) per flush
-/// over a gather list that takes RAM pages by reference (<see cref="GatherSocketWriter"/>).
+/// of its time). Sends run at once on the flushing thread (an extra channel: postcopy preempt; the
+/// destination's return path); for the source's bulk pages either one sendmsg(2) per flush over a
+/// gather list that takes RAM pages by reference (<see cref="GatherSocketWriter"/>: tcp), or a send
+/// loop on the thread pool that overlaps the sender's work (unix).
 /// </summary>
 /// <remarks>
 /// Threads: the receive thread is the only writer of <see cref="Input"/>'s pipe; the reader's
@@ -35,6 +36,7 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
     private readonly Pipe _receive = new(InlineOptions);
     private readonly Pipe _send;
     private readonly GatherSocketWriter? _gather;
+    private readonly bool _poolSends;
     private readonly bool _latencyReceive;
     private readonly Thread _receiveThread;
     private readonly Task _sendLoop;
@@ -43,14 +45,16 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
     /// <param name="socket">A connected socket; the pipe owns it.</param>
     /// <param name="description">Names the connection in errors.</param>
     /// <param name="threadName">The receive thread's name.</param>
+    /// <param name="poolSends">True for bulk data sent from a send loop on the thread pool, asynchronously (ignored with <paramref name="gatherSends"/>).</param>
     /// <param name="gatherSends">True for the source's bulk data: <see cref="Output"/> is a <see cref="GatherSocketWriter"/> (sendmsg on the flushing thread, RAM pages by reference). Otherwise a flush hands the bytes to send(2) at once on the flushing thread.</param>
     /// <param name="latencyReceive">True when what arrives is latency-critical (page requests, requested pages): the receive thread runs at nice -20 (<see cref="LatencyThread"/>). Not for bulk data, whose work would then crowd out everything else.</param>
-    internal ThreadedSocketPipe(Socket socket, string description, string threadName = "channel recv", bool latencyReceive = true, bool gatherSends = false)
+    internal ThreadedSocketPipe(Socket socket, string description, string threadName = "channel recv", bool latencyReceive = true, bool gatherSends = false, bool poolSends = false)
     {
         _latencyReceive = latencyReceive;
         _socket = socket;
         _description = description;
-        _send = new Pipe(InlineOptions);
+        _poolSends = poolSends && !gatherSends;
+        _send = new Pipe(_poolSends ? SocketPipeTuning.Options : InlineOptions);
         _receiveThread = new Thread(ReceiveLoop) { IsBackground = true, Name = threadName };
         _receiveThread.Start();
         if (gatherSends)
@@ -161,7 +165,7 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
         }
     }
 
-    // Inline schedulers: a flush runs this loop's continuation, and so the send, on the flushing thread.
+    // Inline schedulers (all but pool sends): a flush runs this loop's continuation, and so the send, on the flushing thread.
     private async Task SendLoopAsync()
     {
         PipeReader reader = _send.Reader;
@@ -175,7 +179,9 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
                 {
                     for (int sent = 0; sent < segment.Length;)
                     {
-                        sent += _socket.Send(segment.Span[sent..]);
+                        sent += _poolSends
+                            ? await _socket.SendAsync(segment[sent..], SocketFlags.None).ConfigureAwait(false)
+                            : _socket.Send(segment.Span[sent..]);
                     }
                 }
 

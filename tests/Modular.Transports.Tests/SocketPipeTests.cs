@@ -11,14 +11,15 @@ using ThreadedSocketPipe = tcp::Modular.Transports.Shared.ThreadedSocketPipe;
 namespace Modular.Transports.Tests;
 
 /// <summary>
-/// The two ways the tcp and unix transports run a main connection (<see cref="ISocketPipe"/>): the
-/// threaded pipes in use, and Pipelines.Sockets.Unofficial (kept selectable for comparison). Each
+/// The ways the tcp and unix transports run a main connection (<see cref="ISocketPipe"/>): the
+/// threaded pipes in use (the source sending with a gather writer, tcp, or from a send loop on the
+/// pool, unix), and Pipelines.Sockets.Unofficial (kept selectable for comparison). Each
 /// carries data both ways intact, tells an orderly end from a reset, and closes without throwing.
 /// </summary>
 [TestClass]
 public sealed class SocketPipeTests
 {
-    public static IEnumerable<object[]> Kinds => [["threaded"], ["pipelines-sockets"]];
+    public static IEnumerable<object[]> Kinds => [["threaded"], ["threaded-pool"], ["pipelines-sockets"]];
 
     [TestMethod]
     [DynamicData(nameof(Kinds))]
@@ -125,8 +126,10 @@ public sealed class SocketPipeTests
         }
     }
 
-    private static ISocketPipe Wrap(string kind, Socket socket, bool connecting) => kind == "threaded"
-        ? connecting ? new ThreadedSocketPipe(socket, "test source", "test recv", gatherSends: true) : new ThreadedSocketPipe(socket, "test destination", "test recv", latencyReceive: false)
+    private static ISocketPipe Wrap(string kind, Socket socket, bool connecting) => kind.StartsWith("threaded", StringComparison.Ordinal)
+        ? connecting
+            ? new ThreadedSocketPipe(socket, "test source", "test recv", gatherSends: kind == "threaded", poolSends: kind == "threaded-pool")
+            : new ThreadedSocketPipe(socket, "test destination", "test recv", latencyReceive: false)
         : new PipelinesSocketPipe(SocketConnection.Create(socket, SocketPipeTuning.Options, SocketPipeTuning.ChannelOptions, SocketConnectionOptions.InlineReads, kind));
 
     private static async Task<(Socket, Socket)> ConnectedPairAsync()
