@@ -45,6 +45,11 @@ public sealed partial class OutgoingMigration
         }
 
         _preempt = new PreemptSender(channel, ram, Stats);
+
+        // An empty batch (EOS alone, which the destination reads as a batch of no pages): the first
+        // flush on the channel runs its send path for the first time, 1-4.6 ms measured, and that
+        // belongs here in the setup rather than in the first requested page (after it: 0.14 ms).
+        await _preempt.SendAsync(0, 0, 0, _cancel.Token).ConfigureAwait(false);
         _logger.LogInformation("Postcopy preempt channel {Index} open to {Connection}", PreemptChannelSection.ChannelIndex, _connection.RemoteDescription);
     }
 

@@ -72,6 +72,17 @@ internal static class StreamWarmUp
         writer.WriteRamPage(block.Name, 0, page);
         writer.WriteRamPage(block.Name, RamBlock.TargetPageSize, page);
         writer.WriteRamZeroPage(block.Name, 2 * RamBlock.TargetPageSize);
+
+        // The source's page writer as requested pages use it (postcopy preempt, copied out of guest
+        // RAM): over tcp the bulk pages go by reference, so without this the first requested page
+        // ran this code for the first time (measured: 2.6-5.3 ms to write it, against 20 us later).
+        block.CopyIn(3 * RamBlock.TargetPageSize, page);
+        using (var saver = new RamSaver(scratch, new MigrationStats()))
+        {
+            saver.WritePage(writer, 0, 3);
+            saver.WritePage(writer, 0, 4);
+        }
+
         writer.WriteRamEos();
         new SectionFooter(0).WriteTo(writer);
 
