@@ -28,6 +28,25 @@ internal static class StreamWarmUp
             Feed(stream, chunk, reader => ReadAsync(scratch, reader));
             Feed(returnPath, chunk, ReadReturnPathAsync);
         }
+
+        // A record split across two receive buffers is copied out by ReadOnlySequence's
+        // multi-segment copy, generic code with no precompiled form: compiled here, not on the
+        // channel thread while a requested page waits.
+        var first = new Segment(new byte[8], 0);
+        var last = new Segment(new byte[8], 8);
+        first.SetNext(last);
+        new ReadOnlySequence<byte>(first, 0, last, 8).CopyTo(new byte[16]);
+    }
+
+    private sealed class Segment : ReadOnlySequenceSegment<byte>
+    {
+        internal Segment(byte[] bytes, long runningIndex)
+        {
+            Memory = bytes;
+            RunningIndex = runningIndex;
+        }
+
+        internal void SetNext(Segment next) => Next = next;
     }
 
     /// <summary>
