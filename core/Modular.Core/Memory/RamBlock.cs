@@ -130,12 +130,8 @@ public sealed unsafe class RamBlock : IDisposable
     /// <param name="zero">True when the page is all zero.</param>
     internal nint PageForSending(ulong offset, out bool zero)
     {
-        CheckRange(offset, TargetPageSize);
-        byte* page = (byte*)HostAddress + offset;
-        // SAFETY: range-checked; the caller's KeepMapped lease keeps the mapping alive. A native
-        // compare, so a fault on an armed page would block in preemptive mode (§5); a source's RAM is never armed.
-        zero = Libc.Memcmp(page, ZeroPage, TargetPageSize) == 0;
-        return (nint)page;
+        zero = IsZeroPage(offset);
+        return HostAddress + (nint)offset;
     }
 
     /// <summary>Keeps the block's mapping alive (no munmap) until the lease is disposed, even if the block is disposed meanwhile.</summary>
@@ -157,12 +153,22 @@ public sealed unsafe class RamBlock : IDisposable
         public void Dispose() => Interlocked.Exchange(ref _mapping, null)?.DangerousRelease();
     }
 
-    /// <summary>True when the target page at <paramref name="offset"/> is all zero (copied out natively, then checked vectorized).</summary>
+    /// <summary>True when the target page at <paramref name="offset"/> is all zero: compared natively with a zero page (DESIGN.md §5), reading nothing else.</summary>
     public bool IsZeroPage(ulong offset)
     {
-        Span<byte> page = stackalloc byte[TargetPageSize];
-        CopyOut(offset, page);
-        return !page.ContainsAnyExcept((byte)0);
+        CheckRange(offset, TargetPageSize);
+        bool added = false;
+        _mapping.DangerousAddRef(ref added);
+        try
+        {
+            // SAFETY: range-checked, and the AddRef keeps the mapping alive; a native compare, so a
+            // fault on an armed page blocks this thread in preemptive mode (§5).
+            return Libc.Memcmp((byte*)HostAddress + offset, ZeroPage, TargetPageSize) == 0;
+        }
+        finally
+        {
+            _mapping.DangerousRelease();
+        }
     }
 
     /// <summary>
