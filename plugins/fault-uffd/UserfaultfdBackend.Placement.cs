@@ -108,6 +108,56 @@ internal sealed partial class UserfaultfdBackend
         }
     }
 
+    /// <inheritdoc />
+    /// <remarks>
+    /// UFFDIO_CONTINUE over the whole range, in as few calls as the kernel allows: it stops at a page
+    /// the range already maps (EEXIST), after mapping and waking the pages before it; that page is
+    /// woken and skipped, and the call goes on after it. Listen thread, preempt reader or fault
+    /// thread; lock-free; allocates nothing unless it throws.
+    /// </remarks>
+    public unsafe int MapPages(nint hostAddress, ulong length)
+    {
+        ValidatePage(hostAddress, UffdAbi.SmallPageSize);
+        if (length == 0 || length % UffdAbi.SmallPageSize != 0)
+        {
+            throw new ArgumentException($"MapPages at 0x{hostAddress:x} needs a whole number of pages; it was given 0x{length:x} bytes.", nameof(length));
+        }
+
+        ulong mapped = 0;
+        ulong done = 0;
+        for (int attempt = 0; done < length; attempt++)
+        {
+            UffdAbi.UffdioContinue map = new()
+            {
+                Range = new UffdAbi.UffdioRange { Start = (ulong)hostAddress + done, Len = length - done },
+            };
+            // SAFETY: map is a local uffdio_continue; the kernel reads the range and writes the result field.
+            int errno = Ioctl(_uffd, UffdAbi.IoctlContinue, &map);
+            if (errno == 0)
+            {
+                return (int)((mapped + (length - done)) / UffdAbi.SmallPageSize);
+            }
+
+            if (map.Mapped > 0)
+            {
+                mapped += (ulong)map.Mapped;
+                done += (ulong)map.Mapped;
+            }
+
+            if (errno == EEXIST)
+            {
+                Wake(hostAddress + (nint)done, UffdAbi.SmallPageSize);
+                done += UffdAbi.SmallPageSize;
+                attempt = -1;
+                continue;
+            }
+
+            _ = HandlePlacementError(errno, attempt, hostAddress + (nint)done, length - done, "UFFDIO_CONTINUE");
+        }
+
+        return (int)(mapped / UffdAbi.SmallPageSize);
+    }
+
     /// <summary>
     /// UFFDIO_COPY of [<paramref name="destination"/>, +<paramref name="length"/>) from
     /// <paramref name="source"/> (pinned or native memory owned by the caller), in as few calls as

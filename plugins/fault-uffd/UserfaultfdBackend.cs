@@ -6,13 +6,14 @@ using static Modular.FaultBackends.Userfaultfd.Interop.Libc;
 namespace Modular.FaultBackends.Userfaultfd;
 
 /// <summary>
-/// One userfaultfd for one incoming migration: arms guest RAM ranges in MISSING mode, delivers
-/// page faults (<see cref="ReadFaults"/>, fault thread) and places pages atomically with
-/// UFFDIO_COPY / UFFDIO_ZEROPAGE (listen thread and fault thread). Split by concern:
-/// this file holds the lifecycle and arming, UserfaultfdBackend.Faults.cs the fault reading,
-/// UserfaultfdBackend.Placement.cs the page placement.
+/// One userfaultfd for one incoming migration: arms guest RAM ranges in MISSING mode (and shared
+/// ranges in MISSING and MINOR mode), delivers page faults (<see cref="ReadFaults"/>, fault thread)
+/// and places pages atomically with UFFDIO_COPY / UFFDIO_ZEROPAGE, or maps shared pages with
+/// UFFDIO_CONTINUE (listen thread and fault thread). Split by concern: this file holds the lifecycle
+/// and arming, UserfaultfdBackend.Faults.cs the fault reading, UserfaultfdBackend.Placement.cs the
+/// page placement.
 /// </summary>
-internal sealed partial class UserfaultfdBackend : IFaultBackend
+internal sealed partial class UserfaultfdBackend : IFaultBackend, ISharedRamFaultBackend
 {
     private readonly FileDescriptorHandle _uffd;
     private readonly FileDescriptorHandle _shutdownEvent;
@@ -51,7 +52,31 @@ internal sealed partial class UserfaultfdBackend : IFaultBackend
 
     /// <inheritdoc />
     /// <remarks>Destination main thread, before LISTEN completes. Takes the ranges lock.</remarks>
-    public unsafe void Arm(HostRamRange range)
+    public void Arm(HostRamRange range) => Register(range, shared: false);
+
+    /// <inheritdoc />
+    public string? SharedRamUnavailableReason => Capabilities.MinorShmemEnabled
+        ? null
+        : "this kernel's userfaultfd has no minor faults on shared memory (UFFD_FEATURE_MINOR_SHMEM and UFFDIO_CONTINUE, Linux 5.14+)";
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// Destination main thread, before LISTEN completes. Registers MISSING and MINOR together: a page
+    /// that the shared memory does not hold yet faults as missing, one it holds but the range does
+    /// not map faults as minor; both are resolved by <see cref="MapPages"/> once the engine has
+    /// written the page through its own mapping.
+    /// </remarks>
+    public void ArmShared(HostRamRange range)
+    {
+        if (SharedRamUnavailableReason is { } reason)
+        {
+            throw new FaultBackendException($"Cannot arm shared guest RAM at 0x{range.HostAddress:x}: {reason}. Use anonymous guest RAM (machine.memory-backend anonymous) for postcopy here.");
+        }
+
+        Register(range, shared: true);
+    }
+
+    private unsafe void Register(HostRamRange range, bool shared)
     {
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         ValidateRange(range, "arm");
@@ -72,7 +97,7 @@ internal sealed partial class UserfaultfdBackend : IFaultBackend
             UffdAbi.UffdioRegister register = new()
             {
                 Range = new UffdAbi.UffdioRange { Start = (ulong)range.HostAddress, Len = range.Length },
-                Mode = UffdAbi.RegisterModeMissing,
+                Mode = shared ? UffdAbi.RegisterModeMissing | UffdAbi.RegisterModeMinor : UffdAbi.RegisterModeMissing,
             };
             // SAFETY: register is a local uffdio_register; the kernel reads the range and mode and writes ioctls.
             int errno = Ioctl(_uffd, UffdAbi.IoctlRegister, &register);
@@ -80,13 +105,13 @@ internal sealed partial class UserfaultfdBackend : IFaultBackend
             {
                 throw new FaultBackendException(DescribeRegisterFailure(range, errno));
             }
-            ulong required = UffdAbi.RequiredRangeIoctls(range.PageSize);
+            ulong required = shared ? (1UL << UffdAbi.IoctlBitContinue) | (1UL << UffdAbi.IoctlBitWake) : UffdAbi.RequiredRangeIoctls(range.PageSize);
             if ((register.Ioctls & required) != required)
             {
                 Unregister(range);
                 throw new FaultBackendException(
                     $"userfaultfd armed guest RAM at 0x{range.HostAddress:x} (+0x{range.Length:x}) but offers only ioctl mask " +
-                    $"0x{register.Ioctls:x} there; postcopy needs UFFDIO_COPY, UFFDIO_WAKE{(huge ? "" : " and UFFDIO_ZEROPAGE")} " +
+                    $"0x{register.Ioctls:x} there; postcopy needs {(shared ? "UFFDIO_CONTINUE and UFFDIO_WAKE" : "UFFDIO_COPY, UFFDIO_WAKE" + (huge ? "" : " and UFFDIO_ZEROPAGE"))} " +
                     $"(mask 0x{required:x}). Use anonymous or hugetlbfs memory for guest RAM.");
             }
             _armed.Add(range);

@@ -29,6 +29,9 @@ internal sealed record UffdCapabilities(UffdOpenPath Path, ulong AvailableFeatur
 
     /// <summary>True when MISSING registration works on hugetlbfs (2 MiB pages).</summary>
     public bool HugetlbfsSupported => (AvailableFeatures & UffdAbi.FeatureMissingHugetlbfs) != 0;
+
+    /// <summary>True when this descriptor was opened with UFFD_FEATURE_MINOR_SHMEM (UFFDIO_CONTINUE is then offered on shared ranges registered in minor mode).</summary>
+    public bool MinorShmemEnabled => (EnabledFeatures & UffdAbi.FeatureMinorShmem) != 0;
 }
 
 /// <summary>
@@ -58,16 +61,22 @@ internal static class UserfaultfdOpener
         FileDescriptorHandle uffd = OpenDescriptor(only, out UffdOpenPath path);
         try
         {
-            // Ask for thread ids. UFFDIO_API may succeed only once per descriptor, so a kernel that
-            // refuses the feature (EINVAL, before 4.14) needs a fresh descriptor for the plain handshake.
-            int errno = Handshake(uffd, UffdAbi.FeatureThreadId, out ulong available, out ulong ioctls);
-            ulong enabled = UffdAbi.FeatureThreadId;
-            if (errno == EINVAL)
+            // Ask for thread ids and minor faults on shared memory. UFFDIO_API may succeed only once
+            // per descriptor, so a kernel that refuses a feature (EINVAL: minor faults before 5.14,
+            // thread ids before 4.14) needs a fresh descriptor for the next, smaller handshake.
+            int errno = EINVAL;
+            ulong available = 0, ioctls = 0, enabled = 0;
+            ulong[] attempts = [UffdAbi.FeatureThreadId | UffdAbi.FeatureMinorShmem, UffdAbi.FeatureThreadId, 0];
+            for (int i = 0; i < attempts.Length && errno == EINVAL; i++)
             {
-                uffd.Dispose();
-                uffd = OpenDescriptor(path, out path);
-                errno = Handshake(uffd, 0, out available, out ioctls);
-                enabled = 0;
+                if (i > 0)
+                {
+                    uffd.Dispose();
+                    uffd = OpenDescriptor(path, out path);
+                }
+
+                enabled = attempts[i];
+                errno = Handshake(uffd, enabled, out available, out ioctls);
             }
             if (errno != 0)
             {

@@ -93,23 +93,25 @@ internal static class MigrationBench
     private static async Task<Outcome> MigrateAsync(string transport, Scenario scenario, ulong memory, string directory, int n)
     {
         string listen = transport == "unix" ? "unix:" + Path.Combine(directory, $"mig{n}.sock") : transport + ":127.0.0.1:0";
-        await using ModularChild destination = await ModularChild.StartAsync(directory, $"dst{n}", scenario.Kernel, memory, listen);
+        // A postcopy destination knows it from the start (as QEMU's with its capabilities set before
+        // migrate-incoming), so that it prepares its RAM for postcopy while it waits.
+        string[] destinationArguments = scenario.Postcopy
+            ? ["--set", "migration.capabilities.postcopy-ram=true", "--set", "migration.capabilities.postcopy-preempt=true"]
+            : [];
+        await using ModularChild destination = await ModularChild.StartAsync(directory, $"dst{n}", scenario.Kernel, memory, listen, destinationArguments);
         string uri = await destination.WaitForStdErrAsync("modular: listening for an incoming migration on ", TimeSpan.FromMinutes(1));
         await using ModularChild source = await ModularChild.StartAsync(directory, $"src{n}", scenario.Kernel, memory, incoming: null);
         await source.WaitForSerialAsync(scenario.Ready, GuestReadyTimeout);
         if (scenario.Postcopy)
         {
-            foreach (ModularChild side in new[] { source, destination })
+            await source.Qmp.ExecuteAsync("migrate-set-capabilities", new JsonObject
             {
-                await side.Qmp.ExecuteAsync("migrate-set-capabilities", new JsonObject
+                ["capabilities"] = new JsonArray
                 {
-                    ["capabilities"] = new JsonArray
-                    {
-                        new JsonObject { ["capability"] = "postcopy-ram", ["state"] = true },
-                        new JsonObject { ["capability"] = "postcopy-preempt", ["state"] = true },
-                    },
-                });
-            }
+                    new JsonObject { ["capability"] = "postcopy-ram", ["state"] = true },
+                    new JsonObject { ["capability"] = "postcopy-preempt", ["state"] = true },
+                },
+            });
         }
 
         TimeSpan sourceCpu = source.CpuTime;

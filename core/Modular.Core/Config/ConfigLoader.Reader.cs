@@ -19,6 +19,7 @@ public static partial class ConfigLoader
                 Vcpus: (int)Integer("machine.vcpus", 1, 64),
                 Kernel: PathValue("machine.kernel"),
                 Hugepages: Boolean("machine.hugepages"),
+                MemoryBackend: Choice("machine.memory-backend"),
                 Paused: Boolean("machine.paused"),
                 SyntheticPagesPerSecond: Integer("machine.synthetic.pages-per-second", 0, long.MaxValue));
             bool memoryParsed = !errors.Any(e => e.StartsWith("machine.memory:", StringComparison.Ordinal));

@@ -61,6 +61,7 @@ public static class ConfigSchema
         new("machine.vcpus", ConfigValueKind.Integer, "1", "Number of vCPUs (1 to 64)."),
         new("machine.kernel", ConfigValueKind.String, "(none)", "A Multiboot v1 kernel image (ELF32 or a.out kludge), loaded as QEMU's -kernel. Relative paths are relative to the config file. Required with kvm unless the machine is started with --incoming."),
         new("machine.hugepages", ConfigValueKind.Boolean, "false", "Back guest RAM with 2 MiB hugetlbfs pages (needs pages reserved in /proc/sys/vm/nr_hugepages). Precopy and postcopy both work; give both sides the same setting."),
+        new("machine.memory-backend", ConfigValueKind.String, "auto", "What backs guest RAM (without machine.hugepages): anonymous is private memory; memfd is shared memory (QEMU's memory-backend-memfd), with which a postcopy destination maps arriving pages instead of copying them and faults its RAM in while it waits; auto is memfd when started with --incoming, else anonymous.", ["auto", "anonymous", "memfd"]),
         new("machine.paused", ConfigValueKind.Boolean, "false", "Start with the vCPUs stopped, as QEMU's -S; resume with QMP cont."),
         new("machine.synthetic", ConfigValueKind.Section, "", "The synthetic accelerator's workload."),
         new("machine.synthetic.pages-per-second", ConfigValueKind.Integer, "20000", "Pages the workload dirties per second (0 = as fast as it can)."),

@@ -23,9 +23,10 @@ public sealed record ModularConfig(
 /// <param name="Vcpus">Number of vCPUs.</param>
 /// <param name="Kernel">Absolute path of the Multiboot image, or null.</param>
 /// <param name="Hugepages">Back RAM with 2 MiB hugetlbfs pages.</param>
+/// <param name="MemoryBackend">"auto", "anonymous" or "memfd" (ignored with <paramref name="Hugepages"/>).</param>
 /// <param name="Paused">Start stopped (QEMU's -S).</param>
 /// <param name="SyntheticPagesPerSecond">The synthetic workload's dirty rate (0 = unthrottled).</param>
-public sealed record MachineConfig(string Accelerator, ulong MemoryBytes, int Vcpus, string? Kernel, bool Hugepages, bool Paused, long SyntheticPagesPerSecond);
+public sealed record MachineConfig(string Accelerator, ulong MemoryBytes, int Vcpus, string? Kernel, bool Hugepages, string MemoryBackend, bool Paused, long SyntheticPagesPerSecond);
 
 /// <summary>The migration section.</summary>
 /// <param name="Capabilities">Capability name to state, for every known capability.</param>

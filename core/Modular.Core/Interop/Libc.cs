@@ -29,6 +29,8 @@ internal static unsafe partial class Libc
 
     // madvise(2)
     internal const int MADV_DONTNEED = 4;
+    internal const int MADV_REMOVE = 9;
+    internal const uint MFD_CLOEXEC = 0x0001;
     internal const int MADV_HUGEPAGE = 14;
     internal const int MADV_POPULATE_WRITE = 23;
 
@@ -85,6 +87,15 @@ internal static unsafe partial class Libc
 
     [LibraryImport(Library, EntryPoint = "munmap", SetLastError = true)]
     internal static partial int Munmap(nint address, nuint length);
+
+    [LibraryImport(Library, EntryPoint = "memfd_create", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int MemfdCreate(string name, uint flags);
+
+    [LibraryImport(Library, EntryPoint = "fallocate", SetLastError = true)]
+    internal static partial int Fallocate(SafeHandle fd, int mode, long offset, long length);
+
+    [LibraryImport(Library, EntryPoint = "ftruncate", SetLastError = true)]
+    internal static partial int Ftruncate(int fd, long length);
 
     [LibraryImport(Library, EntryPoint = "madvise", SetLastError = true)]
     internal static partial int Madvise(nint address, nuint length, int advice);

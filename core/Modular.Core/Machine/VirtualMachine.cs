@@ -154,7 +154,7 @@ public sealed partial class VirtualMachine : IQmpMachine, IDisposable
         GuestRam ram;
         try
         {
-            ram = GuestRam.Create(m.MemoryBytes, m.Hugepages ? GuestRamBacking.HugeTlb2M : GuestRamBacking.Anonymous);
+            ram = GuestRam.Create(m.MemoryBytes, BackingFor(m, mode));
         }
         catch (GuestRamAllocationException ex)
         {
@@ -173,6 +173,15 @@ public sealed partial class VirtualMachine : IQmpMachine, IDisposable
             throw;
         }
     }
+
+    /// <summary>machine.hugepages, else machine.memory-backend; "auto" is shared memory for a destination (--incoming), private otherwise.</summary>
+    internal static GuestRamBacking BackingFor(MachineConfig machine, MachineStartMode mode) => machine switch
+    {
+        { Hugepages: true } => GuestRamBacking.HugeTlb2M,
+        { MemoryBackend: "memfd" } => GuestRamBacking.SharedMemfd,
+        { MemoryBackend: "auto" } when mode == MachineStartMode.Incoming => GuestRamBacking.SharedMemfd,
+        _ => GuestRamBacking.Anonymous,
+    };
 
     private void Build(PluginCatalog plugins, MachineStartMode mode, ILoggerFactory loggers, string kvmPath)
     {

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
 using Modular.Abstractions.Memory;
 using Modular.Core.Interop;
 
@@ -53,15 +54,24 @@ public sealed class GuestRam : IGuestMemory, IDisposable
     {
         ulong pageSize = backing switch
         {
-            GuestRamBacking.Anonymous => RamBlock.TargetPageSize,
+            GuestRamBacking.Anonymous or GuestRamBacking.SharedMemfd => RamBlock.TargetPageSize,
             GuestRamBacking.HugeTlb2M => HugePageSize,
-            _ => throw new ArgumentOutOfRangeException(nameof(backing), backing, "Choose Anonymous or HugeTlb2M guest RAM backing."),
+            _ => throw new ArgumentOutOfRangeException(nameof(backing), backing, "Choose Anonymous, HugeTlb2M or SharedMemfd guest RAM backing."),
         };
         string pageText = pageSize == HugePageSize ? "2 MiB huge page" : "4 KiB page";
         if (size == 0 || size % pageSize != 0)
         {
             throw new GuestRamAllocationException(
                 $"Guest RAM size {size} bytes ({Mib(size)}) is not a positive multiple of the {pageText} size ({pageSize} bytes): choose a size such as {Mib(Math.Max(pageSize, size / pageSize * pageSize))}.");
+        }
+
+        RamRegion[] regions = size <= LowRamLimit
+            ? [new RamRegion(new GuestPhysicalAddress(0), 0, size)]
+            : [new RamRegion(new GuestPhysicalAddress(0), 0, LowRamLimit), new RamRegion(new GuestPhysicalAddress(HighRamBase), LowRamLimit, size - LowRamLimit)];
+        if (backing == GuestRamBacking.SharedMemfd)
+        {
+            (MappedMemory guest, MappedMemory alias, SafeFileHandle memory) = MapSharedMemfd(size);
+            return new GuestRam([new RamBlock(MainBlockName, guest, pageSize, regions, new SharedMemory(alias, memory))]);
         }
 
         int flags = Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS;
@@ -84,10 +94,53 @@ public sealed class GuestRam : IGuestMemory, IDisposable
         }
 
         var mapping = new MappedMemory(address, size);
-        RamRegion[] regions = size <= LowRamLimit
-            ? [new RamRegion(new GuestPhysicalAddress(0), 0, size)]
-            : [new RamRegion(new GuestPhysicalAddress(0), 0, LowRamLimit), new RamRegion(new GuestPhysicalAddress(HighRamBase), LowRamLimit, size - LowRamLimit)];
         return new GuestRam([new RamBlock(MainBlockName, mapping, pageSize, regions)]);
+    }
+
+    /// <summary>A memfd of <paramref name="size"/> bytes mapped shared twice (the guest's mapping, the VMM's alias); the descriptor stays open for populating.</summary>
+    private static (MappedMemory Guest, MappedMemory Alias, SafeFileHandle Memory) MapSharedMemfd(ulong size)
+    {
+        int fd = Libc.MemfdCreate("modular-" + MainBlockName, Libc.MFD_CLOEXEC);
+        if (fd < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new GuestRamAllocationException(
+                $"Cannot create shared memory for guest RAM block {MainBlockName} (memfd_create failed with {Libc.DescribeErrno(errno)}). Use anonymous guest RAM (machine.memory-backend anonymous).");
+        }
+
+        var memory = new SafeFileHandle(fd, ownsHandle: true);
+        MappedMemory? guest = null;
+        try
+        {
+            if (Libc.Ftruncate(fd, (long)size) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                throw new GuestRamAllocationException(
+                    $"Cannot size shared memory for {Mib(size)} of guest RAM (ftruncate failed with {Libc.DescribeErrno(errno)}). Choose less memory or use anonymous guest RAM.");
+            }
+
+            guest = MapShared(fd, size, "the guest's mapping");
+            return (guest, MapShared(fd, size, "the VMM's second mapping"), memory);
+        }
+        catch
+        {
+            guest?.Dispose();
+            memory.Dispose();
+            throw;
+        }
+    }
+
+    private static MappedMemory MapShared(int fd, ulong size, string which)
+    {
+        nint address = Libc.Mmap(0, (nuint)size, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_SHARED, fd, 0);
+        if (address == Libc.MAP_FAILED)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new GuestRamAllocationException(
+                $"Cannot map {Mib(size)} of shared guest RAM for block {MainBlockName} ({which}): mmap failed with {Libc.DescribeErrno(errno)}. Choose less memory or free some on the host.");
+        }
+
+        return new MappedMemory(address, size);
     }
 
     /// <summary>The block named <paramref name="name"/> (e.g. "pc.ram").</summary>

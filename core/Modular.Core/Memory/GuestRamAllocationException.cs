@@ -21,6 +21,14 @@ public enum GuestRamBacking
 
     /// <summary>2 MiB hugetlbfs pages (MAP_HUGETLB|MAP_HUGE_2MB); they must be reserved in /proc/sys/vm/nr_hugepages first.</summary>
     HugeTlb2M = 2,
+
+    /// <summary>
+    /// Shared memory (a memfd, QEMU's memory-backend-memfd), 4 KiB pages, mapped twice: once for the
+    /// guest and once for the VMM's own writes. A postcopy destination fills pages through the second
+    /// mapping and maps them into the guest's with minor faults (UFFDIO_CONTINUE), and can fault all
+    /// of its RAM in while it waits for the source.
+    /// </summary>
+    SharedMemfd = 3,
 }
 
 /// <summary>A source of pages the guest wrote behind the VMM's back (KVM's dirty log).</summary>

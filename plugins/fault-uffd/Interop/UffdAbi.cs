@@ -58,6 +58,12 @@ internal static class UffdAbi
     /// <summary>_UFFDIO_ZEROPAGE.</summary>
     public const int IoctlBitZeropage = 0x04;
 
+    /// <summary>UFFDIO_CONTINUE: _IOWR(0xAA, 0x07, struct uffdio_continue) (32 bytes).</summary>
+    public const uint IoctlContinue = 0xC020AA07;
+
+    /// <summary>_UFFDIO_CONTINUE.</summary>
+    public const int IoctlBitContinue = 0x07;
+
     /// <summary>_UFFDIO_API.</summary>
     public const int IoctlBitApi = 0x3F;
 
@@ -67,6 +73,9 @@ internal static class UffdAbi
     /// <summary>UFFD_FEATURE_MISSING_SHMEM: MISSING registration works on shmem.</summary>
     public const ulong FeatureMissingShmem = 1UL << 5;
 
+    /// <summary>UFFD_FEATURE_MINOR_SHMEM: MINOR registration and UFFDIO_CONTINUE work on shmem (Linux 5.14+).</summary>
+    public const ulong FeatureMinorShmem = 1UL << 10;
+
     /// <summary>UFFD_FEATURE_THREAD_ID: page fault messages carry the faulting thread id.</summary>
     public const ulong FeatureThreadId = 1UL << 8;
 
@@ -75,6 +84,9 @@ internal static class UffdAbi
 
     /// <summary>UFFDIO_REGISTER_MODE_MISSING.</summary>
     public const ulong RegisterModeMissing = 1UL << 0;
+
+    /// <summary>UFFDIO_REGISTER_MODE_MINOR: a touch of a page that the page cache holds but the range does not map faults.</summary>
+    public const ulong RegisterModeMinor = 1UL << 2;
 
     /// <summary>UFFD_EVENT_PAGEFAULT.</summary>
     public const byte EventPagefault = 0x12;
@@ -129,6 +141,15 @@ internal static class UffdAbi
         public UffdioRange Range;
         public ulong Mode;
         public long Zeropage;
+    }
+
+    /// <summary>struct uffdio_continue. <see cref="Mapped"/> is written by the kernel: bytes mapped, or -errno.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct UffdioContinue
+    {
+        public UffdioRange Range;
+        public ulong Mode;
+        public long Mapped;
     }
 
     /// <summary>struct uffd_msg (packed, 32 bytes) with the pagefault arm of its union.</summary>

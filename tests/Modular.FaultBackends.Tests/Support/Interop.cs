@@ -14,6 +14,7 @@ internal static partial class Interop
 
         public const int PROT_READ = 0x1;
         public const int PROT_WRITE = 0x2;
+        public const int MAP_SHARED = 0x01;
         public const int MAP_PRIVATE = 0x02;
         public const int MAP_ANONYMOUS = 0x20;
         public const int MAP_HUGETLB = 0x40000;
@@ -21,6 +22,15 @@ internal static partial class Interop
 
         [LibraryImport(Library, EntryPoint = "mmap", SetLastError = true)]
         public static partial nint Mmap(nint address, nuint length, int protection, int flags, int fd, nint offset);
+
+        [LibraryImport(Library, EntryPoint = "memfd_create", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+        public static partial int MemfdCreate(string name, uint flags);
+
+        [LibraryImport(Library, EntryPoint = "ftruncate", SetLastError = true)]
+        public static partial int Ftruncate(int fd, long length);
+
+        [LibraryImport(Library, EntryPoint = "close", SetLastError = true)]
+        public static partial int Close(int fd);
 
         [LibraryImport(Library, EntryPoint = "munmap", SetLastError = true)]
         public static partial int Munmap(nint address, nuint length);

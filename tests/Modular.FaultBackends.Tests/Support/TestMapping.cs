@@ -35,6 +35,40 @@ internal sealed class TestMapping : IDisposable
         return address == Interop.Libc.MapFailed ? null : new TestMapping(address, (ulong)pages * huge, huge);
     }
 
+    /// <summary>
+    /// A memfd of <paramref name="pages"/> 4 KiB pages mapped shared twice: this mapping (the one a
+    /// test arms) and <paramref name="alias"/> (never armed, so tests may write it directly). Unmap
+    /// the alias with <see cref="Unmap"/>.
+    /// </summary>
+    public static TestMapping SharedMemfd(int pages, out nint alias)
+    {
+        ulong length = (ulong)pages * 4096;
+        int fd = Interop.Libc.MemfdCreate("uffd-test", 1);
+        if (fd < 0 || Interop.Libc.Ftruncate(fd, (long)length) != 0)
+        {
+            throw new InvalidOperationException($"memfd of {length} bytes failed: errno {Marshal.GetLastPInvokeError()}");
+        }
+
+        try
+        {
+            nint guest = Interop.Libc.Mmap(0, (nuint)length, Interop.Libc.PROT_READ | Interop.Libc.PROT_WRITE, Interop.Libc.MAP_SHARED, fd, 0);
+            alias = Interop.Libc.Mmap(0, (nuint)length, Interop.Libc.PROT_READ | Interop.Libc.PROT_WRITE, Interop.Libc.MAP_SHARED, fd, 0);
+            if (guest == Interop.Libc.MapFailed || alias == Interop.Libc.MapFailed)
+            {
+                throw new InvalidOperationException($"mmap of the memfd failed: errno {Marshal.GetLastPInvokeError()}");
+            }
+
+            return new TestMapping(guest, length, 4096);
+        }
+        finally
+        {
+            _ = Interop.Libc.Close(fd);
+        }
+    }
+
+    /// <summary>Unmaps another mapping of this one's length (a shared mapping's alias).</summary>
+    public void Unmap(nint other) => Interop.Libc.Munmap(other, (nuint)Length);
+
     private static TestMapping Map(int pages, ulong pageSize, int extraFlags)
     {
         ulong length = (ulong)pages * pageSize;

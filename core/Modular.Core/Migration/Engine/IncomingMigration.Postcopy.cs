@@ -102,16 +102,28 @@ public sealed partial class IncomingMigration
             throw reader.ErrorAt(at, $"postcopy needs the fault backend '{_settings.FaultBackend}': {ex.Message.TrimEnd('.')}");
         }
 
-        // Postcopy relies on missing pages faulting: drop whatever was populated while waiting
-        // (postcopy-ram may have been enabled after listening started), as QEMU discards at ADVISE.
-        _prepopulateStop.Cancel();
-        _prepopulate.Wait();
-        foreach (RamBlock block in _machine.Ram.Blocks)
+        // Postcopy relies on missing pages faulting: empty the guest's mapping (postcopy-ram may have
+        // been enabled after listening started), as QEMU discards at ADVISE. Shared memory mapped with
+        // minor faults keeps its populated memory (still being populated through the other mapping);
+        // anything else is dropped, so populating stops first.
+        var ram = new PostcopyRam(_machine.Ram, backend, _machine.VcpuThreadIds);
+        _guestPopulateStop.Cancel();
+        _guestPopulate.Wait();
+        _guestDrop.Wait();
+        if (!_machine.Ram.Blocks.All(ram.MapsShared))
         {
-            block.Discard(0, block.Size);
+            // Dropped memory must stay dropped: a page populated behind a copy's back would refuse it.
+            _memoryPopulateStop.Cancel();
+            _memoryPopulate.Wait();
         }
 
-        _postcopyRam = new PostcopyRam(_machine.Ram, backend, _machine.VcpuThreadIds);
+        ram.PrepareAtAdvise();
+        if (_machine.Ram.Blocks.Any(b => b.IsShared && !ram.MapsShared(b)))
+        {
+            _logger.LogInformation("Postcopy places copies of pages into shared guest RAM: {Reason}", ram.SharedRamUnavailableReason);
+        }
+
+        _postcopyRam = ram;
         _ramLoader!.Postcopy = _postcopyRam;
         PostcopyState.MoveTo(State.PostcopyState.Advise);
     }

@@ -32,8 +32,15 @@ public sealed partial class IncomingMigration
     private IMigrationListener? _listener;
     private ReturnPathWriter? _returnPath;
     private volatile string? _error;
-    private Task _prepopulate = Task.CompletedTask;
-    private readonly CancellationTokenSource _prepopulateStop = new();
+    // Populating RAM while waiting for the source: through the guest's mapping (precopy), or only the
+    // memory of shared RAM (postcopy); the second also drops what the first did when postcopy-ram
+    // comes late. Both stop at ADVISE as needed (see Advise).
+    private Task _guestPopulate = Task.CompletedTask;
+    private readonly CancellationTokenSource _guestPopulateStop = new();
+    private Task _guestDrop = Task.CompletedTask;
+    private Task _memoryPopulate = Task.CompletedTask;
+    private readonly CancellationTokenSource _memoryPopulateStop = new();
+    private bool _postcopyPrepared;
     private Dictionary<(string, uint), ISaveVmSection> _devices = new();
     private RamLoader? _ramLoader;
     private IMigrationConnection? _connection;
@@ -78,17 +85,21 @@ public sealed partial class IncomingMigration
         _ = SwitchWarmUp.StartAsync(_machine.StateSections()).ContinueWith(
             t => _logger.LogDebug("Migration code compiled ahead in {Ms:F0} ms while waiting", t.Result.TotalMilliseconds),
             CancellationToken.None, TaskContinuationOptions.OnlyOnRanToCompletion, TaskScheduler.Default);
+        // Like QEMU with preallocated RAM: take the first-touch cost while waiting. Safe alongside
+        // loading (populating never replaces a present page). For postcopy only shared memory is
+        // populated, and only through its second mapping: the guest's mapping must stay empty so
+        // that every page faults until it has arrived; private memory is dropped at ADVISE anyway.
         if (!_settings.Snapshot().Has("postcopy-ram"))
         {
-            // Like QEMU with preallocated RAM: take the first-touch cost while waiting. Safe alongside
-            // loading (populating never replaces a present page); postcopy drops it all at ADVISE.
-            _prepopulate = Task.Run(() =>
+            _guestPopulate = Task.Run(() => Populate(guestMapping: true, _guestPopulateStop.Token));
+        }
+        else
+        {
+            _postcopyPrepared = true;
+            if (AllRamShared)
             {
-                foreach (RamBlock block in _machine.Ram.Blocks)
-                {
-                    block.Populate(_prepopulateStop.Token);
-                }
-            });
+                _memoryPopulate = Task.Run(() => Populate(guestMapping: false, _memoryPopulateStop.Token));
+            }
         }
 
         Completion = Task.Run(AcceptAndLoadAsync);
@@ -102,21 +113,58 @@ public sealed partial class IncomingMigration
     /// </summary>
     public void PostcopyEnabledWhileWaiting()
     {
-        if (Status.Current != MigrationStatus.None || _prepopulateStop.IsCancellationRequested)
+        if (Status.Current != MigrationStatus.None || _postcopyPrepared)
         {
             return;
         }
 
-        _prepopulateStop.Cancel();
-        Task populating = _prepopulate;
-        _prepopulate = Task.Run(async () =>
+        _postcopyPrepared = true;
+        _guestPopulateStop.Cancel();
+        Task populating = _guestPopulate;
+        bool shared = AllRamShared;
+        _guestDrop = Task.Run(async () =>
         {
             await populating.ConfigureAwait(false);
             foreach (RamBlock block in _machine.Ram.Blocks)
             {
-                block.Discard(0, block.Size);
+                // Shared memory keeps what was populated (only the guest's mapping goes); private memory is dropped.
+                if (shared)
+                {
+                    block.Unmap(0, block.Size);
+                }
+                else
+                {
+                    block.Discard(0, block.Size);
+                }
             }
         });
+        if (shared)
+        {
+            Task dropping = _guestDrop;
+            _memoryPopulate = Task.Run(async () =>
+            {
+                await dropping.ConfigureAwait(false);
+                Populate(guestMapping: false, _memoryPopulateStop.Token);
+            });
+        }
+    }
+
+    private bool AllRamShared => _machine.Ram.Blocks.All(b => b.IsShared);
+
+    /// <summary>Populates every RAM block, through the guest's mapping or (shared memory) only the memory. A pool thread.</summary>
+    private void Populate(bool guestMapping, CancellationToken stop)
+    {
+        long started = System.Diagnostics.Stopwatch.GetTimestamp();
+        foreach (RamBlock block in _machine.Ram.Blocks)
+        {
+            block.Populate(stop, memoryOnly: !guestMapping);
+        }
+
+        _logger.LogDebug(
+            "Guest RAM populated ({Which}) in {Ms:F0} ms{Stopped}",
+            guestMapping ? "guest mapping" : "memory only",
+            System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds,
+            stop.IsCancellationRequested ? ", stopped early" : string.Empty);
     }
 
     /// <summary>Stops waiting or loading. Any thread.</summary>

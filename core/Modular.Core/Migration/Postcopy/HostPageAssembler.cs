@@ -61,9 +61,9 @@ internal sealed class HostPageAssembler
                 throw OutOfOrder(block, offset);
             }
 
-            if (_ram.IsArmed && !isZero)
+            if (_ram.IsArmed && (!isZero || _ram.MapsShared(block)))
             {
-                _runs.Add(block, offset, page);
+                _runs.Add(block, offset, page, isZero);
                 return;
             }
 

@@ -18,6 +18,10 @@ namespace Modular.Core.Migration.Postcopy;
 /// pages, and the page maps (per target page) move all target pages of a host page together. The page maps
 /// are lock-free; nothing here takes a lock or allocates on the fault or placement path.
 /// Managed code never reads or writes armed RAM: copies are native (RamBlock.CopyIn) or ioctls.
+/// Blocks on shared memory (a memfd), with a backend that offers <see cref="ISharedRamFaultBackend"/>:
+/// after LISTEN a page is written through the block's second mapping by the one thread that claims
+/// it (a bit per page, beside the page map and not a state of it) and then mapped (UFFDIO_CONTINUE);
+/// ADVISE and discards only empty the guest's mapping, the memory stays populated.
 /// </remarks>
 internal sealed class PostcopyRam : IDisposable
 {
@@ -26,6 +30,13 @@ internal sealed class PostcopyRam : IDisposable
     private readonly long[][] _requestedAt;
     private readonly short[][] _requestedBy;
     private readonly HostRamRange[] _ranges;
+
+    // Per block: the backend that maps its pages from shared memory (minor faults), or null when its
+    // pages are placed as copies. For those blocks, one bit per target page: set by the thread that
+    // writes the page after LISTEN, so that a page arriving twice (preempt channel and stream) is
+    // written once, and never over a page the guest may already be changing.
+    private readonly ISharedRamFaultBackend?[] _shared;
+    private readonly ulong[][] _claimed;
     private readonly Func<int[]> _vcpuThreadIds;
     private int[] _knownVcpuThreads = [];
     private volatile bool _armed;
@@ -44,7 +55,22 @@ internal sealed class PostcopyRam : IDisposable
         _requestedBy = _blocks.Select(b => new short[b.PageCount]).ToArray();
         _ranges = _blocks.Select(b => new HostRamRange(b.HostAddress, b.Size, b.HostPageSize)).ToArray();
         Latency = new FaultLatencyRecorder(_vcpuThreadIds().Length);
+        ISharedRamFaultBackend? shared = backend as ISharedRamFaultBackend;
+        SharedRamUnavailableReason = shared is null
+            ? "the fault backend cannot map shared memory (no ISharedRamFaultBackend)"
+            : shared.SharedRamUnavailableReason;
+        _shared = _blocks.Select(b => b.IsShared && b.HostPageSize == RamBlock.TargetPageSize && SharedRamUnavailableReason is null ? shared : null).ToArray();
+        _claimed = _blocks.Select((b, i) => _shared[i] is null ? [] : new ulong[(b.PageCount + 63) / 64]).ToArray();
     }
+
+    /// <summary>Null when the fault backend can map shared memory; otherwise why not (shared blocks are then placed as copies).</summary>
+    internal string? SharedRamUnavailableReason { get; }
+
+    /// <summary>
+    /// True when the pages of <paramref name="block"/> are written through its second mapping and
+    /// then mapped (shared memory, minor faults) rather than placed as copies.
+    /// </summary>
+    internal bool MapsShared(RamBlock block) => _shared[IndexOf(block)] is not null;
 
     /// <summary>The armed fault backend.</summary>
     internal IFaultBackend Backend { get; }
@@ -64,11 +90,44 @@ internal sealed class PostcopyRam : IDisposable
     /// <summary>Pages not yet received, over all blocks.</summary>
     internal ulong PagesNotReceived => (ulong)_maps.Sum(m => (long)(m.PageCount - m.ReceivedCount));
 
-    /// <summary>POSTCOPY_RAM_DISCARD: drop [offset, +length) (MADV_DONTNEED) and mark it missing. Main incoming task, before LISTEN.</summary>
+    /// <summary>
+    /// POSTCOPY_ADVISE: make every page fault once armed. A block mapped from shared memory only
+    /// leaves the guest's mapping (its memory stays, populated); any other block is dropped (reads as
+    /// zero, as QEMU discards at ADVISE). Nothing may populate the guest's mapping meanwhile. Main
+    /// incoming task.
+    /// </summary>
+    internal void PrepareAtAdvise()
+    {
+        for (int i = 0; i < _blocks.Count; i++)
+        {
+            if (_shared[i] is not null)
+            {
+                _blocks[i].Unmap(0, _blocks[i].Size);
+            }
+            else
+            {
+                _blocks[i].Discard(0, _blocks[i].Size);
+            }
+        }
+    }
+
+    /// <summary>
+    /// POSTCOPY_RAM_DISCARD: drop [offset, +length) from the guest's mapping (MADV_DONTNEED; shared
+    /// memory placed as copies: MADV_REMOVE) and mark it missing. Main incoming task, before LISTEN.
+    /// </summary>
     internal void Discard(RamBlock block, ulong offset, ulong length)
     {
-        block.Discard(offset, length);
-        _maps[IndexOf(block)].DiscardRange(offset / RamBlock.TargetPageSize, length / RamBlock.TargetPageSize);
+        int index = IndexOf(block);
+        if (_shared[index] is not null)
+        {
+            block.Unmap(offset, length);
+        }
+        else
+        {
+            block.Discard(offset, length);
+        }
+
+        _maps[index].DiscardRange(offset / RamBlock.TargetPageSize, length / RamBlock.TargetPageSize);
     }
 
     /// <summary>POSTCOPY_LISTEN: seal the page maps and arm every block. Main incoming task.</summary>
@@ -79,9 +138,16 @@ internal sealed class PostcopyRam : IDisposable
             map.BeginRunning();
         }
 
-        foreach (HostRamRange range in _ranges)
+        for (int i = 0; i < _ranges.Length; i++)
         {
-            Backend.Arm(range);
+            if (_shared[i] is { } shared)
+            {
+                shared.ArmShared(_ranges[i]);
+            }
+            else
+            {
+                Backend.Arm(_ranges[i]);
+            }
         }
 
         _armed = true;
@@ -111,6 +177,16 @@ internal sealed class PostcopyRam : IDisposable
         else if (block.HostPageSize != RamBlock.TargetPageSize)
         {
             throw new InvalidOperationException($"Target page 0x{offset:x} of RAM block '{block.Name}' cannot be placed alone: the block has 0x{block.HostPageSize:x}-byte host pages, which are placed whole after LISTEN (PlaceHostPage, through a HostPageAssembler).");
+        }
+        else if (_shared[index] is { } shared)
+        {
+            if (!TryWriteShared(index, block, offset, page, isZero))
+            {
+                // Written by another thread (it maps the page and marks it received), or received before LISTEN.
+                return;
+            }
+
+            shared.MapPages(block.HostAddress + (nint)offset, RamBlock.TargetPageSize);
         }
         else if (isZero)
         {
@@ -154,6 +230,56 @@ internal sealed class PostcopyRam : IDisposable
                 RecordLatency(index, page);
             }
         }
+    }
+
+    /// <summary>
+    /// After LISTEN, for a block mapped from shared memory: writes one received target page through
+    /// the block's second mapping, unless the page was received before LISTEN or another thread has
+    /// taken it since (then false: nothing is written, and that thread maps it). The page is not mapped
+    /// yet: <see cref="MapSharedRun"/> does that. Listen thread, preempt reader or fault thread;
+    /// lock-free, allocation-free.
+    /// </summary>
+    internal bool TryWriteShared(RamBlock block, ulong offset, ReadOnlySpan<byte> page, bool isZero) =>
+        TryWriteShared(IndexOf(block), block, offset, page, isZero);
+
+    /// <summary>
+    /// Maps <paramref name="count"/> consecutive target pages of a block on shared memory, written
+    /// with <see cref="TryWriteShared"/>, into the guest's mapping in one step (UFFDIO_CONTINUE),
+    /// waking their waiters; then marks each received and records the latency of those requested.
+    /// The thread that wrote them; allocation-free.
+    /// </summary>
+    internal void MapSharedRun(RamBlock block, ulong offset, int count)
+    {
+        int index = IndexOf(block);
+        ISharedRamFaultBackend shared = _shared[index] ?? throw new InvalidOperationException($"RAM block '{block.Name}' is not mapped from shared memory.");
+        shared.MapPages(block.HostAddress + (nint)offset, (ulong)count * RamBlock.TargetPageSize);
+        ulong first = offset / RamBlock.TargetPageSize;
+        for (ulong page = first; page < first + (ulong)count; page++)
+        {
+            if (_maps[index].MarkReceived(page) == PageState.Requested)
+            {
+                RecordLatency(index, page);
+            }
+        }
+    }
+
+    private bool TryWriteShared(int index, RamBlock block, ulong offset, ReadOnlySpan<byte> page, bool isZero)
+    {
+        ulong pageIndex = offset / RamBlock.TargetPageSize;
+        if (_maps[index].GetState(pageIndex) == PageState.Received)
+        {
+            return false;
+        }
+
+        ref ulong word = ref _claimed[index][pageIndex / 64];
+        ulong bit = 1UL << (int)(pageIndex % 64);
+        if ((Interlocked.Or(ref word, bit) & bit) != 0)
+        {
+            return false;
+        }
+
+        block.WriteThroughAlias(offset, isZero ? default : page);
+        return true;
     }
 
     /// <summary>
@@ -236,7 +362,16 @@ internal sealed class PostcopyRam : IDisposable
                 }
                 else if (outcome == FaultOutcome.AlreadyReceived)
                 {
-                    Backend.Wake(candidate.HostAddress + (nint)offset, candidate.HostPageSize);
+                    if (_shared[i] is { } shared)
+                    {
+                        // The guest's mapping may have lost the page (reclaim) or never had it (received
+                        // before LISTEN through the other mapping): map it; if it is mapped, this wakes.
+                        shared.MapPages(candidate.HostAddress + (nint)offset, candidate.HostPageSize);
+                    }
+                    else
+                    {
+                        Backend.Wake(candidate.HostAddress + (nint)offset, candidate.HostPageSize);
+                    }
                 }
 
                 return outcome;
