@@ -127,6 +127,32 @@ public sealed class SharedRamPostcopyTests
         Assert.AreEqual(1L, postcopy.Latency.Count, "the request's latency is recorded when its page is mapped");
     }
 
+    [TestMethod]
+    public void WithABackendThatCannotMapSharedMemory_TheMemoryIsFreedAtAdvise_AndCopiesArePlaced()
+    {
+        using GuestRam ram = GuestRam.Create(1 << 20, GuestRamBacking.SharedMemfd);
+        RamBlock block = ram.Blocks[0];
+        block.CopyIn(6 * Page, Pattern(6)); // populated or left over while waiting
+        var backend = new RecordingFaultBackend();
+        using var postcopy = new PostcopyRam(ram, backend);
+        Assert.IsFalse(postcopy.MapsShared(block));
+        StringAssert.Contains(postcopy.SharedRamUnavailableReason, "ISharedRamFaultBackend");
+
+        postcopy.PrepareAtAdvise();
+        Assert.IsTrue(block.IsZeroPage(6 * Page), "a copy can only be placed into a missing page: the shared memory must be freed at ADVISE");
+
+        postcopy.Arm();
+        var assembler = new HostPageAssembler(postcopy);
+        for (int page = 6; page < 9; page++)
+        {
+            assembler.Add(block, (ulong)page * Page, Pattern(page), isZero: false);
+        }
+
+        assembler.Flush();
+        CollectionAssert.AreEqual(new[] { (block.HostAddress + (6 * Page), 3) }, backend.Runs);
+        Assert.AreEqual(3UL, postcopy.Map(0).ReceivedCount);
+    }
+
     /// <summary>1 MiB of shared guest RAM and postcopy's RAM over the real userfaultfd plugin.</summary>
     private sealed class Scope : IDisposable
     {
