@@ -40,7 +40,7 @@ public sealed partial class IncomingMigration
     private Task _guestDrop = Task.CompletedTask;
     private Task _memoryPopulate = Task.CompletedTask;
     private readonly CancellationTokenSource _memoryPopulateStop = new();
-    private bool _postcopyPrepared;
+    private bool _ramPreparedForPostcopy;
     private Dictionary<(string, uint), ISaveVmSection> _devices = new();
     private RamLoader? _ramLoader;
     private IMigrationConnection? _connection;
@@ -95,7 +95,8 @@ public sealed partial class IncomingMigration
         }
         else
         {
-            _postcopyPrepared = true;
+            _ramPreparedForPostcopy = true;
+            PreparePostcopyWhileWaiting();
             if (AllRamShared)
             {
                 _memoryPopulate = Task.Run(() => Populate(guestMapping: false, _memoryPopulateStop.Token));
@@ -113,12 +114,13 @@ public sealed partial class IncomingMigration
     /// </summary>
     public void PostcopyEnabledWhileWaiting()
     {
-        if (Status.Current != MigrationStatus.None || _postcopyPrepared)
+        if (Status.Current != MigrationStatus.None || _ramPreparedForPostcopy)
         {
             return;
         }
 
-        _postcopyPrepared = true;
+        _ramPreparedForPostcopy = true;
+        PreparePostcopyWhileWaiting();
         _guestPopulateStop.Cancel();
         Task populating = _guestPopulate;
         bool shared = AllRamShared;
@@ -231,6 +233,7 @@ public sealed partial class IncomingMigration
             }
 
             _postcopyRam?.Dispose();
+            DisposeUnusedPostcopyPreparation();
             _pageChannel?.Dispose();
 
             if (_listener is not null)
