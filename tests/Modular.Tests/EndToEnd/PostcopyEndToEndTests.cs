@@ -40,6 +40,11 @@ public sealed class PostcopyEndToEndTests
         // Destinations default to shared memory (pages mapped with UFFDIO_CONTINUE); this one places copies (UFFDIO_COPY).
         RunAsync(TestContext, "tcp:127.0.0.1:0", precopyPasses: 0, extraArgs: ["--set", "machine.memory-backend=anonymous"]);
 
+    [TestMethod]
+    public Task Unix_GuestBootedOnSharedMemory_PostcopyAfterTwoPrecopyPasses() =>
+        // The source's guest runs on a memfd too: KVM's dirty log over shared memory drives the passes and the discards.
+        RunAsync(TestContext, "unix:" + Path.Combine(Path.GetTempPath(), "modular-pc-" + Guid.NewGuid().ToString("N")[..8] + ".sock"), precopyPasses: 2, extraArgs: ["--set", "machine.memory-backend=memfd"]);
+
     /// <summary>The scenario: postcopy after <paramref name="precopyPasses"/> precopy passes; <paramref name="extraArgs"/> go to both processes (e.g. huge pages); <paramref name="preempt"/> sets postcopy-preempt on the source.</summary>
     internal static async Task RunAsync(TestContext testContext, string listenUri, int precopyPasses, IReadOnlyList<string>? extraArgs = null, bool preempt = false)
     {
