@@ -43,7 +43,7 @@ public sealed class SharedRamTests
             backend.ArmShared(mapping.Range);
 
             using NativeToucher toucher = NativeToucher.Read(mapping.Page(3) + 40, 16);
-            PageFault fault = ReadOneFault(backend);
+            PageFault fault = Faults.ReadOne(backend);
             Assert.AreEqual(mapping.Page(3), fault.HostAddress & ~(nint)(Page - 1));
             Assert.IsFalse(toucher.Finished(Blocked), "the memory holds the page, but the armed mapping must not show it before it is mapped");
 
@@ -66,7 +66,7 @@ public sealed class SharedRamTests
         {
             backend.ArmShared(mapping.Range);
             using NativeToucher toucher = NativeToucher.Write(mapping.Page(1) + 8, 4, 0x77);
-            PageFault fault = ReadOneFault(backend);
+            PageFault fault = Faults.ReadOne(backend);
             Assert.AreEqual(mapping.Page(1), fault.HostAddress & ~(nint)(Page - 1));
             Assert.IsTrue(fault.IsWrite);
             Assert.IsFalse(toucher.Finished(Blocked));
@@ -108,7 +108,7 @@ public sealed class SharedRamTests
             }
 
             using NativeToucher waiter = NativeToucher.Read(mapping.Page(5), 8);
-            Assert.AreEqual(mapping.Page(5), ReadOneFault(backend).HostAddress & ~(nint)(Page - 1));
+            Assert.AreEqual(mapping.Page(5), Faults.ReadOne(backend).HostAddress & ~(nint)(Page - 1));
 
             Assert.AreEqual(5, backend.MapPages(mapping.Page(1), 6 * Page), "pages 1 and 3 to 6 are mapped; page 2 was already");
             Assert.IsTrue(waiter.Finished(Released));
@@ -145,13 +145,6 @@ public sealed class SharedRamTests
         return backend;
     }
 
-    private static PageFault ReadOneFault(IFaultBackend backend)
-    {
-        using Timer watchdog = new(_ => backend.Shutdown(), null, TimeSpan.FromSeconds(10), Timeout.InfiniteTimeSpan);
-        Span<PageFault> faults = stackalloc PageFault[1];
-        Assert.AreEqual(1, backend.ReadFaults(faults), "no page fault arrived within 10 s");
-        return faults[0];
-    }
 
     private static byte[] Pattern(int seed)
     {

@@ -54,7 +54,7 @@ public sealed class UserfaultfdBackendTests
         backend.Arm(mapping.Range);
 
         using NativeToucher toucher = NativeToucher.Read(mapping.Page(5) + 100, 8);
-        PageFault fault = ReadOneFault(backend);
+        PageFault fault = Faults.ReadOne(backend);
 
         Assert.AreEqual(mapping.Page(5), fault.HostAddress & ~(nint)(Page - 1));
         Assert.AreEqual(toucher.ThreadId, fault.ThreadId);
@@ -75,7 +75,7 @@ public sealed class UserfaultfdBackendTests
         backend.Arm(mapping.Range);
 
         using NativeToucher toucher = NativeToucher.Write(mapping.Page(2) + 10, 4, 0x5A);
-        PageFault fault = ReadOneFault(backend);
+        PageFault fault = Faults.ReadOne(backend);
 
         Assert.AreEqual(mapping.Page(2), fault.HostAddress & ~(nint)(Page - 1));
         Assert.IsTrue(fault.IsWrite);
@@ -94,7 +94,7 @@ public sealed class UserfaultfdBackendTests
 
         using NativeToucher first = NativeToucher.Read(mapping.Page(1), 16);
         using NativeToucher second = NativeToucher.Read(mapping.Page(6), 16);
-        HashSet<nint> faulted = new() { ReadOneFault(backend).HostAddress, ReadOneFault(backend).HostAddress };
+        HashSet<nint> faulted = new() { Faults.ReadOne(backend).HostAddress, Faults.ReadOne(backend).HostAddress };
         CollectionAssert.AreEquivalent(new[] { mapping.Page(1), mapping.Page(6) }, faulted.ToArray());
 
         Assert.AreEqual(PlaceResult.Placed, backend.PlacePage(mapping.Page(6), Pattern(seed: 6)));
@@ -128,7 +128,7 @@ public sealed class UserfaultfdBackendTests
         backend.Arm(mapping.Range);
 
         using NativeToucher toucher = NativeToucher.Read(mapping.Page(1), Page);
-        Assert.AreEqual(mapping.Page(1), ReadOneFault(backend).HostAddress & ~(nint)(Page - 1));
+        Assert.AreEqual(mapping.Page(1), Faults.ReadOne(backend).HostAddress & ~(nint)(Page - 1));
         Assert.AreEqual(PlaceResult.Placed, backend.PlaceZeroPage(mapping.Page(1), Page));
         Assert.IsTrue(toucher.Finished(Released));
         CollectionAssert.AreEqual(new byte[Page], toucher.Bytes());
@@ -143,7 +143,7 @@ public sealed class UserfaultfdBackendTests
         backend.Arm(mapping.Range);
 
         using NativeToucher toucher = NativeToucher.Read(mapping.Page(0), 8);
-        ReadOneFault(backend);
+        Faults.ReadOne(backend);
         // Placing with the copy and waking are separate here: a placement that found the page
         // already there (EEXIST) must still wake, which is what AlreadyPresent does.
         Assert.AreEqual(PlaceResult.Placed, backend.PlacePage(mapping.Page(0), Pattern(seed: 3)));
@@ -175,7 +175,7 @@ public sealed class UserfaultfdBackendTests
         backend.Arm(mapping.Range);
 
         using NativeToucher toucher = NativeToucher.Read(mapping.Page(3), 8);
-        ReadOneFault(backend);
+        Faults.ReadOne(backend);
         Assert.IsFalse(toucher.Finished(Blocked));
         backend.Disarm(mapping.Range);
         Assert.IsTrue(toucher.Finished(Released), "disarming must wake the waiter");
@@ -194,7 +194,7 @@ public sealed class UserfaultfdBackendTests
         using TestMapping mapping = TestMapping.Anonymous(2);
         backend.Arm(mapping.Range);
         using NativeToucher toucher = NativeToucher.Read(mapping.Page(0), 8);
-        ReadOneFault(backend);
+        Faults.ReadOne(backend);
 
         backend.Dispose();
         Assert.IsTrue(toucher.Finished(Released), "closing the userfaultfd must wake the waiter");
@@ -277,15 +277,6 @@ public sealed class UserfaultfdBackendTests
         Assert.IsTrue(stats.Min <= stats.Median && stats.Median <= stats.P99 && stats.P99 <= stats.Max, stats.ToString());
     }
 
-    private static PageFault ReadOneFault(IFaultBackend backend)
-    {
-        // A watchdog turns a fault that never arrives into a failed assertion instead of a hung run.
-        using Timer watchdog = new(_ => backend.Shutdown(), null, TimeSpan.FromSeconds(10), Timeout.InfiniteTimeSpan);
-        Span<PageFault> faults = stackalloc PageFault[1];
-        int count = backend.ReadFaults(faults);
-        Assert.AreEqual(1, count, "no page fault arrived within 10 s");
-        return faults[0];
-    }
 
     private static byte[] Pattern(int seed)
     {

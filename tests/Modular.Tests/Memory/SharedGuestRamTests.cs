@@ -1,6 +1,7 @@
 using Modular.Core.Config;
 using Modular.Core.Machine;
 using Modular.Core.Memory;
+using static Modular.Tests.Support.TestPages;
 
 namespace Modular.Tests.Memory;
 
@@ -94,23 +95,5 @@ public sealed class SharedGuestRamTests
     {
         ConfigException error = Assert.ThrowsExactly<ConfigException>(() => ConfigLoader.Load(null, [new("machine.memory-backend", "tmpfs")]));
         Assert.AreEqual("machine.memory-backend: expected one of auto, anonymous, memfd, found 'tmpfs'.", error.Errors.Single());
-    }
-
-    private static byte[] Read(RamBlock block, int page)
-    {
-        byte[] back = new byte[Page];
-        block.CopyOut((ulong)page * Page, back);
-        return back;
-    }
-
-    private static byte[] Pattern(int seed)
-    {
-        byte[] page = new byte[Page];
-        for (int i = 0; i < Page; i++)
-        {
-            page[i] = (byte)((seed * 17) + (i % 239) + 1);
-        }
-
-        return page;
     }
 }

@@ -1,6 +1,7 @@
 using Modular.Abstractions.Faults;
 using Modular.Abstractions.Plugins;
 using Modular.Core.Memory;
+using static Modular.Tests.Support.TestPages;
 using Modular.Core.Migration.Postcopy;
 using Modular.Core.Plugins;
 
@@ -197,23 +198,5 @@ public sealed class SharedRamPostcopyTests
             _ram.Dispose();
             _catalog.Dispose();
         }
-    }
-
-    private static byte[] Read(RamBlock block, int page)
-    {
-        byte[] back = new byte[Page];
-        block.CopyOut((ulong)page * Page, back);
-        return back;
-    }
-
-    private static byte[] Pattern(int seed)
-    {
-        byte[] page = new byte[Page];
-        for (int i = 0; i < Page; i++)
-        {
-            page[i] = (byte)((seed * 29) + (i % 233) + 1);
-        }
-
-        return page;
     }
 }
