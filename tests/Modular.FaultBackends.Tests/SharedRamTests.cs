@@ -37,24 +37,17 @@ public sealed class SharedRamTests
     {
         using UserfaultfdBackend backend = OpenShared();
         using TestMapping mapping = TestMapping.SharedMemfd(8, out nint alias);
-        try
-        {
-            Marshal.Copy(Pattern(3), 0, alias + (3 * Page), Page);
-            backend.ArmShared(mapping.Range);
+        Marshal.Copy(Pattern(3), 0, alias + (3 * Page), Page);
+        backend.ArmShared(mapping.Range);
 
-            using NativeToucher toucher = NativeToucher.Read(mapping.Page(3) + 40, 16);
-            PageFault fault = Faults.ReadOne(backend);
-            Assert.AreEqual(mapping.Page(3), fault.HostAddress & ~(nint)(Page - 1));
-            Assert.IsFalse(toucher.Finished(Blocked), "the memory holds the page, but the armed mapping must not show it before it is mapped");
+        using NativeToucher toucher = NativeToucher.Read(mapping.Page(3) + 40, 16);
+        PageFault fault = Faults.ReadOne(backend);
+        Assert.AreEqual(mapping.Page(3), fault.HostAddress & ~(nint)(Page - 1));
+        Assert.IsFalse(toucher.Finished(Blocked), "the memory holds the page, but the armed mapping must not show it before it is mapped");
 
-            Assert.AreEqual(1, backend.MapPages(mapping.Page(3), Page));
-            Assert.IsTrue(toucher.Finished(Released), "mapping the page must wake the reader");
-            CollectionAssert.AreEqual(Pattern(3)[40..56], toucher.Bytes());
-        }
-        finally
-        {
-            mapping.Unmap(alias);
-        }
+        Assert.AreEqual(1, backend.MapPages(mapping.Page(3), Page));
+        Assert.IsTrue(toucher.Finished(Released), "mapping the page must wake the reader");
+        CollectionAssert.AreEqual(Pattern(3)[40..56], toucher.Bytes());
     }
 
     [TestMethod]
@@ -62,30 +55,23 @@ public sealed class SharedRamTests
     {
         using UserfaultfdBackend backend = OpenShared();
         using TestMapping mapping = TestMapping.SharedMemfd(4, out nint alias);
-        try
-        {
-            backend.ArmShared(mapping.Range);
-            using NativeToucher toucher = NativeToucher.Write(mapping.Page(1) + 8, 4, 0x77);
-            PageFault fault = Faults.ReadOne(backend);
-            Assert.AreEqual(mapping.Page(1), fault.HostAddress & ~(nint)(Page - 1));
-            Assert.IsTrue(fault.IsWrite);
-            Assert.IsFalse(toucher.Finished(Blocked));
+        backend.ArmShared(mapping.Range);
+        using NativeToucher toucher = NativeToucher.Write(mapping.Page(1) + 8, 4, 0x77);
+        PageFault fault = Faults.ReadOne(backend);
+        Assert.AreEqual(mapping.Page(1), fault.HostAddress & ~(nint)(Page - 1));
+        Assert.IsTrue(fault.IsWrite);
+        Assert.IsFalse(toucher.Finished(Blocked));
 
-            Marshal.Copy(Pattern(1), 0, alias + Page, Page);
-            Assert.AreEqual(1, backend.MapPages(mapping.Page(1), Page));
-            Assert.IsTrue(toucher.Finished(Released));
+        Marshal.Copy(Pattern(1), 0, alias + Page, Page);
+        Assert.AreEqual(1, backend.MapPages(mapping.Page(1), Page));
+        Assert.IsTrue(toucher.Finished(Released));
 
-            byte[] expected = Pattern(1);
-            expected.AsSpan(8, 4).Fill(0x77);
-            CollectionAssert.AreEqual(expected, NativeToucher.ReadNow(mapping.Page(1), Page), "the write lands on the page written through the alias");
-            byte[] throughAlias = new byte[Page];
-            Marshal.Copy(alias + Page, throughAlias, 0, Page);
-            CollectionAssert.AreEqual(expected, throughAlias, "both mappings show the same memory");
-        }
-        finally
-        {
-            mapping.Unmap(alias);
-        }
+        byte[] expected = Pattern(1);
+        expected.AsSpan(8, 4).Fill(0x77);
+        CollectionAssert.AreEqual(expected, NativeToucher.ReadNow(mapping.Page(1), Page), "the write lands on the page written through the alias");
+        byte[] throughAlias = new byte[Page];
+        Marshal.Copy(alias + Page, throughAlias, 0, Page);
+        CollectionAssert.AreEqual(expected, throughAlias, "both mappings show the same memory");
     }
 
     [TestMethod]
@@ -93,34 +79,27 @@ public sealed class SharedRamTests
     {
         using UserfaultfdBackend backend = OpenShared();
         using TestMapping mapping = TestMapping.SharedMemfd(8, out nint alias);
-        try
+        for (int page = 0; page < 8; page++)
         {
-            for (int page = 0; page < 8; page++)
-            {
-                Marshal.Copy(Pattern(page), 0, alias + (page * Page), Page);
-            }
-
-            backend.ArmShared(mapping.Range);
-            Assert.AreEqual(1, backend.MapPages(mapping.Page(2), Page));
-            using (NativeToucher writer = NativeToucher.Write(mapping.Page(2), 16, 0x11))
-            {
-                Assert.IsTrue(writer.Finished(Released), "page 2 is mapped: writing it does not fault");
-            }
-
-            using NativeToucher waiter = NativeToucher.Read(mapping.Page(5), 8);
-            Assert.AreEqual(mapping.Page(5), Faults.ReadOne(backend).HostAddress & ~(nint)(Page - 1));
-
-            Assert.AreEqual(5, backend.MapPages(mapping.Page(1), 6 * Page), "pages 1 and 3 to 6 are mapped; page 2 was already");
-            Assert.IsTrue(waiter.Finished(Released));
-            CollectionAssert.AreEqual(Pattern(5)[..8], waiter.Bytes());
-            byte[] two = NativeToucher.ReadNow(mapping.Page(2), 32);
-            CollectionAssert.AreEqual(Enumerable.Repeat((byte)0x11, 16).Concat(Pattern(2)[16..32]).ToArray(), two, "a mapped page is left as the guest changed it");
-            Assert.AreEqual(0, backend.MapPages(mapping.Page(1), 6 * Page), "all mapped: nothing more to map, and no error");
+            Marshal.Copy(Pattern(page), 0, alias + (page * Page), Page);
         }
-        finally
+
+        backend.ArmShared(mapping.Range);
+        Assert.AreEqual(1, backend.MapPages(mapping.Page(2), Page));
+        using (NativeToucher writer = NativeToucher.Write(mapping.Page(2), 16, 0x11))
         {
-            mapping.Unmap(alias);
+            Assert.IsTrue(writer.Finished(Released), "page 2 is mapped: writing it does not fault");
         }
+
+        using NativeToucher waiter = NativeToucher.Read(mapping.Page(5), 8);
+        Assert.AreEqual(mapping.Page(5), Faults.ReadOne(backend).HostAddress & ~(nint)(Page - 1));
+
+        Assert.AreEqual(5, backend.MapPages(mapping.Page(1), 6 * Page), "pages 1 and 3 to 6 are mapped; page 2 was already");
+        Assert.IsTrue(waiter.Finished(Released));
+        CollectionAssert.AreEqual(Pattern(5)[..8], waiter.Bytes());
+        byte[] two = NativeToucher.ReadNow(mapping.Page(2), 32);
+        CollectionAssert.AreEqual(Enumerable.Repeat((byte)0x11, 16).Concat(Pattern(2)[16..32]).ToArray(), two, "a mapped page is left as the guest changed it");
+        Assert.AreEqual(0, backend.MapPages(mapping.Page(1), 6 * Page), "all mapped: nothing more to map, and no error");
     }
 
     [TestMethod]

@@ -37,8 +37,8 @@ internal sealed class TestMapping : IDisposable
 
     /// <summary>
     /// A memfd of <paramref name="pages"/> 4 KiB pages mapped shared twice: this mapping (the one a
-    /// test arms) and <paramref name="alias"/> (never armed, so tests may write it directly). Unmap
-    /// the alias with <see cref="Unmap"/>.
+    /// test arms) and <paramref name="alias"/> (never armed, so tests may write it directly). Both
+    /// are unmapped on dispose.
     /// </summary>
     public static TestMapping SharedMemfd(int pages, out nint alias)
     {
@@ -58,16 +58,13 @@ internal sealed class TestMapping : IDisposable
                 throw new InvalidOperationException($"mmap of the memfd failed: errno {Marshal.GetLastPInvokeError()}");
             }
 
-            return new TestMapping(guest, length, 4096);
+            return new TestMapping(guest, length, 4096) { _alias = alias };
         }
         finally
         {
             _ = Interop.Libc.Close(fd);
         }
     }
-
-    /// <summary>Unmaps another mapping of this one's length (a shared mapping's alias).</summary>
-    public void Unmap(nint other) => Interop.Libc.Munmap(other, (nuint)Length);
 
     private static TestMapping Map(int pages, ulong pageSize, int extraFlags)
     {
@@ -81,5 +78,14 @@ internal sealed class TestMapping : IDisposable
         return new TestMapping(address, length, pageSize);
     }
 
-    public void Dispose() => Interop.Libc.Munmap(Address, (nuint)Length);
+    private nint _alias;
+
+    public void Dispose()
+    {
+        Interop.Libc.Munmap(Address, (nuint)Length);
+        if (_alias != 0)
+        {
+            Interop.Libc.Munmap(_alias, (nuint)Length);
+        }
+    }
 }
