@@ -91,7 +91,7 @@ public sealed partial class IncomingMigration
         // that every page faults until it has arrived; private memory is dropped at ADVISE anyway.
         if (!_settings.Snapshot().Has("postcopy-ram"))
         {
-            _guestPopulate = Task.Run(() => Populate(guestMapping: true, _guestPopulateStop.Token));
+            _guestPopulate = OnOwnThread(() => Populate(guestMapping: true, _guestPopulateStop.Token));
         }
         else
         {
@@ -99,7 +99,7 @@ public sealed partial class IncomingMigration
             PreparePostcopyWhileWaiting();
             if (AllRamShared)
             {
-                _memoryPopulate = Task.Run(() => Populate(guestMapping: false, _memoryPopulateStop.Token));
+                _memoryPopulate = OnOwnThread(() => Populate(guestMapping: false, _memoryPopulateStop.Token));
             }
         }
 
@@ -108,9 +108,11 @@ public sealed partial class IncomingMigration
     }
 
     /// <summary>
-    /// postcopy-ram was set on this destination after it started listening: stop pre-populating RAM
-    /// and drop what was populated now, while waiting, rather than inside the migration's setup at
-    /// POSTCOPY_ADVISE (measured: about 250 ms for 1 GiB). Harmless once a source connected. QMP loop.
+    /// postcopy-ram was set on this destination after it started listening: stop populating the
+    /// guest's mapping and empty it now, while waiting, rather than inside the migration's setup at
+    /// POSTCOPY_ADVISE (measured: about 250 ms for 1 GiB); shared memory keeps what was populated and
+    /// goes on populating through its second mapping, private memory is dropped. Also prepares the
+    /// fault backend and page maps. Harmless once a source connected. QMP loop.
     /// </summary>
     public void PostcopyEnabledWhileWaiting()
     {
@@ -124,9 +126,9 @@ public sealed partial class IncomingMigration
         _guestPopulateStop.Cancel();
         Task populating = _guestPopulate;
         bool shared = AllRamShared;
-        _guestDrop = Task.Run(async () =>
+        _guestDrop = OnOwnThread(() =>
         {
-            await populating.ConfigureAwait(false);
+            populating.Wait();
             foreach (RamBlock block in _machine.Ram.Blocks)
             {
                 // Shared memory keeps what was populated (only the guest's mapping goes); private memory is dropped.
@@ -143,17 +145,24 @@ public sealed partial class IncomingMigration
         if (shared)
         {
             Task dropping = _guestDrop;
-            _memoryPopulate = Task.Run(async () =>
+            _memoryPopulate = OnOwnThread(() =>
             {
-                await dropping.ConfigureAwait(false);
+                dropping.Wait();
                 Populate(guestMapping: false, _memoryPopulateStop.Token);
             });
         }
     }
 
+    /// <summary>
+    /// Runs blocking RAM work (madvise over the whole of RAM: up to seconds) on a thread of its own,
+    /// not a pool thread: on a 2-core host the pool has two, and accepting the source must not wait.
+    /// </summary>
+    private static Task OnOwnThread(Action work) =>
+        Task.Factory.StartNew(work, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+
     private bool AllRamShared => _machine.Ram.Blocks.All(b => b.IsShared);
 
-    /// <summary>Populates every RAM block, through the guest's mapping or (shared memory) only the memory. A pool thread.</summary>
+    /// <summary>Populates every RAM block, through the guest's mapping or (shared memory) only the memory. Its own thread (<see cref="OnOwnThread"/>).</summary>
     private void Populate(bool guestMapping, CancellationToken stop)
     {
         long started = System.Diagnostics.Stopwatch.GetTimestamp();
