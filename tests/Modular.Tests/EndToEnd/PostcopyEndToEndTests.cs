@@ -45,6 +45,14 @@ public sealed class PostcopyEndToEndTests
         // The source's guest runs on a memfd too: KVM's dirty log over shared memory drives the passes and the discards.
         RunAsync(TestContext, "unix:" + Path.Combine(Path.GetTempPath(), "modular-pc-" + Guid.NewGuid().ToString("N")[..8] + ".sock"), precopyPasses: 2, extraArgs: ["--set", "machine.memory-backend=memfd"]);
 
+    /// <summary>Whether this host's userfaultfd (the plugin from disk) can map shared memory with minor faults.</summary>
+    private static bool MinorFaultsOnSharedMemory()
+    {
+        using var catalog = Modular.Core.Plugins.PluginCatalog.Load([Modular.Core.Plugins.PluginCatalog.DefaultDirectory]);
+        using Modular.Abstractions.Faults.IFaultBackend backend = catalog.GetFaultBackend("userfaultfd").Open();
+        return backend is Modular.Abstractions.Faults.ISharedRamFaultBackend { SharedRamUnavailableReason: null };
+    }
+
     /// <summary>The scenario: postcopy after <paramref name="precopyPasses"/> precopy passes; <paramref name="extraArgs"/> go to both processes (e.g. huge pages); <paramref name="preempt"/> sets postcopy-preempt on the source.</summary>
     internal static async Task RunAsync(TestContext testContext, string listenUri, int precopyPasses, IReadOnlyList<string>? extraArgs = null, bool preempt = false)
     {
@@ -86,6 +94,8 @@ public sealed class PostcopyEndToEndTests
         await pair.SourceQmp.WaitForEventAsync(e => e.Name == "MIGRATION" && e.Data?["status"]?.ToString() == "postcopy-active", "MIGRATION postcopy-active", TimeSpan.FromSeconds(5));
 
         Assert.IsNotNull(destination["postcopy-blocktime"], "postcopy-blocktime is on: " + destination.ToJsonString());
+        bool privateMemory = extraArgs?.Contains("machine.memory-backend=anonymous") == true || extraArgs?.Contains("machine.hugepages=true") == true;
+        Assert.AreEqual(privateMemory || !MinorFaultsOnSharedMemory() ? "copy" : "map", destination["x-modular-postcopy-placement"]?.GetValue<string>(), "a destination maps pages of shared memory (where the kernel can) and copies into private or huge-page memory: " + destination.ToJsonString());
         long requests = source["ram"]!["postcopy-requests"]!.GetValue<long>();
         if (precopyPasses == 0)
         {

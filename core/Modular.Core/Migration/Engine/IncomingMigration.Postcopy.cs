@@ -422,7 +422,8 @@ public sealed partial class IncomingMigration
     /// postcopy-vcpu-blocktime (with the postcopy-blocktime capability), and the Modular-specific
     /// x-modular-fault-latency (count, median, p99, max in µs, fault to placement, page-channel reads
     /// included), and x-modular-page-channel-reads (faults served by the page channel, without
-    /// REQ_PAGES; x-modular-page-channel-failures when some reads fell back). QMP loop.
+    /// REQ_PAGES; x-modular-page-channel-failures when some reads fell back), and
+    /// x-modular-postcopy-placement ("map": shared memory mapped with minor faults; "copy"). QMP loop.
     /// </summary>
     /// <param name="reply">The reply built by <see cref="MigrationStats.ToQmp"/>.</param>
     public void AddPostcopyFigures(JsonObject reply)
@@ -450,6 +451,7 @@ public sealed partial class IncomingMigration
             reply["x-modular-fault-latency"]!["requests"] = faults.RequestsSent;
         }
 
+        reply["x-modular-postcopy-placement"] = _machine.Ram.Blocks.All(ram.MapsShared) ? "map" : "copy";
         reply["x-modular-page-channel-reads"] = _pageChannel?.Reads ?? 0;
         if (_pageChannel is { Failures: > 0 } failing)
         {
