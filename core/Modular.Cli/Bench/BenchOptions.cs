@@ -7,6 +7,12 @@ namespace Modular.Cli.Bench;
 /// <param name="Scenarios">The migration rows to run (<see cref="AllScenarios"/> by default).</param>
 internal sealed record BenchOptions(ulong MemoryBytes, IReadOnlyList<string> Transports, ulong SocketBytes, IReadOnlyList<string> Scenarios)
 {
+    /// <summary>Config overrides (<c>KEY=VALUE</c>, as <c>modular run --set</c>) given to every migrated guest's process, both sides.</summary>
+    public IReadOnlyList<string> Settings { get; init; } = [];
+
+    /// <summary>Where to keep each process's log (run at Debug level), or null to keep none.</summary>
+    public string? LogDirectory { get; init; }
+
     /// <summary>The scenario names <c>--scenarios</c> accepts, in the order they run.</summary>
     public static IReadOnlyList<string> AllScenarios { get; } = ["idle", "dirtying", "postcopy"];
 

@@ -39,6 +39,11 @@ internal static class MigrationBench
         try
         {
             await output.WriteLineAsync($"modular bench: {ByteSize.Format(options.MemoryBytes)} guests over {string.Join(", ", options.Transports)}; {Environment.ProcessorCount} CPUs, load average {LoadAverage()}");
+            if (options.Settings.Count > 0)
+            {
+                await output.WriteLineAsync($"every guest's process runs with --set {string.Join(" --set ", options.Settings)}");
+            }
+
             var socketRates = new Dictionary<string, double>();
             foreach (string transport in options.Transports)
             {
@@ -55,7 +60,7 @@ internal static class MigrationBench
             {
                 foreach (Scenario scenario in Scenarios.Where(s => options.Scenarios.Contains(s.Key)))
                 {
-                    Outcome outcome = await MigrateAsync(transport, scenario, options.MemoryBytes, directory, n++);
+                    Outcome outcome = await MigrateAsync(transport, scenario, options, directory, n++);
                     allCompleted &= outcome.Status == "completed";
                     double throughput = outcome.Transferred / Math.Max(outcome.TotalMs, 1) * 1000;
                     await output.WriteLineAsync(string.Create(c,
@@ -66,7 +71,7 @@ internal static class MigrationBench
                     {
                         JsonNode? l = outcome.FaultLatency;
                         await output.WriteLineAsync(string.Create(c,
-                            $"    postcopy: {outcome.Requests} page requests; fault to placement (destination): count {l?["count"]}, median {l?["median-us"]} us, p99 {l?["p99-us"]} us, max {l?["max-us"]} us"));
+                            $"    postcopy: {outcome.Requests} page requests; fault to placement (destination, pages {(l?["placement"]?.ToString() == "map" ? "mapped from shared memory" : "copied")}): count {l?["count"]}, median {l?["median-us"]} us, p99 {l?["p99-us"]} us, max {l?["max-us"]} us"));
                     }
 
                     if (outcome.Error is not null)
@@ -90,17 +95,20 @@ internal static class MigrationBench
     }
 
     /// <summary>One migration: destination, source, wait for the guest, migrate, poll until the end.</summary>
-    private static async Task<Outcome> MigrateAsync(string transport, Scenario scenario, ulong memory, string directory, int n)
+    private static async Task<Outcome> MigrateAsync(string transport, Scenario scenario, BenchOptions options, string directory, int n)
     {
+        ulong memory = options.MemoryBytes;
+        string[] common = [.. options.Settings.SelectMany(s => new[] { "--set", s }), .. options.LogDirectory is null ? Array.Empty<string>() : ["--log-level", "Debug"]];
         string listen = transport == "unix" ? "unix:" + Path.Combine(directory, $"mig{n}.sock") : transport + ":127.0.0.1:0";
         // A postcopy destination knows it from the start (as QEMU's with its capabilities set before
         // migrate-incoming), so that it prepares its RAM for postcopy while it waits.
         string[] destinationArguments = scenario.Postcopy
-            ? ["--set", "migration.capabilities.postcopy-ram=true", "--set", "migration.capabilities.postcopy-preempt=true"]
-            : [];
+            ? [.. common, "--set", "migration.capabilities.postcopy-ram=true", "--set", "migration.capabilities.postcopy-preempt=true"]
+            : common;
         await using ModularChild destination = await ModularChild.StartAsync(directory, $"dst{n}", scenario.Kernel, memory, listen, destinationArguments);
         string uri = await destination.WaitForStdErrAsync("modular: listening for an incoming migration on ", TimeSpan.FromMinutes(1));
-        await using ModularChild source = await ModularChild.StartAsync(directory, $"src{n}", scenario.Kernel, memory, incoming: null);
+        await using ModularChild source = await ModularChild.StartAsync(directory, $"src{n}", scenario.Kernel, memory, incoming: null, common);
+        using var keepLogs = new LogKeeper(options.LogDirectory, $"{transport}-{scenario.Key}", source, destination);
         await source.WaitForSerialAsync(scenario.Ready, GuestReadyTimeout);
         if (scenario.Postcopy)
         {
@@ -148,6 +156,10 @@ internal static class MigrationBench
                     }
 
                     latency = incoming["x-modular-fault-latency"]?.DeepClone();
+                    if (latency is JsonObject figures)
+                    {
+                        figures["placement"] = incoming["x-modular-postcopy-placement"]?.DeepClone();
+                    }
                 }
 
                 return new Outcome(
@@ -179,6 +191,21 @@ internal static class MigrationBench
         catch (IOException)
         {
             return "unknown";
+        }
+    }
+
+    /// <summary>On dispose (the migration's end, failed or not), writes both processes' logs to the directory, if one was given.</summary>
+    private sealed class LogKeeper(string? directory, string name, ModularChild source, ModularChild destination) : IDisposable
+    {
+        public void Dispose()
+        {
+            if (directory is null)
+            {
+                return;
+            }
+
+            File.WriteAllText(Path.Combine(directory, name + "-source.log"), source.StdErr);
+            File.WriteAllText(Path.Combine(directory, name + "-destination.log"), destination.StdErr);
         }
     }
 }

@@ -89,8 +89,6 @@ internal sealed class ModularChild : IAsyncDisposable
             psi.ArgumentList.Add(arg);
         }
 
-        if (Environment.GetEnvironmentVariable("XT_LOGS") is { } xt) { psi.ArgumentList.Add("--log-level"); psi.ArgumentList.Add("Debug"); }
-        if (Environment.GetEnvironmentVariable("XT_SET") is { Length: > 0 } xs) { psi.ArgumentList.Add("--set"); psi.ArgumentList.Add(xs); }
         foreach (string arg in extraArguments ?? [])
         {
             psi.ArgumentList.Add(arg);
@@ -179,7 +177,6 @@ internal sealed class ModularChild : IAsyncDisposable
     /// <summary>Quits over QMP, then kills the child if it is still there after 10 s.</summary>
     public async ValueTask DisposeAsync()
     {
-        if (Environment.GetEnvironmentVariable("XT_LOGS") is { } xtd) { File.WriteAllText(Path.Combine(xtd, Path.GetFileName(SerialPath) + ".log"), StdErr); }
         if (Qmp is not null)
         {
             try

@@ -4,13 +4,15 @@ using Modular.Core.Config;
 
 namespace Modular.Cli.Commands;
 
-/// <summary><c>modular bench [--memory 1G] [--transports tcp,unix] [--scenarios idle,dirtying,postcopy] [--quick]</c>: the migration benchmark.</summary>
+/// <summary><c>modular bench [--memory 1G] [--transports tcp,unix] [--scenarios idle,dirtying,postcopy] [--quick] [--set KEY=VALUE]... [--keep-logs DIR]</c>: the migration benchmark.</summary>
 internal static class BenchCommand
 {
     private static readonly Option<string?> MemoryOption = new("--memory") { Description = "Guest RAM of the migrated guests (default 1G; 256M with --quick)." };
     private static readonly Option<string?> TransportsOption = new("--transports") { Description = "Comma-separated transports to migrate over (default tcp,unix)." };
     private static readonly Option<string?> ScenariosOption = new("--scenarios") { Description = "Comma-separated migration rows to run: idle, dirtying, postcopy (default all)." };
     private static readonly Option<bool> QuickOption = new("--quick") { Description = "A short run: 256 MiB guests, 512 MiB through the plain sockets." };
+    private static readonly Option<string[]> SetOption = new("--set") { Description = "A config override KEY=VALUE for every migrated guest's process, both sides (repeatable), e.g. machine.memory-backend=anonymous.", AllowMultipleArgumentsPerToken = false, Arity = ArgumentArity.ZeroOrMore };
+    private static readonly Option<string?> KeepLogsOption = new("--keep-logs") { Description = "Keep each process's Debug log in this directory (created if missing)." };
 
     internal static Command Create()
     {
@@ -19,6 +21,8 @@ internal static class BenchCommand
         command.Options.Add(TransportsOption);
         command.Options.Add(ScenariosOption);
         command.Options.Add(QuickOption);
+        command.Options.Add(SetOption);
+        command.Options.Add(KeepLogsOption);
         command.SetAction(async (parse, _) =>
         {
             BenchOptions options = parse.GetValue(QuickOption) ? BenchOptions.Quick : BenchOptions.Default;
@@ -62,6 +66,29 @@ internal static class BenchCommand
                 options = options with { Scenarios = list };
             }
 
+            string[] settings = parse.GetValue(SetOption) ?? [];
+            string? malformed = settings.FirstOrDefault(s => s.IndexOf('=', StringComparison.Ordinal) <= 0);
+            if (malformed is not null)
+            {
+                await Console.Error.WriteLineAsync($"--set '{malformed}': expected KEY=VALUE, a config key as `modular config keys` lists them, e.g. machine.memory-backend=anonymous.");
+                return ExitCodes.Usage;
+            }
+
+            string? logs = parse.GetValue(KeepLogsOption);
+            if (logs is not null)
+            {
+                try
+                {
+                    logs = Directory.CreateDirectory(logs).FullName;
+                }
+                catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or ArgumentException)
+                {
+                    await Console.Error.WriteLineAsync($"--keep-logs '{logs}': cannot create that directory: {ex.Message}");
+                    return ExitCodes.Usage;
+                }
+            }
+
+            options = options with { Settings = settings, LogDirectory = logs };
             return await MigrationBench.RunAsync(options, Console.Out);
         });
         return command;

@@ -21,4 +21,12 @@ public sealed class BenchCommandTests
         Assert.AreEqual(2, result.ExitCode, result.StdErr);
         StringAssert.Contains(result.StdErr, "--memory '1K': expected a size above 1M such as 256M or 1G.");
     }
+
+    [TestMethod]
+    public void ASettingWithoutAValue_IsAUsageError()
+    {
+        CliProcess.Result result = CliProcess.Run("bench", "--set", "machine.memory-backend");
+        Assert.AreEqual(2, result.ExitCode, result.StdErr);
+        StringAssert.Contains(result.StdErr, "--set 'machine.memory-backend': expected KEY=VALUE");
+    }
 }
