@@ -221,8 +221,9 @@ public sealed unsafe class RamBlock : IDisposable
     }
 
     /// <summary>
-    /// Faults every page of the block in now (MADV_POPULATE_WRITE), so that a precopy destination pays
-    /// the kernel's page zeroing while it waits rather than while pages stream in. Pages already
+    /// Faults every page of the block in now (MADV_POPULATE_WRITE; shared memory is allocated with
+    /// fallocate first), so that a destination pays the kernel's page allocation and zeroing while it
+    /// waits rather than while pages stream in. Pages already
     /// present are left as they are. Returns false when the kernel lacks the advice (before 5.14).
     /// Works in 64 MiB steps and stops early (returning true) once <paramref name="cancellationToken"/>
     /// is cancelled.
