@@ -32,9 +32,11 @@ public sealed class DeviceLoadFaultTests
             {
               "machine": { "accelerator": "synthetic", "memory": "64M", "synthetic": { "pages-per-second": 2000 } },
               "devices": [ { "type": "dma-ring" } ],
-              "migration": { "capabilities": { "postcopy-ram": true } }
+              "migration": { "capabilities": { "postcopy-ram": true }, "parameters": { "max-bandwidth": "32M" } }
             }
             """);
+        // The bandwidth cap keeps the background stream from bringing the ring page (48 MiB in, so
+        // about 1.5 s) before the device load reads it right after LISTEN: the load must fault.
         using PluginCatalog catalog = PluginCatalog.Load([PluginCatalog.DefaultDirectory]);
         PluginAvailability uffd = catalog.GetFaultBackend("userfaultfd").Probe();
         if (!uffd.IsUsable)
@@ -46,6 +48,7 @@ public sealed class DeviceLoadFaultTests
         using VirtualMachine destination = VirtualMachine.Create(ConfigLoader.Load(config, [new("machine.paused", "true")]), catalog, MachineStartMode.Incoming);
         source.Start();
 
+        DmaRingDriver.FillBelow(source, RingAddress);
         byte[] ring = DmaRingDriver.ArmRing(source, RingAddress);
 
         var sourceMigration = new MigrationController(source, catalog);

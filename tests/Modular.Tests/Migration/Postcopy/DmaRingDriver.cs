@@ -16,6 +16,21 @@ internal static class DmaRingDriver
     /// Two pending descriptors (status 0), producer 2, ring enabled, no KICK: the device state says
     /// "consumer 0", the ring in RAM says "producer 2".
     /// </summary>
+    /// <summary>
+    /// Fills guest RAM below <paramref name="ringAddress"/> with non-zero bytes, so that every page
+    /// there travels whole (a zero page is an 8-byte record) and, with max-bandwidth set, the
+    /// background stream reaches the ring page only well after the package's device load.
+    /// </summary>
+    internal static void FillBelow(VirtualMachine machine, ulong ringAddress)
+    {
+        byte[] chunk = new byte[1 << 20];
+        chunk.AsSpan().Fill(0x5A);
+        for (ulong at = 0; at < ringAddress; at += (ulong)chunk.Length)
+        {
+            machine.Ram.Write(new GuestPhysicalAddress(at), chunk.AsSpan(0, (int)Math.Min((ulong)chunk.Length, ringAddress - at)));
+        }
+    }
+
     internal static byte[] ArmRing(VirtualMachine machine, ulong ringAddress)
     {
         byte[] ring = new byte[16 + (4 * 32)];

@@ -92,9 +92,12 @@ public sealed class PageChannelTests
             {
               "machine": { "accelerator": "synthetic", "memory": "32M", "synthetic": { "pages-per-second": 2000 } },
               "devices": [ { "type": "dma-ring" } ],
-              "migration": { "capabilities": { "postcopy-ram": true } }
+              "migration": { "capabilities": { "postcopy-ram": true }, "parameters": { "max-bandwidth": "32M" } }
             }
             """);
+        // The bandwidth cap keeps the background stream from bringing the ring page (24 MiB in, so
+        // about 0.75 s) before the device load, on the main thread right after LISTEN, reads it: the
+        // load must fault. Uncapped, a fast placement could win that race on a busy host.
         PluginCatalog catalog = PluginCatalog.Load([PluginCatalog.DefaultDirectory]);
         PluginAvailability uffd = catalog.GetFaultBackend("userfaultfd").Probe();
         if (!uffd.IsUsable)
@@ -116,6 +119,7 @@ public sealed class PageChannelTests
         try
         {
             source.Start();
+            DmaRingDriver.FillBelow(source, RingAddress);
             DmaRingDriver.ArmRing(source, RingAddress);
             var endpoint = new TransportEndpoint(InProcessTransport.Scheme, name);
             var destinationSettings = new MigrationSettings(destination.Config.Migration);
