@@ -370,4 +370,17 @@ public sealed partial class OutgoingMigration
 
     /// <param name="Sent">True when the preempt channel already sent the pages.</param>
     private readonly record struct PageRequest(int Block, long Page, int Count, bool Sent);
+
+    /// <summary>
+    /// Runs the request queue's enqueue and dequeue once on a scratch queue. ConcurrentQueue over
+    /// this struct has no precompiled code, so the first page request compiled Enqueue on the
+    /// return-path reader (measured: 0.64-0.82 ms of CPU in the first request, 35-150 us in later
+    /// ones). Warm-up thread.
+    /// </summary>
+    internal static void WarmUpRequestQueue()
+    {
+        var scratch = new ConcurrentQueue<PageRequest>();
+        scratch.Enqueue(new PageRequest(0, 0, 1, Sent: false));
+        _ = scratch.TryDequeue(out _);
+    }
 }

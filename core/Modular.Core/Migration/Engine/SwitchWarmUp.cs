@@ -132,6 +132,7 @@ internal static class SwitchWarmUp
         }
 
         ExerciseSwitchWriters();
+        OutgoingMigration.WarmUpRequestQueue();
         StreamWarmUp.Exercise();
     }
 
