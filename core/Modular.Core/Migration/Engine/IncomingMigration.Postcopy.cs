@@ -49,6 +49,11 @@ public sealed partial class IncomingMigration
             case PostcopyAdviseCommand advise:
                 long adviseStart = System.Diagnostics.Stopwatch.GetTimestamp();
                 Advise(advise, reader, at);
+                if (_returnPath is { } returnPath)
+                {
+                    _ = StartFaultThread(connection, returnPath);
+                }
+
                 _logger.LogDebug("POSTCOPY_ADVISE: fault backend open and RAM prepared in {Ms:F1} ms", System.Diagnostics.Stopwatch.GetElapsedTime(adviseStart).TotalMilliseconds);
                 break;
             case PostcopyRamDiscardCommand discard:
@@ -278,13 +283,9 @@ public sealed partial class IncomingMigration
             }
         }
 
+        PostcopyFaultThread faults = _faultThread ?? StartFaultThread(connection, _returnPath);
+        faults.PageChannel = _pageChannel is { AttachedBlocks: > 0 } ? _pageChannel : null;
         _postcopyRam!.Arm();
-        _faultThread = new PostcopyFaultThread(_postcopyRam, _returnPath, ex =>
-        {
-            _logger.LogError("Postcopy fault thread failed: {Error}", ex.Message);
-            connection.Abort(new IOException("the postcopy fault thread failed: " + ex.Message, ex));
-        }, _pageChannel is { AttachedBlocks: > 0 } ? _pageChannel : null);
-        _faultThread.Start();
 
         // The listen thread's reads complete on the thread pool; the main task may block a pool
         // thread inside a device load that faults, so make sure the pool does not starve meanwhile.
@@ -293,6 +294,19 @@ public sealed partial class IncomingMigration
         StartPreemptReader(connection);
         _listenTask = Task.Run(() => ListenAsync(outer, ramSections));
         Status.MoveTo(MigrationStatus.PostcopyActive);
+    }
+
+    /// <summary>Creates and starts the fault thread (ADVISE, or LISTEN if ADVISE could not). Main incoming task.</summary>
+    private PostcopyFaultThread StartFaultThread(IMigrationConnection connection, ReturnPathWriter returnPath)
+    {
+        var faults = new PostcopyFaultThread(_postcopyRam!, returnPath, ex =>
+        {
+            _logger.LogError("Postcopy fault thread failed: {Error}", ex.Message);
+            connection.Abort(new IOException("the postcopy fault thread failed: " + ex.Message, ex));
+        });
+        _faultThread = faults;
+        faults.Start();
+        return faults;
     }
 
     /// <summary>POSTCOPY_RUN: start the vCPUs (their faults are served from now on). Main incoming task.</summary>

@@ -20,7 +20,7 @@ internal sealed class PostcopyFaultThread
     private readonly PostcopyRam _ram;
     private readonly ReturnPathWriter _returnPath;
     private readonly Action<Exception> _onFailure;
-    private readonly PostcopyPageChannel? _pageChannel;
+    private volatile PostcopyPageChannel? _pageChannel;
     private readonly PageFault[] _faults = new PageFault[32];
     private readonly Thread _thread;
     private RamBlock? _lastRequestedBlock;
@@ -39,10 +39,23 @@ internal sealed class PostcopyFaultThread
         _thread = new Thread(Run) { IsBackground = true, Name = "postcopy fault" };
     }
 
+    /// <summary>
+    /// The connection's attached page channel, or null: every missing page is requested. Set before
+    /// the RAM is armed (no fault can arrive earlier). Main incoming task.
+    /// </summary>
+    internal PostcopyPageChannel? PageChannel
+    {
+        set => _pageChannel = value;
+    }
+
     /// <summary>Page requests sent.</summary>
     internal long RequestsSent { get; private set; }
 
-    /// <summary>Starts the thread. Main incoming task, at LISTEN.</summary>
+    /// <summary>
+    /// Starts the thread. Main incoming task, at ADVISE: starting a thread took about 5 ms here, which
+    /// at LISTEN would fall inside the package load, where the guest runs nowhere. Until LISTEN arms
+    /// the RAM the thread waits for faults that cannot come yet.
+    /// </summary>
     internal void Start() => _thread.Start();
 
     /// <summary>Stops the thread and waits for it (at most a few seconds). Any thread but the fault thread; idempotent.</summary>
