@@ -115,14 +115,14 @@ public sealed unsafe class RamBlock : IDisposable
     /// memory; MADV_REMOVE for shared memory, which frees it). Both must be host-page aligned.
     /// </summary>
     public void Discard(ulong offset, ulong length) =>
-        Advise(offset, length, IsShared ? Libc.MADV_REMOVE : Libc.MADV_DONTNEED, IsShared ? "MADV_REMOVE" : "MADV_DONTNEED");
+        Advise("Discard", offset, length, IsShared ? Libc.MADV_REMOVE : Libc.MADV_DONTNEED, IsShared ? "MADV_REMOVE" : "MADV_DONTNEED");
 
     /// <summary>
     /// Removes [offset, +length) from the guest's mapping only (MADV_DONTNEED): shared memory keeps
     /// its contents, and the next touch maps them again (or, armed for postcopy, faults as minor).
     /// For private memory this is <see cref="Discard"/>. Both must be host-page aligned.
     /// </summary>
-    public void Unmap(ulong offset, ulong length) => Advise(offset, length, Libc.MADV_DONTNEED, "MADV_DONTNEED");
+    public void Unmap(ulong offset, ulong length) => Advise("Unmap", offset, length, Libc.MADV_DONTNEED, "MADV_DONTNEED");
 
     /// <summary>
     /// Writes one target page through the block's second mapping (shared memory only), which postcopy
@@ -280,12 +280,12 @@ public sealed unsafe class RamBlock : IDisposable
         _memory?.Dispose();
     }
 
-    private void Advise(ulong offset, ulong length, int advice, string name)
+    private void Advise(string operation, ulong offset, ulong length, int advice, string name)
     {
         CheckRange(offset, length);
         if (offset % HostPageSize != 0 || length % HostPageSize != 0)
         {
-            throw new ArgumentException($"Discard of {Name} offset 0x{offset:x} length 0x{length:x} is not aligned to the host page size {HostPageSize}.");
+            throw new ArgumentException($"{operation} of {Name} offset 0x{offset:x} length 0x{length:x} is not aligned to the host page size {HostPageSize}.");
         }
 
         bool added = false;

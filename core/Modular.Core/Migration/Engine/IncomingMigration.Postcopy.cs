@@ -158,7 +158,7 @@ public sealed partial class IncomingMigration
         _guestPopulateStop.Cancel();
         _guestPopulate.Wait();
         _guestDrop.Wait();
-        if (!_machine.Ram.Blocks.All(ram.MapsShared))
+        if (!ram.MapsEveryBlockShared)
         {
             // Dropped memory must stay dropped: a page populated behind a copy's back would refuse it.
             _memoryPopulateStop.Cancel();
@@ -475,7 +475,7 @@ public sealed partial class IncomingMigration
             reply["x-modular-fault-latency"]!["requests"] = faults.RequestsSent;
         }
 
-        reply["x-modular-postcopy-placement"] = _machine.Ram.Blocks.All(ram.MapsShared) ? "map" : "copy";
+        reply["x-modular-postcopy-placement"] = ram.MapsEveryBlockShared ? "map" : "copy";
         reply["x-modular-page-channel-reads"] = _pageChannel?.Reads ?? 0;
         if (_pageChannel is { Failures: > 0 } failing)
         {

@@ -72,6 +72,9 @@ internal sealed class PostcopyRam : IDisposable
     /// </summary>
     internal bool MapsShared(RamBlock block) => _shared[IndexOf(block)] is not null;
 
+    /// <summary>True when every block's pages are mapped from shared memory (query-migrate's placement "map").</summary>
+    internal bool MapsEveryBlockShared => Array.TrueForAll(_shared, s => s is not null);
+
     /// <summary>The armed fault backend.</summary>
     internal IFaultBackend Backend { get; }
 
