@@ -82,8 +82,8 @@ public sealed partial class IncomingMigration
     public async Task<TransportEndpoint> ListenAsync()
     {
         _listener = await _transport.ListenAsync(_endpoint, _cancel.Token).ConfigureAwait(false);
-        _ = SwitchWarmUp.StartAsync(_machine.StateSections()).ContinueWith(
-            t => _logger.LogDebug("Migration code compiled ahead in {Ms:F0} ms while waiting", t.Result.TotalMilliseconds),
+        _ = SwitchWarmUp.StartAsync(_machine.StateSections(), incoming: true).ContinueWith(
+            t => _logger.LogDebug("Migration code compiled ahead in {Ms:F0} ms ({Cpu:F0} ms of CPU) while waiting", t.Result.TotalMilliseconds, SwitchWarmUp.CpuTime.TotalMilliseconds),
             CancellationToken.None, TaskContinuationOptions.OnlyOnRanToCompletion, TaskScheduler.Default);
         // Like QEMU with preallocated RAM: take the first-touch cost while waiting. Safe alongside
         // loading (populating never replaces a present page). For postcopy only shared memory is

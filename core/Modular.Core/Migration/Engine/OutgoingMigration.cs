@@ -152,7 +152,7 @@ public sealed partial class OutgoingMigration
         try
         {
             IReadOnlyList<ISaveVmSection> sections = _machine.StateSections();
-            Task<TimeSpan> warmUp = SwitchWarmUp.StartAsync(sections);
+            Task<TimeSpan> warmUp = SwitchWarmUp.StartAsync(sections, incoming: false);
             RamSaver ram = ramSaver = new RamSaver(_machine.Ram, Stats);
             _connection = await _transport.ConnectAsync(_endpoint, _cancel.Token).ConfigureAwait(false);
             _logger.LogDebug("Migration to {Endpoint}: connected at {Ms} ms", _endpoint, Stats.ElapsedMs);
@@ -256,7 +256,7 @@ public sealed partial class OutgoingMigration
             // The switch's code is compiled before the guest stops, not inside the downtime.
             long waitStart = Stopwatch.GetTimestamp();
             await Task.WhenAny(warmUp, Task.Delay(WarmUpWait, _cancel.Token)).ConfigureAwait(false);
-            _logger.LogDebug("Migration to {Endpoint}: switch code compiled in {Compile:F0} ms; waited {Wait:F1} ms for it at {Ms} ms", _endpoint, warmUp.IsCompletedSuccessfully ? warmUp.Result.TotalMilliseconds : double.NaN, Stopwatch.GetElapsedTime(waitStart).TotalMilliseconds, Stats.ElapsedMs);
+            _logger.LogDebug("Migration to {Endpoint}: switch code compiled in {Compile:F0} ms ({Cpu:F0} ms of CPU); waited {Wait:F1} ms for it at {Ms} ms", _endpoint, warmUp.IsCompletedSuccessfully ? warmUp.Result.TotalMilliseconds : double.NaN, SwitchWarmUp.CpuTime.TotalMilliseconds, Stopwatch.GetElapsedTime(waitStart).TotalMilliseconds, Stats.ElapsedMs);
             if (postcopy)
             {
                 stoppedByUs = true;

@@ -21,6 +21,58 @@ public sealed partial class WarmUpTests
     }
 
     [TestMethod]
+    public async Task AnAsyncMethodsMachineryIsCompiledAheadOfItsFirstRun()
+    {
+        // Two async methods alike, neither run before: the runtime's code behind them (the builder's
+        // Start and AwaitUnsafeOnCompleted over each state machine, its box) is compiled on the first
+        // run, on the thread that runs it, up to the first await that waits.
+        Type warmed = StateMachineOf(nameof(WaitOnceWarmedAsync));
+        Type cold = StateMachineOf(nameof(WaitOnceColdAsync));
+        AsyncWarmUp.Prepare(warmed);
+
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        long before = System.Runtime.JitInfo.GetCompiledMethodCount(currentThread: true);
+        Task<int> first = WaitOnceWarmedAsync(release.Task);
+        long warmedCompiles = System.Runtime.JitInfo.GetCompiledMethodCount(currentThread: true) - before;
+
+        before = System.Runtime.JitInfo.GetCompiledMethodCount(currentThread: true);
+        Task<int> second = WaitOnceColdAsync(release.Task);
+        long coldCompiles = System.Runtime.JitInfo.GetCompiledMethodCount(currentThread: true) - before;
+
+        release.SetResult();
+        Assert.AreEqual(1, await first);
+        Assert.AreEqual(2, await second);
+        Assert.IsGreaterThanOrEqualTo(3, coldCompiles, "the cold method's first run compiles its machinery");
+        Assert.IsLessThan(coldCompiles, warmedCompiles, $"prepared ahead: {warmedCompiles} methods compiled at the first run, against {coldCompiles} for the cold one");
+    }
+
+    [TestMethod]
+    public void PreparingATypeThatIsNoStateMachineDoesNothing()
+    {
+        long before = System.Runtime.JitInfo.GetCompiledMethodCount(currentThread: true);
+        AsyncWarmUp.Prepare(typeof(WarmUpTests));
+        AsyncWarmUp.Prepare(typeof(List<>).GetNestedType("Enumerator")!);
+        Assert.AreEqual(before, System.Runtime.JitInfo.GetCompiledMethodCount(currentThread: true));
+    }
+
+    private static Type StateMachineOf(string method) =>
+        typeof(WarmUpTests).GetMethod(method, System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Static)!
+            .GetCustomAttributes(typeof(System.Runtime.CompilerServices.AsyncStateMachineAttribute), inherit: false)
+            .Cast<System.Runtime.CompilerServices.AsyncStateMachineAttribute>().Single().StateMachineType;
+
+    private static async Task<int> WaitOnceWarmedAsync(Task release)
+    {
+        await release.ConfigureAwait(false);
+        return 1;
+    }
+
+    private static async Task<int> WaitOnceColdAsync(Task release)
+    {
+        await release.ConfigureAwait(false);
+        return 2;
+    }
+
+    [TestMethod]
     public void NiceScopeChangesTheCurrentThreadAndRestoresIt()
     {
         Exception? failure = null;
