@@ -38,7 +38,6 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
     private readonly GatherSocketWriter? _gather;
     private readonly bool _poolSends;
     private readonly bool _latencyReceive;
-    private readonly Thread _receiveThread;
     private readonly Task _sendLoop;
     private volatile SocketError _error = SocketError.Success;
 
@@ -55,8 +54,7 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
         _description = description;
         _poolSends = poolSends && !gatherSends;
         _send = new Pipe(_poolSends ? SocketPipeTuning.Options : InlineOptions);
-        _receiveThread = new Thread(ReceiveLoop) { IsBackground = true, Name = threadName };
-        _receiveThread.Start();
+        StandbyThreads.Run(ReceiveLoop, threadName);
         if (gatherSends)
         {
             _gather = new GatherSocketWriter(socket, description, error => _error = error);

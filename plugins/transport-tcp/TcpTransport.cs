@@ -12,8 +12,11 @@ namespace Modular.Transports.Tcp;
 /// The forward path and the return path share one TCP connection, as in QEMU. Stateless.
 /// </summary>
 [TransportMetadata("tcp")]
-public sealed class TcpTransport : IMigrationTransport
+public sealed class TcpTransport : IMigrationTransport, IWarmUpPlugin
 {
+    /// <summary>Parks the receive threads of the next connection and its preempt channel (<see cref="StandbyThreads"/>).</summary>
+    public void WarmUp() => StandbyThreads.Prepare();
+
     /// <inheritdoc/>
     public PluginAvailability Probe() => PluginAvailability.Usable;
 

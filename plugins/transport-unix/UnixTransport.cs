@@ -11,8 +11,11 @@ namespace Modular.Transports.Unix;
 /// removes its socket file when disposed. Stateless.
 /// </summary>
 [TransportMetadata("unix")]
-public sealed class UnixTransport : IMigrationTransport
+public sealed class UnixTransport : IMigrationTransport, IWarmUpPlugin
 {
+    /// <summary>Parks the receive threads of the next connection and its preempt channel (<see cref="StandbyThreads"/>).</summary>
+    public void WarmUp() => StandbyThreads.Prepare();
+
     /// <inheritdoc/>
     public PluginAvailability Probe() => Socket.OSSupportsUnixDomainSockets
         ? PluginAvailability.Usable

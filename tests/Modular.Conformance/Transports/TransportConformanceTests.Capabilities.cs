@@ -9,6 +9,50 @@ namespace Modular.Conformance.Transports;
 public abstract partial class TransportConformanceTests
 {
     /// <summary>
+    /// When the transport offers <see cref="Modular.Abstractions.Plugins.IWarmUpPlugin"/>: warming up
+    /// returns soon, may be called again, and connections made afterwards (with an extra channel
+    /// where offered, the threads a warm-up typically prepares) carry data both ways, intact.
+    /// </summary>
+    [TestMethod]
+    public async Task AfterAWarmUpConnectionsCarryDataAsBefore()
+    {
+        RequireLivePeer("a warm-up");
+        if (Transport is not Modular.Abstractions.Plugins.IWarmUpPlugin warmUp)
+        {
+            Assert.Inconclusive($"{Name} does not offer IWarmUpPlugin (optional).");
+            return;
+        }
+
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        warmUp.WarmUp();
+        warmUp.WarmUp();
+        Expect.That(clock.Elapsed < StepTimeout, $"{Name}: IWarmUpPlugin.WarmUp took {clock.Elapsed.TotalSeconds:F1} s; it must return soon and do long work in the background.");
+        await Task.Delay(200).ConfigureAwait(false); // let background work (threads starting) run
+
+        for (int round = 0; round < 3; round++)
+        {
+            await using ConnectedPair pair = await ConnectPairAsync().ConfigureAwait(false);
+            const long size = 4L << 20;
+            var transfers = new List<Task>();
+            if (pair.Source is IExtraChannels source && pair.Destination is IExtraChannels destination)
+            {
+                // Opened before anything flows, as the engine does (a finished send ends the connection).
+                Task<IDuplexPipe> accepting = destination.OpenChannelAsync(1).AsTask();
+                IDuplexPipe sourceChannel = await Step(source.OpenChannelAsync(1).AsTask(), "OpenChannelAsync(1) after a warm-up").ConfigureAwait(false);
+                IDuplexPipe destinationChannel = await Step(accepting, "OpenChannelAsync(1) on the accepted end after a warm-up").ConfigureAwait(false);
+                transfers.Add(new StreamPattern(91 + round).ReceiveAsync(destinationChannel.Input, $"{Name} channel 1 after a warm-up (round {round})", size));
+                transfers.Add(new StreamPattern(91 + round).SendAsync(sourceChannel.Output, size));
+            }
+
+            transfers.Add(new StreamPattern(71 + round).ReceiveAsync(pair.Destination.Transport.Input, $"{Name} forward after a warm-up (round {round})", size));
+            transfers.Add(new StreamPattern(81 + round).ReceiveAsync(pair.Source.Transport.Input, $"{Name} back after a warm-up (round {round})", size));
+            transfers.Add(new StreamPattern(71 + round).SendAsync(pair.Source.Transport.Output, size));
+            transfers.Add(new StreamPattern(81 + round).SendAsync(pair.Destination.Transport.Output, size));
+            await AllAsync(TransferTimeout, $"{Name}: transfers after a warm-up, round {round}", [.. transfers]).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
     /// When the connection offers <see cref="IExtraChannels"/> (on both ends), channel 1 opens on both
     /// ends and carries data both ways, intact, while the main connection carries its own.
     /// </summary>

@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
+using Modular.Abstractions.Plugins;
 using Modular.Abstractions.Transports;
 using Modular.Core.Machine;
 using Modular.Core.Migration.State;
@@ -45,7 +46,41 @@ public sealed class MigrationController
     /// migration's setup and switch do not wait for the JIT. For a machine that may be migrated away
     /// (started with QMP); once per process; returns at once. Any thread.
     /// </summary>
-    public void PrepareAhead() => _ = SwitchWarmUp.StartAheadAsync(_machine.StateSections());
+    /// <remarks>Also lets every transport plugin that can (<see cref="IWarmUpPlugin"/>) do its first-use work.</remarks>
+    public void PrepareAhead()
+    {
+        _ = SwitchWarmUp.StartAheadAsync(_machine.StateSections());
+        ILogger logger = _loggers.CreateLogger("migration");
+        foreach (string scheme in _plugins.Names(PluginKind.Transport))
+        {
+            try
+            {
+                WarmUp(_plugins.GetTransport(scheme), logger);
+            }
+            catch (PluginException)
+            {
+                // Claimed twice (or gone): a migration over it reports that itself.
+            }
+        }
+    }
+
+    /// <summary>Calls <paramref name="plugin"/>'s <see cref="IWarmUpPlugin.WarmUp"/>, if it has one; a failure is only logged (its connections then pay the first-use cost).</summary>
+    internal static void WarmUp(object plugin, ILogger logger)
+    {
+        if (plugin is not IWarmUpPlugin warmUp)
+        {
+            return;
+        }
+
+        try
+        {
+            warmUp.WarmUp();
+        }
+        catch (Exception ex)
+        {
+            logger.LogDebug(ex, "{Plugin} could not warm up ahead; its first connection does that work instead", plugin.GetType().Name);
+        }
+    }
 
     /// <summary>The current or last outgoing migration.</summary>
     public OutgoingMigration? Outgoing
