@@ -26,6 +26,7 @@ internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
     private readonly Action<string> _onFatal;
     private readonly Action _onHalt;
     private bool _started;
+    private bool _prepared;
     private bool _running;
 
     internal KvmAccelerator(string kvmPath, GuestRam ram, IoBus bus, int vcpuCount, ILogger logger, Action onHalt, Action<string> onFatal)
@@ -72,15 +73,40 @@ internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
 
     public void Start()
     {
-        if (_started)
+        lock (_threads)
         {
-            Resume();
-            return;
-        }
+            if (_started)
+            {
+                Resume();
+                return;
+            }
 
-        _started = true;
-        Volatile.Write(ref _running, true);
-        _threads[0].Start();
+            _started = true;
+            Volatile.Write(ref _running, true);
+            if (_prepared)
+            {
+                _threads[0].Resume();
+            }
+            else
+            {
+                _threads[0].Start();
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    public void PrepareToStart()
+    {
+        lock (_threads)
+        {
+            if (_started || _prepared)
+            {
+                return;
+            }
+
+            _prepared = true;
+            _threads[0].Start(paused: true);
+        }
     }
 
     public void Pause()

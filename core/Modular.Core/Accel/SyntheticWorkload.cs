@@ -68,6 +68,12 @@ internal sealed class SyntheticWorkload : IAccelerator, ISaveVmSection
 
     public void Start() => Resume();
 
+    /// <inheritdoc />
+    public void PrepareToStart()
+    {
+        // No threads to start ahead: the synthetic workload's writer starts with Resume.
+    }
+
     public void Resume()
     {
         lock (_gate)

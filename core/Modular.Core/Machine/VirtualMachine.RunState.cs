@@ -81,6 +81,12 @@ public sealed partial class VirtualMachine
     }
 
     /// <summary>
+    /// An incoming migration waits: create the vCPU threads now, parked, so that starting the guest
+    /// at its end does not wait for new threads (<see cref="IAccelerator.PrepareToStart"/>). Any thread but a vCPU's.
+    /// </summary>
+    public void PrepareIncomingStart() => Accelerator.PrepareToStart();
+
+    /// <summary>
     /// An incoming migration has loaded everything: leave inmigrate and run the guest unless the
     /// machine was started paused (or <c>stop</c> came meanwhile). Destination main incoming thread.
     /// </summary>

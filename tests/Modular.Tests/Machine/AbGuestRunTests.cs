@@ -60,6 +60,30 @@ public sealed class AbGuestRunTests : MachineTestBase
     }
 
     [TestMethod]
+    public void VcpuThreadsPreparedAheadWaitWithoutRunningTheGuest_AndStartItLater()
+    {
+        RequireKvm();
+        string serial = Path.Combine(Dir, "serial.log");
+        using VirtualMachine machine = VirtualMachine.Create(ConfigFor(GuestPath("ab-guest.elf"), "64M", serial), Plugins, MachineStartMode.Boot);
+        Assert.AreEqual(0, machine.Accelerator.VcpuThreadIds()[0], "no vCPU thread before anything starts");
+
+        machine.PrepareIncomingStart();
+        machine.PrepareIncomingStart(); // idempotent
+        Assert.AreNotEqual(0, machine.Accelerator.VcpuThreadIds()[0], "vCPU 0's thread exists, parked");
+        Thread.Sleep(500);
+        Assert.AreEqual(string.Empty, ReadSerial(serial), "a parked vCPU runs no guest code");
+        Assert.AreEqual(QmpRunState.Prelaunch, machine.RunState);
+        Assert.IsFalse(machine.Accelerator.IsRunning);
+
+        machine.Start();
+        Assert.AreEqual(QmpRunState.Running, machine.RunState);
+        WaitForBs(serial, 1, Patience);
+        machine.Stop();
+        AssertAbRam(machine);
+        StringAssert.StartsWith(ReadSerial(serial), "AB");
+    }
+
+    [TestMethod]
     public void FillGuestHaltsWithEveryPageFilled()
     {
         RequireKvm();

@@ -83,6 +83,7 @@ public sealed partial class IncomingMigration
     {
         _listener = await _transport.ListenAsync(_endpoint, _cancel.Token).ConfigureAwait(false);
         MigrationController.WarmUp(_transport, _logger);
+        _machine.PrepareIncomingStart();
         _ = SwitchWarmUp.StartAsync(_machine.StateSections(), incoming: true).ContinueWith(
             t => _logger.LogDebug("Migration code compiled ahead in {Ms:F0} ms ({Cpu:F0} ms of CPU) while waiting", t.Result.TotalMilliseconds, SwitchWarmUp.CpuTime.TotalMilliseconds),
             CancellationToken.None, TaskContinuationOptions.OnlyOnRanToCompletion, TaskScheduler.Default);
