@@ -309,16 +309,19 @@ internal static class SwitchWarmUp
     }
 
     /// <summary>
-    /// The async methods' state machines of the loaded transport and fault-backend plugins (and the
-    /// socket code they share). Their own code is precompiled (ReadyToRun); the runtime's generic
-    /// code instantiated over them is not (see <see cref="AsyncWarmUp"/>).
+    /// The async methods' state machines of the loaded plugins (Modular's and anyone's: every loaded
+    /// assembly built against Modular.Abstractions, but Modular.Core and the host program). Their own
+    /// code may be precompiled (ReadyToRun); the runtime's generic code instantiated over them is not
+    /// (see <see cref="AsyncWarmUp"/>).
     /// </summary>
     private static IEnumerable<Type> PluginStateMachines()
     {
+        Assembly core = typeof(SwitchWarmUp).Assembly;
+        Assembly? host = Assembly.GetEntryAssembly();
+        string abstractions = typeof(Modular.Abstractions.Transports.IMigrationTransport).Assembly.GetName().Name!;
         foreach (Assembly assembly in AppDomain.CurrentDomain.GetAssemblies())
         {
-            string? name = assembly.GetName().Name;
-            if (assembly.IsDynamic || name is null || !(name.StartsWith("Modular.Transport", StringComparison.Ordinal) || name.StartsWith("Modular.FaultBackends", StringComparison.Ordinal)))
+            if (assembly.IsDynamic || assembly == core || assembly == host || !assembly.GetReferencedAssemblies().Any(r => r.Name == abstractions))
             {
                 continue;
             }
