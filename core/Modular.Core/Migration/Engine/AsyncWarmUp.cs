@@ -53,15 +53,21 @@ internal static class AsyncWarmUp
         foreach (Type each in BuildersBehind(builder))
         {
             PrepareGenericMethods(each, stateMachine, awaiters);
+            if (each.IsGenericType && FirstTime(each))
+            {
+                PrepareResultTypeCode(each);
+            }
         }
 
         foreach (Type box in BoxesFor(builder, stateMachine))
         {
-            // What a box's first run compiled (JIT log): its MoveNext overloads, its
-            // ExecutionContextCallback and its static constructor; the rest is shared code.
+            // What a box's first run compiled (JIT log): its MoveNext overloads (one is an explicit
+            // interface implementation), ExecuteFromThreadPool, ExecutionContextCallback, a pooling
+            // box's IValueTaskSource members, and its static constructor; the rest is shared code.
             foreach (MethodInfo method in box.GetMethods(All))
             {
-                if (method.Name is "MoveNext" or "ExecutionContextCallback" || method.Name.EndsWith(".GetResult", StringComparison.Ordinal))
+                if (method.Name is "MoveNext" or "ExecuteFromThreadPool" or "ExecutionContextCallback" ||
+                    method.Name.EndsWith(".MoveNext", StringComparison.Ordinal) || method.Name.EndsWith(".GetResult", StringComparison.Ordinal))
                 {
                     TryPrepare(method);
                 }
@@ -71,6 +77,38 @@ internal static class AsyncWarmUp
             {
                 TryPrepare(initializer);
             }
+        }
+    }
+
+    private static readonly HashSet<Type> Seen = [];
+
+    /// <summary>True the first time <paramref name="type"/> is passed (per-result-type code is prepared once).</summary>
+    private static bool FirstTime(Type type)
+    {
+        lock (Seen)
+        {
+            return Seen.Add(type);
+        }
+    }
+
+    /// <summary>
+    /// The code a generic builder needs once per result type, whatever the state machine: its own
+    /// non-generic members (Create, Task, SetResult), the task's result setters, and for the pooling
+    /// builder its boxes' common base and their ManualResetValueTaskSourceCore.
+    /// </summary>
+    private static void PrepareResultTypeCode(Type builder)
+    {
+        Type result = builder.GetGenericArguments()[0];
+        PrepareMembers(builder);
+        PrepareMembers(typeof(Task<>).MakeGenericType(result), "TrySetResult", "get_Result");
+        if (builder.GetGenericTypeDefinition() == typeof(PoolingAsyncValueTaskMethodBuilder<>))
+        {
+            if (typeof(PoolingAsyncValueTaskMethodBuilder<>).GetNestedType("StateMachineBox", BindingFlags.NonPublic) is { } common)
+            {
+                PrepareMembers(common.MakeGenericType(result));
+            }
+
+            PrepareMembers(typeof(System.Threading.Tasks.Sources.ManualResetValueTaskSourceCore<>).MakeGenericType(result));
         }
     }
 
