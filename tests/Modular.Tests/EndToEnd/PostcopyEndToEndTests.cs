@@ -96,6 +96,8 @@ public sealed class PostcopyEndToEndTests
         Assert.IsNotNull(destination["postcopy-blocktime"], "postcopy-blocktime is on: " + destination.ToJsonString());
         bool privateMemory = extraArgs?.Contains("machine.memory-backend=anonymous") == true || extraArgs?.Contains("machine.hugepages=true") == true;
         Assert.AreEqual(privateMemory || !MinorFaultsOnSharedMemory() ? "copy" : "map", destination["x-modular-postcopy-placement"]?.GetValue<string>(), "a destination maps pages of shared memory (where the kernel can) and copies into private or huge-page memory: " + destination.ToJsonString());
+        double runAfterPackage = destination["x-modular-run-after-package-ms"]?.GetValue<double>() ?? -1;
+        Assert.IsTrue(runAfterPackage is >= 0 and < 5000, "the destination says how long after the package its vCPUs started: " + destination.ToJsonString());
         long requests = source["ram"]!["postcopy-requests"]!.GetValue<long>();
         if (precopyPasses == 0)
         {

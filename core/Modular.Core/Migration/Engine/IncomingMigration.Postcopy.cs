@@ -201,6 +201,9 @@ public sealed partial class IncomingMigration
     /// PACKAGED: read the whole blob (freeing the stream for the listen thread), then parse it as a
     /// nested stream: LISTEN, device and vCPU sections, RUN. Main incoming task.
     /// </summary>
+    // From the package read in full to POSTCOPY_RUN (the vCPUs start then); null before RUN.
+    private TimeSpan? _runAfterPackage;
+
     private async ValueTask LoadPackageAsync(PackagedCommand packaged, IMigrationConnection connection, MigrationStreamReader outer, long at)
     {
         if (_postcopyRam is null)
@@ -236,6 +239,7 @@ public sealed partial class IncomingMigration
                             loaded = System.Diagnostics.Stopwatch.GetTimestamp();
                             // The guest runs nowhere from the source's stop until the vCPUs start here:
                             // how much of that is this side's (parked vCPU threads wake in about 0.1 ms).
+                            _runAfterPackage = System.Diagnostics.Stopwatch.GetElapsedTime(read, loaded);
                             _logger.LogDebug(
                                 "POSTCOPY_RUN {Ms:F1} ms after the package was read (LISTEN done at {Listen:F1} ms); the vCPUs start now",
                                 System.Diagnostics.Stopwatch.GetElapsedTime(read, loaded).TotalMilliseconds,
@@ -486,6 +490,12 @@ public sealed partial class IncomingMigration
         }
 
         reply["x-modular-postcopy-placement"] = ram.MapsEveryBlockShared ? "map" : "copy";
+        if (_runAfterPackage is { } run)
+        {
+            // This side's share of the time the guest runs nowhere, which QEMU's downtime (the
+            // source's, until the package is sent) does not include.
+            reply["x-modular-run-after-package-ms"] = Math.Round(run.TotalMilliseconds, 1);
+        }
         reply["x-modular-page-channel-reads"] = _pageChannel?.Reads ?? 0;
         if (_pageChannel is { Failures: > 0 } failing)
         {
