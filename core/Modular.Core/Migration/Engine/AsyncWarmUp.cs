@@ -31,6 +31,10 @@ internal static class AsyncWarmUp
             return;
         }
 
+        // The state machine's own MoveNext: precompiled where its assembly has ReadyToRun code (not
+        // every plugin's does), compiled here where not.
+        PrepareMembers(stateMachine, "MoveNext");
+
         Type builder = builderField.FieldType;
         Type[] awaiters = stateMachine.GetFields(All)
             .Where(f => f.Name.StartsWith("<>u__", StringComparison.Ordinal) && !f.FieldType.ContainsGenericParameters)

@@ -309,19 +309,19 @@ internal static class SwitchWarmUp
     }
 
     /// <summary>
-    /// The async methods' state machines of the loaded plugins (Modular's and anyone's: every loaded
-    /// assembly built against Modular.Abstractions, but Modular.Core and the host program). Their own
+    /// The async methods' state machines of the loaded plugins (Modular's and anyone's: every
+    /// assembly in a plugin's load context that is built against Modular.Abstractions). Their own
     /// code may be precompiled (ReadyToRun); the runtime's generic code instantiated over them is not
     /// (see <see cref="AsyncWarmUp"/>).
     /// </summary>
     private static IEnumerable<Type> PluginStateMachines()
     {
-        Assembly core = typeof(SwitchWarmUp).Assembly;
-        Assembly? host = Assembly.GetEntryAssembly();
         string abstractions = typeof(Modular.Abstractions.Transports.IMigrationTransport).Assembly.GetName().Name!;
         foreach (Assembly assembly in AppDomain.CurrentDomain.GetAssemblies())
         {
-            if (assembly.IsDynamic || assembly == core || assembly == host || !assembly.GetReferencedAssemblies().Any(r => r.Name == abstractions))
+            if (assembly.IsDynamic ||
+                System.Runtime.Loader.AssemblyLoadContext.GetLoadContext(assembly) == System.Runtime.Loader.AssemblyLoadContext.Default ||
+                !assembly.GetReferencedAssemblies().Any(r => r.Name == abstractions))
             {
                 continue;
             }
