@@ -2,6 +2,7 @@ using Modular.Conformance.Faults;
 using System.Globalization;
 using Modular.Abstractions.Faults;
 using Modular.FaultBackends.Tests.Support;
+using static Modular.FaultBackends.Tests.Support.Faults;
 using Modular.FaultBackends.Userfaultfd;
 
 namespace Modular.FaultBackends.Tests;
@@ -15,7 +16,6 @@ public sealed class HugetlbfsTests
 {
     private const string NrHugepages = "/proc/sys/vm/nr_hugepages";
     private const int Huge = 2 * 1024 * 1024;
-    private static readonly TimeSpan Released = TimeSpan.FromSeconds(10);
 
     [TestMethod]
     public void HugePagesFaultAndArePlacedWholeIncludingZeroPages()

@@ -2,6 +2,7 @@ using System.Runtime.InteropServices;
 using Modular.Abstractions.Faults;
 using Modular.Conformance.Faults;
 using Modular.FaultBackends.Tests.Support;
+using static Modular.FaultBackends.Tests.Support.Faults;
 using Modular.FaultBackends.Userfaultfd;
 
 namespace Modular.FaultBackends.Tests;
@@ -15,10 +16,6 @@ namespace Modular.FaultBackends.Tests;
 [TestClass]
 public sealed class SharedRamTests
 {
-    private const int Page = 4096;
-    private static readonly TimeSpan Blocked = TimeSpan.FromMilliseconds(200);
-    private static readonly TimeSpan Released = TimeSpan.FromSeconds(10);
-
     [TestMethod]
     public void SharedRamIsOfferedOnThisKernel()
     {
