@@ -22,7 +22,7 @@ internal static class MigrationBench
 
     private sealed record Scenario(string Key, string Name, string Kernel, char Ready, bool Postcopy = false);
 
-    private sealed record Outcome(string Status, double TotalMs, double DowntimeMs, double SetupMs, double Transferred, int Syncs, string? Error, long Requests = 0, JsonNode? FaultLatency = null, TimeSpan SourceCpu = default, TimeSpan DestinationCpu = default);
+    private sealed record Outcome(string Status, double TotalMs, double DowntimeMs, double SetupMs, double Transferred, int Syncs, string? Error, long Requests = 0, JsonNode? FaultLatency = null, TimeSpan SourceCpu = default, TimeSpan DestinationCpu = default, TimeSpan SourceVcpuCpu = default, TimeSpan DestinationVcpuCpu = default);
 
     private static readonly Scenario[] Scenarios =
     [
@@ -77,7 +77,7 @@ internal static class MigrationBench
                     await output.WriteLineAsync(string.Create(c,
                         $"{transport,-10} {scenario.Name,-16} {outcome.Status,-10} {outcome.TotalMs / 1000,6:F2} s  {outcome.DowntimeMs,5:F0} ms  {outcome.SetupMs,4:F0} ms  {outcome.Transferred / 1e9,8:F2} GB  {throughput / 1e9,6:F2} GB/s  {throughput / socketRates[transport] * 100,6:F0} %  {outcome.Syncs,5}"));
                     await output.WriteLineAsync(string.Create(c,
-                        $"    CPU while migrating (until the source reports the end; vCPUs included): source {outcome.SourceCpu.TotalSeconds:F2} s, destination {outcome.DestinationCpu.TotalSeconds:F2} s"));
+                        $"    CPU while migrating (until the source reports the end): source {outcome.SourceCpu.TotalSeconds:F2} s (its vCPUs {outcome.SourceVcpuCpu.TotalSeconds:F2} s), destination {outcome.DestinationCpu.TotalSeconds:F2} s (its vCPUs {outcome.DestinationVcpuCpu.TotalSeconds:F2} s)"));
                     if (scenario.Postcopy)
                     {
                         JsonNode? l = outcome.FaultLatency;
@@ -137,6 +137,8 @@ internal static class MigrationBench
 
         TimeSpan sourceCpu = source.CpuTime;
         TimeSpan destinationCpu = destination.CpuTime;
+        TimeSpan sourceVcpuCpu = source.VcpuCpuTime;
+        TimeSpan destinationVcpuCpu = destination.VcpuCpuTime;
         await source.Qmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = uri });
         if (scenario.Postcopy)
         {
@@ -152,6 +154,8 @@ internal static class MigrationBench
             {
                 sourceCpu = source.CpuTime - sourceCpu;
                 destinationCpu = destination.CpuTime - destinationCpu;
+                sourceVcpuCpu = source.VcpuCpuTime - sourceVcpuCpu;
+                destinationVcpuCpu = destination.VcpuCpuTime - destinationVcpuCpu;
                 if (status is not ("completed" or "failed" or "cancelled"))
                 {
                     await source.Qmp.ExecuteAsync("migrate_cancel");
@@ -187,7 +191,9 @@ internal static class MigrationBench
                     (long)Number(ram?["postcopy-requests"]),
                     latency,
                     sourceCpu,
-                    destinationCpu);
+                    destinationCpu,
+                    sourceVcpuCpu,
+                    destinationVcpuCpu);
             }
 
             await Task.Delay(20);

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using System.Text;
 using System.Text.Json.Nodes;
 using Modular.Core.Config;
@@ -44,6 +45,39 @@ internal sealed class ModularChild : IAsyncDisposable
         {
             _process.Refresh();
             return _process.TotalProcessorTime;
+        }
+    }
+
+    /// <summary>
+    /// CPU time used so far by the child's vCPU threads (those named vcpuN), from /proc (10 ms
+    /// ticks): how much the guest itself ran, as opposed to <see cref="CpuTime"/>.
+    /// </summary>
+    public TimeSpan VcpuCpuTime
+    {
+        get
+        {
+            long ticks = 0;
+            foreach (string task in Directory.EnumerateDirectories($"/proc/{_process.Id}/task"))
+            {
+                try
+                {
+                    if (!File.ReadAllText(Path.Combine(task, "comm")).StartsWith("vcpu", StringComparison.Ordinal))
+                    {
+                        continue;
+                    }
+
+                    // Fields after the ") " that ends comm: state is field 3, utime 14 and stime 15.
+                    string stat = File.ReadAllText(Path.Combine(task, "stat"));
+                    string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+                    ticks += long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture);
+                }
+                catch (IOException)
+                {
+                    // The thread ended meanwhile.
+                }
+            }
+
+            return TimeSpan.FromMilliseconds(ticks * 10);
         }
     }
 

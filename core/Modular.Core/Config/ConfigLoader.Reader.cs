@@ -38,6 +38,7 @@ public static partial class ConfigLoader
                 DowntimeLimitMs: Integer("migration.parameters.downtime-limit", 1, 2_000_000),
                 MaxBandwidth: Size("migration.parameters.max-bandwidth"),
                 FaultBackend: Text("migration.fault-backend")!,
+                PostcopyListenNice: (int)Integer("migration.postcopy-listen-nice", -20, 19),
                 Incoming: Text("migration.incoming"));
 
             var pluginDirectories = new List<string>();

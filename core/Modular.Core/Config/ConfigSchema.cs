@@ -73,6 +73,7 @@ public static class ConfigSchema
         new("migration.parameters.downtime-limit", ConfigValueKind.Integer, "300", "Largest acceptable downtime in milliseconds."),
         new("migration.parameters.max-bandwidth", ConfigValueKind.Size, "0", "Bandwidth cap in bytes per second; 0 means unlimited (QEMU's default is 128M)."),
         new("migration.fault-backend", ConfigValueKind.String, "userfaultfd", "The fault backend plugin a postcopy destination uses."),
+        new("migration.postcopy-listen-nice", ConfigValueKind.Integer, "-10", "A postcopy destination's listen thread (it places the background pages) runs at this nice value (-20 to 19) while postcopy runs, so that the running guest does not slow the end of postcopy; 0 leaves it at the process's priority, as QEMU does. Needs CAP_SYS_NICE to go below 0; without it nothing changes."),
         new("migration.incoming", ConfigValueKind.String, "(none)", "Wait for an incoming migration on this URI (as QEMU's -incoming), e.g. tcp:0.0.0.0:4444, unix:/run/mig.sock, file:/tmp/vm.state."),
         new("plugins", ConfigValueKind.Section, "", "Plugin loading."),
         new("plugins.directories", ConfigValueKind.StringList, "[]", "Extra directories of plugin folders, searched after plugins/ beside the executable. Relative paths are relative to the config file."),

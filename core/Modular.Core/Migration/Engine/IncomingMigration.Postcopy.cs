@@ -36,6 +36,7 @@ public sealed partial class IncomingMigration
     private Task<PostcopyRam>? _postcopyPrepared;
     private PostcopyFaultThread? _faultThread;
     private Task? _listenTask;
+    private readonly ListenThreadPriority _listenPriority;
     private int _postcopyAborted;
 
     /// <summary>The destination's postcopy state (ADVISE, LISTEN, RUNNING, END).</summary>
@@ -364,6 +365,11 @@ public sealed partial class IncomingMigration
                         }
 
                         await LoadSectionBodyAsync(target, header, reader, at).ConfigureAwait(false);
+                        // Here, not before: the loop started on the pool; the body's reads end on the transport's thread.
+                        if (_listenPriority.OnCurrentThread())
+                        {
+                            _logger.LogDebug("The postcopy listen thread ({Thread}) runs at nice {Nice} until postcopy ends", Thread.CurrentThread.Name, _listenPriority.Nice);
+                        }
                         break;
                     case SectionType.Command:
                         StreamCommand command = await StreamCommand.ReadFromAsync(reader).ConfigureAwait(false);
@@ -407,6 +413,7 @@ public sealed partial class IncomingMigration
 
         // The main task must be past RUN before postcopy can END.
         await _runReached.Task.ConfigureAwait(false);
+        _listenPriority.Restore();
         _faultThread!.Stop();
         await StopPreemptReaderAsync().ConfigureAwait(false);
         _postcopyRam.DisarmAll();
@@ -441,6 +448,7 @@ public sealed partial class IncomingMigration
     /// </summary>
     private void AbortPostcopy()
     {
+        _listenPriority.Restore();
         if (_postcopyRam is null || Interlocked.Exchange(ref _postcopyAborted, 1) != 0)
         {
             return;

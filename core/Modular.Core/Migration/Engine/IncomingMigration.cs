@@ -59,6 +59,7 @@ public sealed partial class IncomingMigration
         _transport = transport;
         _endpoint = endpoint;
         _settings = settings;
+        _listenPriority = new ListenThreadPriority(settings.PostcopyListenNice);
         _logger = logger;
     }
 

@@ -23,10 +23,14 @@ public sealed class MigrationSettings
         _downtimeLimitMs = config.DowntimeLimitMs;
         _maxBandwidth = config.MaxBandwidth;
         FaultBackend = config.FaultBackend;
+        PostcopyListenNice = config.PostcopyListenNice;
     }
 
     /// <summary>The fault backend a postcopy destination uses.</summary>
     public string FaultBackend { get; }
+
+    /// <summary>The nice value of a postcopy destination's listen thread while postcopy runs (0: unchanged); see <see cref="ListenThreadPriority"/>.</summary>
+    public int PostcopyListenNice { get; }
 
     /// <summary>The capability names Modular knows.</summary>
     public static IReadOnlyList<string> KnownCapabilities => ConfigSchema.Capabilities;

@@ -14,6 +14,8 @@ namespace Modular.Core.Migration.Engine;
 /// CAP_SYS_NICE; without it nothing changes.</item>
 /// <item><see cref="LowerCurrentThread"/> (nice 19), for work that may take the leftovers: compiling
 /// the migration code ahead on a source whose guest is running.</item>
+/// <item><see cref="SetCurrentThread"/>, any value: the postcopy listen thread
+/// (<see cref="ListenThreadPriority"/>).</item>
 /// </list>
 /// The thread id is remembered, so restoring is right from any thread, even if an await resumed
 /// elsewhere.
@@ -53,7 +55,8 @@ internal readonly struct NiceScope : IDisposable
         }
     }
 
-    private static NiceScope SetCurrentThread(int nice)
+    /// <summary>Sets the current thread's nice value (-20 to 19); returns what restores it (a no-op when refused or unchanged).</summary>
+    internal static NiceScope SetCurrentThread(int nice)
     {
         int threadId = Libc.Gettid();
         Marshal.SetLastPInvokeError(0);

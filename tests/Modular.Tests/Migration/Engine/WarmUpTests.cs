@@ -1,5 +1,5 @@
-using System.Runtime.InteropServices;
 using Modular.Core.Migration.Engine;
+using Modular.Tests.Support;
 
 namespace Modular.Tests.Migration.Engine;
 
@@ -10,7 +10,7 @@ namespace Modular.Tests.Migration.Engine;
 /// and put back.
 /// </summary>
 [TestClass]
-public sealed partial class WarmUpTests
+public sealed class WarmUpTests
 {
     [TestMethod]
     public void TheWarmUpStreamReadsBackThroughTheRealReaders()
@@ -119,14 +119,5 @@ public sealed partial class WarmUpTests
         }
     }
 
-    private static int Nice() => Interop.Getpriority(0, (uint)Interop.Gettid());
-
-    private static partial class Interop
-    {
-        [LibraryImport("libc", EntryPoint = "getpriority")]
-        internal static partial int Getpriority(int which, uint who);
-
-        [LibraryImport("libc", EntryPoint = "gettid")]
-        internal static partial int Gettid();
-    }
+    private static int Nice() => ThreadNice.OfCurrentThread();
 }
