@@ -23,10 +23,10 @@ namespace Modular.Transports.Shared;
 /// <see cref="CancelPendingFlush"/> and <see cref="Abandon"/> may come from any thread: a flush
 /// waiting on a full socket then ends within <see cref="PollSlice"/>.</para>
 /// </remarks>
-internal sealed unsafe partial class GatherSocketWriter : PipeWriter, IGatherWriter, IValueTaskSource<FlushResult>
+internal sealed unsafe class GatherSocketWriter : PipeWriter, IGatherWriter, IValueTaskSource<FlushResult>
 {
     private const int ChunkSize = 64 * 1024;
-    private const int MaxIovecs = 1024; // IOV_MAX
+    private const int MaxIovecs = SocketInterop.MaxIovecs;
     private const int PollSlice = 100; // ms between checks for a cancel while the socket is full
 
     private readonly Socket _socket;
@@ -320,11 +320,11 @@ internal sealed unsafe partial class GatherSocketWriter : PipeWriter, IGatherWri
                     }
 
                     var message = new MsgHdr { Iov = iovecs + _sendFrom, IovLen = (nuint)Math.Min(_iovecCount - _sendFrom, MaxIovecs) };
-                    nint sent = Interop.SendMsg(fd, &message, Interop.MsgDontWait | Interop.MsgNoSignal);
+                    nint sent = SocketInterop.SendMsg(fd, &message, SocketInterop.MsgDontWait | SocketInterop.MsgNoSignal);
                     if (sent < 0)
                     {
                         int errno = Marshal.GetLastPInvokeError();
-                        if (errno == Interop.EAgain)
+                        if (errno == SocketInterop.EAgain)
                         {
                             if (!mayWait)
                             {
@@ -332,12 +332,12 @@ internal sealed unsafe partial class GatherSocketWriter : PipeWriter, IGatherWri
                                 return Outcome.Full;
                             }
 
-                            var poll = new PollFd { Fd = fd, Events = Interop.PollOut };
-                            _ = Interop.Poll(&poll, 1, PollSlice);
+                            var poll = new PollFd { Fd = fd, Events = SocketInterop.PollOut };
+                            _ = SocketInterop.Poll(&poll, 1, PollSlice);
                             continue;
                         }
 
-                        if (errno == Interop.EIntr)
+                        if (errno == SocketInterop.EIntr)
                         {
                             continue;
                         }
@@ -346,18 +346,7 @@ internal sealed unsafe partial class GatherSocketWriter : PipeWriter, IGatherWri
                     }
 
                     // Skip what went out; a partly sent iovec goes on from where it stopped.
-                    nuint left = (nuint)sent;
-                    while (left > 0 && left >= iovecs[_sendFrom].Length)
-                    {
-                        left -= iovecs[_sendFrom].Length;
-                        _sendFrom++;
-                    }
-
-                    if (left > 0)
-                    {
-                        iovecs[_sendFrom].Base += (nint)left;
-                        iovecs[_sendFrom].Length -= left;
-                    }
+                    SocketInterop.Advance(iovecs, ref _sendFrom, (nuint)sent);
                 }
             }
 
@@ -389,58 +378,12 @@ internal sealed unsafe partial class GatherSocketWriter : PipeWriter, IGatherWri
     {
         SocketError error = errno switch
         {
-            Interop.EPipe or Interop.EConnReset => SocketError.ConnectionReset,
-            Interop.ENotConn => SocketError.NotConnected,
+            SocketInterop.EPipe or SocketInterop.EConnReset => SocketError.ConnectionReset,
+            SocketInterop.ENotConn => SocketError.NotConnected,
             _ => SocketError.SocketError,
         };
         _onError(error);
         var inner = new SocketException((int)error, Marshal.GetPInvokeErrorMessage(errno));
         return new IOException($"sending on {_description} failed: {inner.Message}", inner);
-    }
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct Iovec
-    {
-        public nint Base;
-        public nuint Length;
-    }
-
-    // struct msghdr on 64-bit Linux; the sequential layout adds the same padding as C.
-    [StructLayout(LayoutKind.Sequential)]
-    private struct MsgHdr
-    {
-        public nint Name;
-        public uint NameLen;
-        public Iovec* Iov;
-        public nuint IovLen;
-        public nint Control;
-        public nuint ControlLen;
-        public int Flags;
-    }
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct PollFd
-    {
-        public int Fd;
-        public short Events;
-        public short Revents;
-    }
-
-    private static partial class Interop
-    {
-        internal const int MsgDontWait = 0x40;
-        internal const int MsgNoSignal = 0x4000;
-        internal const short PollOut = 0x4;
-        internal const int EIntr = 4;
-        internal const int EAgain = 11;
-        internal const int EPipe = 32;
-        internal const int EConnReset = 104;
-        internal const int ENotConn = 107;
-
-        [LibraryImport("libc", EntryPoint = "sendmsg", SetLastError = true)]
-        internal static partial nint SendMsg(int fd, MsgHdr* message, int flags);
-
-        [LibraryImport("libc", EntryPoint = "poll", SetLastError = true)]
-        internal static partial int Poll(PollFd* fds, nuint count, int timeoutMs);
     }
 }

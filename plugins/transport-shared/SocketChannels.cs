@@ -6,7 +6,8 @@ using Modular.Abstractions.Transports;
 namespace Modular.Transports.Shared;
 
 /// <summary>
-/// How a socket connection opens its extra channels (<see cref="IExtraChannels"/>): the connecting end
+/// How a socket connection opens its extra channels (<see cref="IExtraChannels"/>) and raw channels
+/// (<see cref="IRawChannels"/>; one numbering, one handshake): the connecting end
 /// dials the same endpoint again and says which channel this is; the accepting end takes the next such
 /// connection from the listener that accepted the main connection and answers.
 /// </summary>

@@ -103,14 +103,18 @@ internal static class SocketPipeTuning
 /// <summary>
 /// A migration connection over a connected socket (tcp or unix). Extra channels (<see cref="IExtraChannels"/>)
 /// are further sockets to the same endpoint (<see cref="SocketChannelOpener"/>), each a
-/// <see cref="ThreadedSocketPipe"/> built for latency; they end with the connection.
+/// <see cref="ThreadedSocketPipe"/> built for latency; raw channels (<see cref="IRawChannels"/>) are
+/// such sockets too, opened with the same handshake, each a <see cref="SocketRawChannel"/> for
+/// blocking calls over native memory. Both kinds end with the connection.
 /// </summary>
-internal sealed class SocketMigrationConnection : IMigrationConnection, IExtraChannels
+internal sealed class SocketMigrationConnection : IMigrationConnection, IExtraChannels, IRawChannels
 {
     private readonly ISocketPipe _connection;
     private readonly AbortablePipe _pipe;
     private readonly SocketChannelOpener _channels;
     private readonly List<(ThreadedSocketPipe Channel, AbortablePipe Pipe)> _extra = [];
+    private readonly List<SocketRawChannel> _raw = [];
+    private bool _rawTaken; // under the lock of _raw: the connection ended, and a channel opened now is aborted
     private readonly CancellationTokenSource _closed = new();
     private int _ended;
 
@@ -125,16 +129,7 @@ internal sealed class SocketMigrationConnection : IMigrationConnection, IExtraCh
     /// <inheritdoc/>
     public async ValueTask<IDuplexPipe> OpenChannelAsync(int index, CancellationToken cancellationToken = default)
     {
-        if (index < 1)
-        {
-            throw new ArgumentOutOfRangeException(nameof(index), index, "Channel 0 is the main connection; extra channels are numbered from 1.");
-        }
-
-        if (_pipe.IsAborted || _closed.IsCancellationRequested)
-        {
-            throw new TransportException($"Cannot open channel {index} of {RemoteDescription}: the connection has ended.");
-        }
-
+        CheckCanOpen(index);
         Socket socket = await _channels.OpenAsync(index, RemoteDescription, cancellationToken).ConfigureAwait(false);
         string description = $"{RemoteDescription} (channel {index})";
         var channel = new ThreadedSocketPipe(socket, description);
@@ -147,6 +142,49 @@ internal sealed class SocketMigrationConnection : IMigrationConnection, IExtraCh
         }
 
         return pipe;
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask<IRawChannel> OpenRawChannelAsync(int index, CancellationToken cancellationToken = default)
+    {
+        CheckCanOpen(index);
+        Socket socket = await _channels.OpenAsync(index, RemoteDescription, cancellationToken).ConfigureAwait(false);
+        SocketRawChannel channel;
+        try
+        {
+            channel = new SocketRawChannel(socket, RemoteDescription, index);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+
+        lock (_raw)
+        {
+            if (!_rawTaken)
+            {
+                _raw.Add(channel);
+                return channel;
+            }
+        }
+
+        // Aborted or disposed while the channel was opening.
+        channel.Abort();
+        throw new TransportException($"Cannot open channel {index} of {RemoteDescription}: the connection has ended.");
+    }
+
+    private void CheckCanOpen(int index)
+    {
+        if (index < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(index), index, "Channel 0 is the main connection; extra channels are numbered from 1.");
+        }
+
+        if (_pipe.IsAborted || _closed.IsCancellationRequested)
+        {
+            throw new TransportException($"Cannot open channel {index} of {RemoteDescription}: the connection has ended.");
+        }
     }
 
     public IDuplexPipe Transport => _pipe;
@@ -169,6 +207,11 @@ internal sealed class SocketMigrationConnection : IMigrationConnection, IExtraCh
             pipe.Abort(reason);
             Reset(channel.Socket);
             channel.Close();
+        }
+
+        foreach (SocketRawChannel raw in TakeRawChannels())
+        {
+            raw.Abort();
         }
     }
 
@@ -197,6 +240,17 @@ internal sealed class SocketMigrationConnection : IMigrationConnection, IExtraCh
         }
     }
 
+    private List<SocketRawChannel> TakeRawChannels()
+    {
+        lock (_raw)
+        {
+            _rawTaken = true;
+            var taken = new List<SocketRawChannel>(_raw);
+            _raw.Clear();
+            return taken;
+        }
+    }
+
     /// <summary>
     /// Completes the output and closes the socket. Bytes still queued in the send pipe may be lost, so
     /// a sender waits for the peer's acknowledgement (QEMU: SHUT on the return path) before disposing.
@@ -206,6 +260,11 @@ internal sealed class SocketMigrationConnection : IMigrationConnection, IExtraCh
         foreach ((ThreadedSocketPipe channel, AbortablePipe _) in TakeChannels())
         {
             channel.Close();
+        }
+
+        foreach (SocketRawChannel raw in TakeRawChannels())
+        {
+            raw.Dispose();
         }
 
         _connection.Close();

@@ -20,7 +20,7 @@ internal static class MigrationBench
 
     private const int SocketRounds = 3;
 
-    private sealed record Scenario(string Key, string Name, string Kernel, char Ready, bool Postcopy = false);
+    private sealed record Scenario(string Key, string Name, string Kernel, char Ready, bool Postcopy = false, bool Multifd = false);
 
     private sealed record Outcome(string Status, double TotalMs, double DowntimeMs, double SetupMs, double Transferred, int Syncs, string? Error, long Requests = 0, JsonNode? FaultLatency = null, TimeSpan SourceCpu = default, TimeSpan DestinationCpu = default, TimeSpan SourceVcpuCpu = default, TimeSpan DestinationVcpuCpu = default);
 
@@ -28,6 +28,7 @@ internal static class MigrationBench
     [
         new("idle", "idle, filled", "fill-halt.elf", 'F'),
         new("dirtying", "dirtying (A/B)", "ab-guest.elf", 'A'),
+        new("multifd", "idle, multifd", "fill-halt.elf", 'F', Multifd: true),
         new("postcopy", "postcopy A/B", "ab-guest.elf", 'A', Postcopy: true),
     ];
 
@@ -115,6 +116,12 @@ internal static class MigrationBench
         string listen = transport == "unix" ? "unix:" + Path.Combine(directory, $"mig{n}.sock") : transport + ":127.0.0.1:0";
         // A postcopy destination knows it from the start (as QEMU's with its capabilities set before
         // migrate-incoming), so that it prepares its RAM for postcopy while it waits.
+        // The multifd row sets the capability on both sides from the start (config), with the default 2 channels.
+        if (scenario.Multifd)
+        {
+            common = [.. common, "--set", "migration.capabilities.multifd=true"];
+        }
+
         string[] destinationArguments = scenario.Postcopy
             ? [.. common, "--set", "migration.capabilities.postcopy-ram=true", "--set", "migration.capabilities.postcopy-preempt=true"]
             : common;

@@ -33,10 +33,16 @@ public static partial class ConfigLoader
             }
 
             var capabilities = ConfigSchema.Capabilities.ToDictionary(c => c, c => Boolean("migration.capabilities." + c), StringComparer.Ordinal);
+            if (capabilities["postcopy-ram"] && capabilities["multifd"])
+            {
+                errors.Add("migration.capabilities: postcopy-ram and multifd cannot both be on (as in QEMU: postcopy is not yet compatible with multifd); turn one off.");
+            }
+
             var migration = new MigrationConfig(
                 capabilities,
                 DowntimeLimitMs: Integer("migration.parameters.downtime-limit", 1, 2_000_000),
                 MaxBandwidth: Size("migration.parameters.max-bandwidth"),
+                MultifdChannels: (int)Integer("migration.parameters.multifd-channels", 1, 255),
                 FaultBackend: Text("migration.fault-backend")!,
                 PostcopyListenNice: (int)Integer("migration.postcopy-listen-nice", -20, 19),
                 Incoming: Text("migration.incoming"));

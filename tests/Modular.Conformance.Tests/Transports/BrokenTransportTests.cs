@@ -79,5 +79,7 @@ public sealed class BrokenTransportTests
         var kit = new FlawedTransportKit(TransportFlaw.None);
         var skipped = await Assert.ThrowsExactlyAsync<AssertInconclusiveException>(() => kit.ExtraChannelsCarryTheirOwnStreams());
         StringAssert.EndsWith(skipped.Message, "mem does not offer IExtraChannels, which is optional.");
+        skipped = await Assert.ThrowsExactlyAsync<AssertInconclusiveException>(() => kit.RawChannelsCarryPagesBothWays());
+        StringAssert.EndsWith(skipped.Message, "mem does not offer IRawChannels, which is optional.");
     }
 }

@@ -25,6 +25,7 @@ public sealed partial class IncomingMigration
     private readonly VirtualMachine _machine;
     private readonly IMigrationTransport _transport;
     private readonly TransportEndpoint _endpoint;
+    private Multifd.MultifdReceiver? _multifd;
     private readonly MigrationSettings _settings;
     private readonly ILogger _logger;
     private readonly CancellationTokenSource _cancel = new();
@@ -193,6 +194,14 @@ public sealed partial class IncomingMigration
             Status.MoveTo(MigrationStatus.Setup);
             _logger.LogDebug("Incoming migration: {Connection} connected", connection.RemoteDescription);
             _connection = connection;
+            MigrationSettingsSnapshot settings = _settings.Snapshot();
+            if (settings.Has("multifd"))
+            {
+                IMigrationConnection accepted = connection;
+                _multifd = await Multifd.MultifdReceiver.AcceptAsync(accepted, settings.MultifdChannels, _machine.Ram, Stats, ex => accepted.Abort(ex), _cancel.Token).ConfigureAwait(false);
+                _logger.LogInformation("Incoming migration: {Channels} multifd channels accepted", settings.MultifdChannels);
+            }
+
             await LoadAsync(connection).ConfigureAwait(false);
             if (_listenTask is { } listen)
             {
@@ -203,6 +212,11 @@ public sealed partial class IncomingMigration
                 PostcopyState.MoveTo(State.PostcopyState.End);
                 _logger.LogInformation("Incoming postcopy migration on {Endpoint} completed in {Ms} ms; {Requests} page requests, {Reads} page-channel reads", _endpoint, Stats.TotalMs, _faultThread?.RequestsSent ?? 0, _pageChannel?.Reads ?? 0);
                 return;
+            }
+
+            if (_multifd is not null)
+            {
+                await _multifd.CompleteAsync(_cancel.Token).ConfigureAwait(false);
             }
 
             Stats.SetFinished();
@@ -244,6 +258,7 @@ public sealed partial class IncomingMigration
                 await TransportCleanup.DisposeAsync(connection, _logger, connection.RemoteDescription).ConfigureAwait(false);
             }
 
+            _multifd?.Dispose();
             _postcopyRam?.Dispose();
             DisposeUnusedPostcopyPreparation();
             _pageChannel?.Dispose();
@@ -262,7 +277,7 @@ public sealed partial class IncomingMigration
         await StreamHeader.ReadFromAsync(reader).ConfigureAwait(false);
         Dictionary<(string, uint), ISaveVmSection> devices = _machine.StateSections().ToDictionary(s => (s.IdString, s.InstanceId));
         _devices = devices;
-        var ram = new RamLoader(_machine.Ram, Stats);
+        var ram = new RamLoader(_machine.Ram, Stats) { Multifd = _multifd };
         _ramLoader = ram;
         bool activeReported = false;
         while (true)

@@ -104,11 +104,11 @@ public static class MigrationQmpCommands
             return ValueTask.FromResult<JsonNode?>(list);
         });
 
-        commands.Register("migrate-set-parameters", ["downtime-limit", "max-bandwidth"], (args, _) =>
+        commands.Register("migrate-set-parameters", ["downtime-limit", "max-bandwidth", "multifd-channels"], (args, _) =>
         {
             try
             {
-                controller.Settings.SetParameters(args.GetOptionalInt64("downtime-limit"), args.GetOptionalUInt64("max-bandwidth"));
+                controller.Settings.SetParameters(args.GetOptionalInt64("downtime-limit"), args.GetOptionalUInt64("max-bandwidth"), args.GetOptionalInt64("multifd-channels"));
             }
             catch (ArgumentOutOfRangeException ex)
             {
@@ -125,6 +125,7 @@ public static class MigrationQmpCommands
             {
                 ["downtime-limit"] = snapshot.DowntimeLimitMs,
                 ["max-bandwidth"] = snapshot.MaxBandwidth,
+                ["multifd-channels"] = snapshot.MultifdChannels,
             });
         });
     }

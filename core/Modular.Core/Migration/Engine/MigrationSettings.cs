@@ -13,6 +13,7 @@ public sealed class MigrationSettings
     private readonly Dictionary<string, bool> _capabilities;
     private long _downtimeLimitMs;
     private ulong _maxBandwidth;
+    private int _multifdChannels;
 
     /// <summary>Starts from the config's migration section.</summary>
     /// <param name="config">The validated migration section.</param>
@@ -22,6 +23,7 @@ public sealed class MigrationSettings
         _capabilities = new Dictionary<string, bool>(config.Capabilities, StringComparer.Ordinal);
         _downtimeLimitMs = config.DowntimeLimitMs;
         _maxBandwidth = config.MaxBandwidth;
+        _multifdChannels = config.MultifdChannels;
         FaultBackend = config.FaultBackend;
         PostcopyListenNice = config.PostcopyListenNice;
     }
@@ -40,13 +42,13 @@ public sealed class MigrationSettings
     {
         lock (_gate)
         {
-            return new MigrationSettingsSnapshot(new Dictionary<string, bool>(_capabilities, StringComparer.Ordinal), _downtimeLimitMs, _maxBandwidth);
+            return new MigrationSettingsSnapshot(new Dictionary<string, bool>(_capabilities, StringComparer.Ordinal), _downtimeLimitMs, _maxBandwidth) { MultifdChannels = _multifdChannels };
         }
     }
 
     /// <summary>Sets capabilities; all or nothing.</summary>
     /// <param name="changes">Capability names and states.</param>
-    /// <exception cref="ArgumentException">An unknown capability; the message lists the known ones.</exception>
+    /// <exception cref="ArgumentException">An unknown capability (the message lists the known ones), or postcopy-ram with multifd.</exception>
     public void SetCapabilities(IEnumerable<KeyValuePair<string, bool>> changes)
     {
         var list = changes.ToList();
@@ -60,6 +62,13 @@ public sealed class MigrationSettings
 
         lock (_gate)
         {
+            bool State(string name) => list.FindLast(c => c.Key == name) is { Key: not null } change ? change.Value : _capabilities[name];
+            if (State("postcopy-ram") && State("multifd"))
+            {
+                // QEMU's migrate_caps_check says the same.
+                throw new ArgumentException("Postcopy is not yet compatible with multifd");
+            }
+
             foreach ((string name, bool state) in list)
             {
                 _capabilities[name] = state;
@@ -67,21 +76,28 @@ public sealed class MigrationSettings
         }
     }
 
-    /// <summary>Sets downtime-limit and/or max-bandwidth.</summary>
+    /// <summary>Sets downtime-limit, max-bandwidth and/or multifd-channels.</summary>
     /// <param name="downtimeLimitMs">New downtime-limit in ms, or null to keep.</param>
     /// <param name="maxBandwidth">New max-bandwidth in bytes/s, or null to keep.</param>
+    /// <param name="multifdChannels">New multifd-channels, or null to keep.</param>
     /// <exception cref="ArgumentOutOfRangeException">A value out of QEMU's range.</exception>
-    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth)
+    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth, long? multifdChannels = null)
     {
         if (downtimeLimitMs is < 0 or > 2_000_000)
         {
             throw new ArgumentOutOfRangeException(nameof(downtimeLimitMs), "Parameter 'downtime-limit' expects an integer in the range of 0 to 2000000 milliseconds");
         }
 
+        if (multifdChannels is < 1 or > 255)
+        {
+            throw new ArgumentOutOfRangeException(nameof(multifdChannels), "Parameter 'multifd-channels' expects a value between 1 and 255");
+        }
+
         lock (_gate)
         {
             _downtimeLimitMs = downtimeLimitMs ?? _downtimeLimitMs;
             _maxBandwidth = maxBandwidth ?? _maxBandwidth;
+            _multifdChannels = (int?)multifdChannels ?? _multifdChannels;
         }
     }
 }
@@ -95,4 +111,7 @@ public sealed record MigrationSettingsSnapshot(IReadOnlyDictionary<string, bool>
     /// <summary>True when <paramref name="name"/> is on.</summary>
     /// <param name="name">A capability name.</param>
     public bool Has(string name) => Capabilities.TryGetValue(name, out bool on) && on;
+
+    /// <summary>multifd-channels: the channels a multifd migration opens.</summary>
+    public int MultifdChannels { get; init; } = 2;
 }

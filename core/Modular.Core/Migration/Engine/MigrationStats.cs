@@ -12,6 +12,7 @@ public sealed class MigrationStats
 {
     private readonly Stopwatch _clock = Stopwatch.StartNew();
     private long _transferred;
+    private long _multifdBytes;
     private long _normalPages;
     private long _duplicatePages;
     private long _remaining;
@@ -53,7 +54,14 @@ public sealed class MigrationStats
 
     internal void AddTransferred(long bytes) => Interlocked.Add(ref _transferred, bytes);
 
+    /// <summary>Bytes the multifd channels carried (QEMU's ram.multifd-bytes): headers and pages.</summary>
+    public long MultifdBytes => Interlocked.Read(ref _multifdBytes);
+
+    internal void AddMultifdBytes(long bytes) => Interlocked.Add(ref _multifdBytes, bytes);
+
     internal void AddNormal() => Interlocked.Increment(ref _normalPages);
+
+    internal void AddNormal(int pages) => Interlocked.Add(ref _normalPages, pages);
 
     internal void AddDuplicate() => Interlocked.Increment(ref _duplicatePages);
 
@@ -114,7 +122,7 @@ public sealed class MigrationStats
             reply["expected-downtime"] = Interlocked.Read(ref _expectedDowntimeMs);
         }
 
-        if (outgoing || Transferred > 0)
+        if (outgoing || Transferred > 0 || MultifdBytes > 0)
         {
             long normal = NormalPages;
             reply["ram"] = new JsonObject
@@ -130,6 +138,7 @@ public sealed class MigrationStats
                 ["dirty-sync-count"] = DirtySyncCount,
                 ["pages-per-second"] = Interlocked.Read(ref _pagesPerSecond),
                 ["postcopy-requests"] = PostcopyRequests,
+                ["multifd-bytes"] = MultifdBytes,
                 ["x-modular-preempt-pages"] = PreemptPages,
                 ["page-size"] = 4096,
             };

@@ -149,6 +149,7 @@ public sealed partial class OutgoingMigration
         bool stoppedByUs = false;
         bool guestWasRunning = _machine.RunState == QmpRunState.Running;
         RamSaver? ramSaver = null;
+        Multifd.MultifdSender? multifd = null;
         try
         {
             IReadOnlyList<ISaveVmSection> sections = _machine.StateSections();
@@ -160,6 +161,13 @@ public sealed partial class OutgoingMigration
             var writer = new MigrationStreamWriter(output);
             bool returnPath = Settings.Has("return-path") || Settings.Has("postcopy-ram");
             Task returnPathReader = Task.CompletedTask;
+            if (Settings.Has("multifd"))
+            {
+                IMigrationConnection connection = _connection;
+                multifd = await Multifd.MultifdSender.OpenAsync(connection, Settings.MultifdChannels, ex => connection.Abort(ex), _cancel.Token).ConfigureAwait(false);
+                ram.Multifd = multifd;
+                _logger.LogInformation("Migration to {Endpoint}: {Channels} multifd channels open", _endpoint, Settings.MultifdChannels);
+            }
 
             StreamHeader.Current.WriteTo(writer);
             new ConfigurationSection(MachineType).WriteTo(writer);
@@ -190,6 +198,7 @@ public sealed partial class OutgoingMigration
             SectionHeader.Start(ramSectionId, RamSaver.SectionName, 0, RamSaver.SectionVersion).WriteTo(writer);
             ram.MarkAllDirty();
             ram.BlockList(PostcopyEnabled).WriteTo(writer);
+            ram.SyncMultifd();
             writer.WriteRamEos();
             new SectionFooter(ramSectionId).WriteTo(writer);
             await FlushAsync(output).ConfigureAwait(false);
@@ -199,11 +208,14 @@ public sealed partial class OutgoingMigration
 
             var bandwidth = new BandwidthEstimator();
             var throttle = Stopwatch.StartNew();
-            long throttleBase = writer.Position;
+            // Bytes out so far: the main stream's, and the multifd channels' (headers and pages).
+            long Sent() => writer.Position + (multifd?.BytesSent ?? 0);
+            long throttleBase = Sent();
             long accounted = 0;
             async ValueTask AfterFlush(long _)
             {
-                long position = writer.Position;
+                long position = Sent();
+                Stats.AddMultifdBytes((multifd?.BytesSent ?? 0) - Stats.MultifdBytes);
                 Stats.AddTransferred(position - accounted);
                 bandwidth.Add((ulong)(position - accounted));
                 accounted = position;
@@ -224,6 +236,7 @@ public sealed partial class OutgoingMigration
 
                 SectionHeader.Part(ramSectionId).WriteTo(writer);
                 bool drained = await ram.SendDirtyAsync(writer, output, IterationBudget, AfterFlush, _cancel.Token).ConfigureAwait(false);
+                ram.SyncMultifd();
                 writer.WriteRamEos();
                 new SectionFooter(ramSectionId).WriteTo(writer);
                 await FlushAsync(output).ConfigureAwait(false);
@@ -275,6 +288,7 @@ public sealed partial class OutgoingMigration
             long synced = Stopwatch.GetTimestamp();
             SectionHeader.End(ramSectionId).WriteTo(writer);
             await ram.SendDirtyAsync(writer, output, TimeSpan.MaxValue, AfterFlush, _cancel.Token).ConfigureAwait(false);
+            ram.SyncMultifd();
             writer.WriteRamEos();
             new SectionFooter(ramSectionId).WriteTo(writer);
             long pagesWritten = Stopwatch.GetTimestamp();
@@ -285,6 +299,7 @@ public sealed partial class OutgoingMigration
             new VmDescription(description.ToJson()).WriteTo(writer);
             await FlushAsync(output).ConfigureAwait(false);
             await AfterFlush(0).ConfigureAwait(false);
+            multifd?.Complete();
             long flushed = Stopwatch.GetTimestamp();
             await WaitForDestinationAsync(_connection, returnPath, returnPathReader).ConfigureAwait(false);
 
@@ -315,6 +330,7 @@ public sealed partial class OutgoingMigration
             }
 
             // After the connection: nothing written by reference is waiting to be sent any more.
+            multifd?.Dispose();
             ramSaver?.Dispose();
         }
     }

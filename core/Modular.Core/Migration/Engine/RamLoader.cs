@@ -25,6 +25,12 @@ internal sealed class RamLoader
         _stats = stats;
     }
 
+    /// <summary>
+    /// The multifd channels (the multifd capability), or null: at each EOS this loader waits until
+    /// every channel has placed the pages it got before its SYNC (QEMU's multifd_recv_sync_main).
+    /// </summary>
+    internal Multifd.MultifdReceiver? Multifd { get; set; }
+
     /// <summary>True once the MEM_SIZE record arrived and matched.</summary>
     internal bool SawMemSize { get; private set; }
 
@@ -67,6 +73,11 @@ internal sealed class RamLoader
             switch (header.Kind)
             {
                 case RamRecordFlags.Eos:
+                    if (Multifd is { } multifd)
+                    {
+                        await multifd.SyncAsync(reader.CancellationToken).ConfigureAwait(false);
+                    }
+
                     return;
                 case RamRecordFlags.MemSize:
                     if (!isStart)

@@ -40,6 +40,15 @@ internal sealed class RamSaver : IDisposable
         }
     }
 
+    /// <summary>
+    /// The multifd channels (the multifd capability), or null: normal pages then go to them instead of
+    /// PAGE records, and every RAM section part must end with <see cref="SyncMultifd"/> before its EOS.
+    /// </summary>
+    internal Multifd.MultifdSender? Multifd { get; set; }
+
+    /// <summary>Before a RAM section part's EOS: the multifd channels send what is queued and a SYNC each (nothing without multifd).</summary>
+    internal void SyncMultifd() => Multifd?.Sync();
+
     /// <summary>Pages sent at least once, per block (the seed's "sent map").</summary>
     internal DirtyBitmap[] SentMap { get; }
 
@@ -158,6 +167,25 @@ internal sealed class RamSaver : IDisposable
         RamBlock block = _ram.Blocks[blockIndex];
         ulong offset = (ulong)page * RamBlock.TargetPageSize;
         SentMap[blockIndex].Set(page);
+
+        if (Multifd is { } multifd)
+        {
+            // As QEMU's multifd: zero pages stay ZERO records on the main stream, the rest go to a
+            // channel, sent from guest RAM as they are then (see WritesByReference below).
+            nint address = block.PageForSending(offset, out bool isZero);
+            if (isZero)
+            {
+                writer.WriteRamZeroPage(block.Name, offset);
+                _stats.AddDuplicate();
+            }
+            else
+            {
+                multifd.Queue(block, offset, address);
+                _stats.AddNormal();
+            }
+
+            return;
+        }
 
         if (writer.WritesByReference)
         {

@@ -27,6 +27,9 @@ public sealed partial class MigrationStreamReader
     private string? _lastRamBlockId;
     private string? _lastReqPagesBlockId;
 
+    /// <summary>The cancellation this reader's reads observe.</summary>
+    internal CancellationToken CancellationToken => _cancellationToken;
+
     /// <summary>Reads from <paramref name="input"/>.</summary>
     /// <param name="input">The transport's pipe reader, or a pipe over a PACKAGED blob.</param>
     /// <param name="limits">Length limits; <see cref="StreamLimits.Default"/> when null.</param>

@@ -1,0 +1,338 @@
+using System.Collections.Concurrent;
+using Modular.Abstractions.Transports;
+using Modular.Core.Memory;
+using Modular.Core.Migration.Stream;
+
+namespace Modular.Core.Migration.Multifd;
+
+/// <summary>
+/// The source's multifd channels (QEMU's multifd capability, precopy): the migration task queues
+/// normal pages (<see cref="Queue"/>); every <see cref="MultifdPackets.PagesPerPacket"/> pages of one
+/// block become a packet that an idle channel's thread sends with one gather send, header and pages
+/// straight from guest RAM (no copy in user space). <see cref="Sync"/> ends a RAM section part: every
+/// channel sends a SYNC packet (the destination's channels then wait for the main stream's EOS).
+/// </summary>
+/// <remarks>
+/// <para>Pages go out as they are when their packet is sent; one the guest changes after the dirty
+/// log was read is dirty again and sent again, as with QEMU's multifd.</para>
+/// <para>Threads: <see cref="Queue"/>, <see cref="Sync"/> and <see cref="Complete"/> from the migration
+/// task, one call at a time (they block while every channel is busy: the transport's backpressure);
+/// one thread per channel sends; <see cref="Dispose"/> from the migration task's cleanup.</para>
+/// </remarks>
+internal sealed class MultifdSender : IDisposable
+{
+    private readonly Channel[] _channels;
+    private readonly ConcurrentQueue<Channel> _idle = new();
+    private readonly SemaphoreSlim _idleCount;
+    private readonly CancellationTokenSource _failed = new();
+    private readonly CancellationToken _cancellation;
+    private readonly Action<Exception> _onError;
+    private readonly Batch _batch = new();
+    private ulong _packetNumber;
+    private long _bytes;
+    private Exception? _error;
+
+    private MultifdSender(IRawChannel[] channels, Action<Exception> onError, CancellationToken cancellationToken)
+    {
+        _onError = onError;
+        _cancellation = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _failed.Token).Token;
+        _idleCount = new SemaphoreSlim(channels.Length);
+        _channels = new Channel[channels.Length];
+        for (int i = 0; i < channels.Length; i++)
+        {
+            _channels[i] = new Channel(this, channels[i], (byte)i);
+            _idle.Enqueue(_channels[i]);
+        }
+    }
+
+    /// <summary>Bytes sent on the channels so far (headers and pages).</summary>
+    internal long BytesSent => Interlocked.Read(ref _bytes);
+
+    /// <summary>Opens channels 1 to <paramref name="count"/> in order and sends each one's initial message.</summary>
+    /// <param name="connection">The migration's connection: it must offer <see cref="IRawChannels"/>.</param>
+    /// <param name="count">The multifd-channels parameter.</param>
+    /// <param name="onError">Called once, from a channel thread, when a channel fails (the migration aborts its connection).</param>
+    /// <param name="cancellationToken">The migration's cancellation.</param>
+    internal static async Task<MultifdSender> OpenAsync(IMigrationConnection connection, int count, Action<Exception> onError, CancellationToken cancellationToken)
+    {
+        if (connection is not IRawChannels raw)
+        {
+            throw new TransportException($"The multifd capability needs a transport with raw channels (IRawChannels: tcp and unix have them); {connection.RemoteDescription} has none. Turn multifd off for this transport.");
+        }
+
+        var channels = new List<IRawChannel>();
+        try
+        {
+            for (int i = 1; i <= count; i++)
+            {
+                using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+                timeout.CancelAfter(MultifdReceiver.AcceptTimeout);
+                try
+                {
+                    channels.Add(await raw.OpenRawChannelAsync(i, timeout.Token).ConfigureAwait(false));
+                }
+                catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+                {
+                    throw new TransportException($"The destination did not accept multifd channel {i} within {MultifdReceiver.AcceptTimeout.TotalSeconds:F0} s. Set the multifd capability (and the same multifd-channels, {count}) on the destination before migrate-incoming.");
+                }
+            }
+
+            byte[] init = new byte[MultifdPackets.InitLength];
+            for (int i = 0; i < channels.Count; i++)
+            {
+                MultifdPackets.WriteInit(init, (byte)i);
+                unsafe
+                {
+                    fixed (byte* bytes = init)
+                    {
+                        channels[i].Send([new RawSegment((nint)bytes, init.Length)]);
+                    }
+                }
+            }
+        }
+        catch
+        {
+            foreach (IRawChannel channel in channels)
+            {
+                channel.Abort();
+                channel.Dispose();
+            }
+
+            throw;
+        }
+
+        var sender = new MultifdSender([.. channels], onError, cancellationToken);
+        sender._bytes = (long)count * MultifdPackets.InitLength;
+        return sender;
+    }
+
+    /// <summary>Queues a normal page; a full packet goes to the next idle channel (waiting for one if all are busy).</summary>
+    /// <param name="block">The page's block.</param>
+    /// <param name="offset">The page's offset in the block.</param>
+    /// <param name="address">The page's host address; the block stays mapped while this sender lives.</param>
+    internal void Queue(RamBlock block, ulong offset, nint address)
+    {
+        if (_batch.Block is not null && (_batch.Block != block || _batch.Count == MultifdPackets.PagesPerPacket))
+        {
+            Submit(flags: 0);
+        }
+
+        _batch.Add(block, offset, address);
+    }
+
+    /// <summary>
+    /// Ends a RAM section part (call it before the part's EOS): the queued pages and a SYNC on every
+    /// channel go out; returns when every channel has sent its SYNC.
+    /// </summary>
+    internal void Sync()
+    {
+        // Every channel idle first, so that each gets exactly one SYNC.
+        for (int i = 0; i < _channels.Length; i++)
+        {
+            WaitIdle();
+        }
+
+        _idle.Clear();
+        foreach (Channel channel in _channels)
+        {
+            channel.Start(_batch.Take(MultifdPackets.FlagSync, ++_packetNumber));
+        }
+
+        // Each channel queued itself as idle again when its SYNC was out.
+        for (int i = 0; i < _channels.Length; i++)
+        {
+            WaitIdle();
+        }
+
+        _idleCount.Release(_channels.Length);
+    }
+
+    /// <summary>After the last <see cref="Sync"/>: ends every channel's sending (the destination's channels see a clean end).</summary>
+    internal void Complete()
+    {
+        ThrowIfFailed();
+        foreach (Channel channel in _channels)
+        {
+            channel.Raw.CompleteSend();
+        }
+    }
+
+    /// <summary>Aborts channels still sending (a failed or cancelled migration) and waits for their threads; then the pages they referenced may go.</summary>
+    public void Dispose()
+    {
+        foreach (Channel channel in _channels)
+        {
+            channel.Stop();
+        }
+
+        foreach (Channel channel in _channels)
+        {
+            channel.Join();
+            channel.Raw.Dispose();
+        }
+
+        _failed.Dispose();
+        _idleCount.Dispose();
+    }
+
+    private void Submit(uint flags)
+    {
+        WaitIdle();
+        if (!_idle.TryDequeue(out Channel? channel))
+        {
+            throw new InvalidOperationException("multifd: no idle channel after the wait");
+        }
+
+        channel.Start(_batch.Take(flags, ++_packetNumber));
+    }
+
+    private void WaitIdle()
+    {
+        try
+        {
+            _idleCount.Wait(_cancellation);
+        }
+        catch (OperationCanceledException) when (_error is not null)
+        {
+            ThrowIfFailed();
+        }
+
+        ThrowIfFailed();
+    }
+
+    private void ThrowIfFailed()
+    {
+        if (_error is { } error)
+        {
+            throw new IOException($"multifd: {error.Message}", error);
+        }
+    }
+
+    private void Sent(Channel channel, long bytes)
+    {
+        Interlocked.Add(ref _bytes, bytes);
+        _idle.Enqueue(channel);
+        _idleCount.Release();
+    }
+
+    private void Failed(Exception error)
+    {
+        if (Interlocked.CompareExchange(ref _error, error, null) is null)
+        {
+            _failed.Cancel();
+            _onError(error);
+        }
+    }
+
+    /// <summary>The pages of the packet being filled.</summary>
+    private sealed class Batch
+    {
+        private readonly ulong[] _offsets = new ulong[MultifdPackets.PagesPerPacket];
+        private readonly nint[] _addresses = new nint[MultifdPackets.PagesPerPacket];
+
+        internal RamBlock? Block { get; private set; }
+
+        internal int Count { get; private set; }
+
+        internal void Add(RamBlock block, ulong offset, nint address)
+        {
+            Block = block;
+            _offsets[Count] = offset;
+            _addresses[Count] = address;
+            Count++;
+        }
+
+        /// <summary>Moves the pages into a packet (possibly none: a SYNC alone) and empties the batch.</summary>
+        internal Packet Take(uint flags, ulong number)
+        {
+            var packet = new Packet(flags, number, Block?.Name ?? string.Empty, _offsets.AsSpan(0, Count).ToArray(), _addresses.AsSpan(0, Count).ToArray());
+            Block = null;
+            Count = 0;
+            return packet;
+        }
+    }
+
+    private sealed record Packet(uint Flags, ulong Number, string Block, ulong[] Offsets, nint[] Addresses);
+
+    /// <summary>One channel and its sending thread, which sends one packet at a time.</summary>
+    private sealed class Channel
+    {
+        private readonly MultifdSender _owner;
+        private readonly Thread _thread;
+        private readonly SemaphoreSlim _work = new(0);
+        private readonly byte[] _header = GC.AllocateUninitializedArray<byte>(MultifdPackets.HeaderLength, pinned: true);
+        private readonly RawSegment[] _segments = new RawSegment[MultifdPackets.PagesPerPacket + 1];
+        private Packet? _packet;
+        private volatile bool _stop;
+
+        internal Channel(MultifdSender owner, IRawChannel raw, byte id)
+        {
+            _owner = owner;
+            Raw = raw;
+            _thread = new Thread(Loop) { IsBackground = true, Name = $"multifd send {id}" };
+            _thread.Start();
+        }
+
+        internal IRawChannel Raw { get; }
+
+        internal void Start(Packet packet)
+        {
+            _packet = packet;
+            _work.Release();
+        }
+
+        internal void Stop()
+        {
+            _stop = true;
+            Raw.Abort();
+            _work.Release();
+        }
+
+        internal void Join() => _thread.Join();
+
+        private unsafe void Loop()
+        {
+            while (true)
+            {
+                _work.Wait();
+                if (_stop)
+                {
+                    return;
+                }
+
+                Packet packet = _packet!;
+                try
+                {
+                    MultifdPackets.WriteHeader(_header, packet.Flags, packet.Number, packet.Block, packet.Offsets);
+                    fixed (byte* header = _header)
+                    {
+                        int count = 0;
+                        _segments[count++] = new RawSegment((nint)header, _header.Length);
+                        for (int i = 0; i < packet.Addresses.Length; i++)
+                        {
+                            nint address = packet.Addresses[i];
+                            RawSegment last = _segments[count - 1];
+                            if (i > 0 && last.Address + last.Length == address)
+                            {
+                                _segments[count - 1] = last with { Length = last.Length + RamBlock.TargetPageSize };
+                            }
+                            else
+                            {
+                                _segments[count++] = new RawSegment(address, RamBlock.TargetPageSize);
+                            }
+                        }
+
+                        Raw.Send(_segments.AsSpan(0, count));
+                    }
+                }
+                catch (Exception ex) when (ex is IOException or ObjectDisposedException or InvalidOperationException)
+                {
+                    _owner.Failed(_stop ? new IOException($"{Raw.Description} was closed") : ex);
+                    return;
+                }
+
+                _owner.Sent(this, _header.Length + ((long)packet.Addresses.Length * RamBlock.TargetPageSize));
+            }
+        }
+    }
+}
