@@ -23,11 +23,7 @@ public sealed class MultifdEndToEndTests
 
     private static async Task MigrateWithMultifdAsync(string scheme, int channels)
     {
-        await using MigrationPair pair = await MigrationPair.StartAsync(scheme);
-        foreach (ModularProcess side in new[] { pair.Source, pair.Destination })
-        {
-            await EnableMultifdAsync(side.Qmp, channels);
-        }
+        await using MigrationPair pair = await StartWithMultifdAsync(scheme, channels);
 
         JsonObject parameters = (JsonObject)(await pair.Source.Qmp.ExecuteAsync("query-migrate-parameters"))!;
         Assert.AreEqual(channels, parameters["multifd-channels"]!.GetValue<int>());
@@ -44,6 +40,46 @@ public sealed class MultifdEndToEndTests
         JsonObject incoming = await pair.Destination.QueryMigrateAsync();
         Assert.AreEqual("completed", incoming["status"]?.GetValue<string>(), incoming.ToJsonString());
         Assert.IsGreaterThan(0L, incoming["ram"]?["multifd-bytes"]?.GetValue<long>() ?? 0, incoming.ToJsonString());
+    }
+
+    [TestMethod]
+    [Timeout(240_000, CooperativeCancellation = true)]
+    public async Task CancelWhileChannelsCarryPages_SourceKeepsRunning_NothingLost()
+    {
+        await using MigrationPair pair = await StartWithMultifdAsync("unix", channels: 2);
+        await pair.SetSourceParametersAsync(new JsonObject { ["max-bandwidth"] = 64L << 20 });
+        await pair.MigrateAsync();
+        await pair.Source.WaitForMigrationStatusAsync("active", TimeSpan.FromSeconds(30));
+        await Task.Delay(1000);
+        Assert.IsGreaterThan(0L, (await pair.Source.QueryMigrateAsync())["ram"]!["multifd-bytes"]!.GetValue<long>());
+        await pair.Source.Qmp.ExecuteAsync("migrate_cancel");
+
+        JsonObject end = await pair.Source.WaitForMigrationEndAsync(TimeSpan.FromSeconds(20));
+        Assert.AreEqual("cancelled", end["status"]?.GetValue<string>(), end.ToJsonString());
+        await PrecopyFailureTests.AssertNothingLostAsync(pair.Source);
+        await pair.Destination.Exited.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.AreEqual(1, pair.Destination.ExitCode);
+        StringAssert.Contains(pair.Destination.StdErr, "modular: Incoming migration failed");
+    }
+
+    [TestMethod]
+    [Timeout(240_000, CooperativeCancellation = true)]
+    public async Task DestinationKilledWhileChannelsCarryPages_SourceFailsClearly_GuestRunsOnSource()
+    {
+        await using MigrationPair pair = await StartWithMultifdAsync("tcp", channels: 2);
+        await pair.SetSourceParametersAsync(new JsonObject { ["max-bandwidth"] = 64L << 20 });
+        await pair.MigrateAsync();
+        await pair.Source.WaitForMigrationStatusAsync("active", TimeSpan.FromSeconds(30));
+        await Task.Delay(1000);
+        pair.Destination.Kill();
+        await pair.Destination.Exited.WaitAsync(TimeSpan.FromSeconds(10));
+
+        JsonObject end = await pair.Source.WaitForMigrationEndAsync(TimeSpan.FromSeconds(30));
+        Assert.AreEqual("failed", end["status"]?.GetValue<string>(), end.ToJsonString());
+        string error = end["error-desc"]?.GetValue<string>() ?? "";
+        StringAssert.StartsWith(error, $"Migration to {pair.DestinationUri} failed: ");
+        StringAssert.EndsWith(error, "The guest keeps running on this host.");
+        await PrecopyFailureTests.AssertNothingLostAsync(pair.Source);
     }
 
     [TestMethod]
@@ -83,6 +119,25 @@ public sealed class MultifdEndToEndTests
 
         QmpErrorException zero = await Assert.ThrowsExactlyAsync<QmpErrorException>(() => pair.Source.Qmp.ExecuteAsync("migrate-set-parameters", new JsonObject { ["multifd-channels"] = 0 }));
         StringAssert.Contains(zero.Message, "Parameter 'multifd-channels' expects a value between 1 and 255");
+    }
+
+    private static async Task<MigrationPair> StartWithMultifdAsync(string scheme, int channels)
+    {
+        MigrationPair pair = await MigrationPair.StartAsync(scheme);
+        try
+        {
+            foreach (ModularProcess side in new[] { pair.Source, pair.Destination })
+            {
+                await EnableMultifdAsync(side.Qmp, channels);
+            }
+
+            return pair;
+        }
+        catch
+        {
+            await pair.DisposeAsync();
+            throw;
+        }
     }
 
     private static async Task EnableMultifdAsync(QmpClient qmp, int channels)
