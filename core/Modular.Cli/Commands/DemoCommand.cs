@@ -13,17 +13,25 @@ internal static class DemoCommand
         var transportOption = new Option<string>("--transport") { Description = "tcp or unix.", DefaultValueFactory = _ => "tcp" };
         transportOption.AcceptOnlyFromAmong("tcp", "unix");
         var postcopyOption = new Option<bool>("--postcopy") { Description = "Switch to postcopy right after the migration starts." };
+        var multifdOption = new Option<bool>("--multifd") { Description = "Set QEMU's multifd capability on both sides: pages travel on extra channels (precopy; not with --postcopy)." };
         var syntheticOption = new Option<bool>("--synthetic") { Description = "Use the synthetic accelerator (no guest code) instead of KVM; chosen automatically when /dev/kvm is missing." };
         var command = new Command("demo", "Live-migrate the A/B test guest between two modular processes on this host and show that it kept running and lost nothing.");
         command.Options.Add(memoryOption);
         command.Options.Add(transportOption);
         command.Options.Add(postcopyOption);
+        command.Options.Add(multifdOption);
         command.Options.Add(syntheticOption);
         command.SetAction(async (parse, cancellationToken) =>
         {
             if (!ByteSize.TryParse(parse.GetValue(memoryOption), out ulong memory) || memory % 4096 != 0 || memory < (16UL << 20))
             {
                 await Console.Error.WriteLineAsync($"modular: --memory '{parse.GetValue(memoryOption)}' is not a size like 256M (at least 16M, a multiple of 4096).");
+                return ExitCodes.Usage;
+            }
+
+            if (parse.GetValue(multifdOption) && parse.GetValue(postcopyOption))
+            {
+                await Console.Error.WriteLineAsync("modular: --multifd and --postcopy cannot be combined (as in QEMU: postcopy is not yet compatible with multifd); choose one.");
                 return ExitCodes.Usage;
             }
 
@@ -36,7 +44,7 @@ internal static class DemoCommand
 
             try
             {
-                return await DemoRunner.RunAsync(new DemoOptions(memory, parse.GetValue(transportOption)!, parse.GetValue(postcopyOption), synthetic), Console.Out, cancellationToken);
+                return await DemoRunner.RunAsync(new DemoOptions(memory, parse.GetValue(transportOption)!, parse.GetValue(postcopyOption), synthetic, parse.GetValue(multifdOption)), Console.Out, cancellationToken);
             }
             catch (Exception ex) when (ex is InvalidOperationException or TimeoutException or IOException or Core.Qmp.QmpErrorException or Core.Qmp.QmpConnectionException)
             {

@@ -8,6 +8,8 @@ namespace Modular.Cli.Commands;
 /// <summary><c>modular migrate --qmp SOCKET URI</c>: migrates the machine behind a QMP socket, with progress and final figures.</summary>
 internal static class MigrateCommand
 {
+    private static readonly Option<bool> MultifdOption = new("--multifd") { Description = "Set QEMU's multifd capability: pages travel on extra channels (the destination needs multifd and the same multifd-channels too; not with --postcopy)." };
+
     internal static Command Create()
     {
         var qmpOption = new Option<string>("--qmp") { Description = "The source machine's QMP socket.", Required = true };
@@ -17,6 +19,7 @@ internal static class MigrateCommand
         var command = new Command("migrate", "Live-migrate the machine behind a QMP socket to URI, showing progress and the final statistics.");
         command.Options.Add(qmpOption);
         command.Options.Add(postcopyOption);
+        command.Options.Add(MultifdOption);
         command.Options.Add(downtimeOption);
         command.Arguments.Add(uriArgument);
         command.SetAction(async (parse, cancellationToken) =>
@@ -45,6 +48,14 @@ internal static class MigrateCommand
                                 new JsonObject { ["capability"] = "postcopy-ram", ["state"] = true },
                                 new JsonObject { ["capability"] = "postcopy-preempt", ["state"] = true },
                             },
+                        }, cancellationToken);
+                    }
+
+                    if (parse.GetValue(MultifdOption))
+                    {
+                        await client.ExecuteAsync("migrate-set-capabilities", new JsonObject
+                        {
+                            ["capabilities"] = new JsonArray { new JsonObject { ["capability"] = "multifd", ["state"] = true } },
                         }, cancellationToken);
                     }
 

@@ -12,8 +12,9 @@ namespace Modular.Cli.Demo;
 /// <param name="Memory">Guest RAM size.</param>
 /// <param name="Transport">tcp or unix.</param>
 /// <param name="Postcopy">Switch to postcopy right after the start.</param>
+/// <param name="Multifd">Both sides set the multifd capability (precopy only).</param>
 /// <param name="Synthetic">Use the synthetic accelerator (no guest code).</param>
-internal sealed record DemoOptions(ulong Memory, string Transport, bool Postcopy, bool Synthetic);
+internal sealed record DemoOptions(ulong Memory, string Transport, bool Postcopy, bool Synthetic, bool Multifd = false);
 
 /// <summary>
 /// The main job on a built-in default: two <c>modular run</c> processes on this host, the A/B guest
@@ -48,7 +49,12 @@ internal static class DemoRunner
             extra.AddRange(["--set", "migration.capabilities.postcopy-ram=true", "--set", "migration.capabilities.postcopy-preempt=true"]);
         }
 
-        await output.WriteLineAsync($"Modular demo: live migration of the A/B guest ({ByteSize.Format(options.Memory)} RAM, {accel}) between two processes over {options.Transport}{(options.Postcopy ? ", postcopy" : ", precopy")}.");
+        if (options.Multifd)
+        {
+            extra.AddRange(["--set", "migration.capabilities.multifd=true"]);
+        }
+
+        await output.WriteLineAsync($"Modular demo: live migration of the A/B guest ({ByteSize.Format(options.Memory)} RAM, {accel}) between two processes over {options.Transport}{(options.Postcopy ? ", postcopy" : options.Multifd ? ", precopy with multifd" : ", precopy")}.");
         await output.WriteLineAsync($"  working directory: {work}");
         await using ModularChild destination = await ModularChild.StartAsync(work, "dst", Kernel, options.Memory, incoming, extra);
         string uri = await destination.WaitForStdErrAsync("modular: listening for an incoming migration on ", TimeSpan.FromSeconds(30));

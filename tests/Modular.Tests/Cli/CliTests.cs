@@ -96,4 +96,24 @@ public sealed class DemoTests
         StringAssert.Contains(result.StdOut, "guest on the destination: still running");
         StringAssert.Contains(result.StdOut, "RAM check on the destination: passed");
     }
+
+    [TestMethod]
+    public void TheDemoWithMultifdMigratesOverUnixAndTheRamCheckPasses()
+    {
+        if (!File.Exists("/dev/kvm"))
+        {
+            Assert.Inconclusive("/dev/kvm is missing: the demo would run on the synthetic accelerator; this test checks the KVM path.");
+        }
+
+        CliProcess.Result result = CliProcess.Run(TimeSpan.FromMinutes(3), "demo", "--memory", "128M", "--transport", "unix", "--multifd");
+
+        Assert.AreEqual(0, result.ExitCode, result.StdOut + result.StdErr);
+        StringAssert.Contains(result.StdOut, "precopy with multifd");
+        StringAssert.Contains(result.StdOut, "status:       completed");
+        StringAssert.Contains(result.StdOut, "RAM check on the destination: passed");
+
+        CliProcess.Result both = CliProcess.Run(TimeSpan.FromMinutes(1), "demo", "--multifd", "--postcopy");
+        Assert.AreEqual(2, both.ExitCode, both.StdOut + both.StdErr);
+        StringAssert.Contains(both.StdErr, "--multifd and --postcopy cannot be combined");
+    }
 }
