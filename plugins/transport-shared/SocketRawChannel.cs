@@ -51,67 +51,39 @@ internal sealed unsafe class SocketRawChannel : IRawChannel
     public string Description { get; }
 
     /// <inheritdoc/>
-    public void Send(ReadOnlySpan<RawSegment> segments)
-    {
-        ThrowIfAborted();
-        Iovec* iovecs = stackalloc Iovec[Math.Min(segments.Length, SocketInterop.MaxIovecs)];
-        bool added = false;
-        SafeSocketHandle handle = _socket.SafeHandle;
-        try
-        {
-            handle.DangerousAddRef(ref added);
-            int fd = (int)handle.DangerousGetHandle();
-            for (int first = 0; first < segments.Length; first += SocketInterop.MaxIovecs)
-            {
-                int count = Math.Min(segments.Length - first, SocketInterop.MaxIovecs);
-                nuint left = Fill(iovecs, segments.Slice(first, count));
-                int from = 0;
-                while (left > 0)
-                {
-                    ThrowIfAborted();
-                    var message = new MsgHdr { Iov = iovecs + from, IovLen = (nuint)(count - from) };
-                    nint sent = SocketInterop.SendMsg(fd, &message, SocketInterop.MsgNoSignal);
-                    if (sent < 0)
-                    {
-                        int errno = Marshal.GetLastPInvokeError();
-                        if (errno == SocketInterop.EIntr || (errno == SocketInterop.EAgain && WaitUntilReady(fd, SocketInterop.PollOut)))
-                        {
-                            continue;
-                        }
-
-                        throw Failed("Sending on", errno);
-                    }
-
-                    left -= (nuint)sent;
-                    SocketInterop.Advance(iovecs, ref from, (nuint)sent);
-                }
-            }
-        }
-        catch (ObjectDisposedException ex)
-        {
-            throw Closed("Sending on", ex);
-        }
-        finally
-        {
-            if (added)
-            {
-                handle.DangerousRelease();
-            }
-        }
-    }
+    public void Send(ReadOnlySpan<RawSegment> segments) => _ = Transfer(segments, receive: false);
 
     /// <inheritdoc/>
     public bool Receive(ReadOnlySpan<RawSegment> segments)
     {
-        ThrowIfAborted();
         long total = 0;
         foreach (RawSegment segment in segments)
         {
             total += segment.Length;
         }
 
+        long received = Transfer(segments, receive: true);
+        if (received == total)
+        {
+            return true;
+        }
+
+        if (received == 0)
+        {
+            return false;
+        }
+
+        throw new EndOfStreamException($"{Description} ended part-way: {received} of {total} bytes arrived before the peer closed the channel.");
+    }
+
+    // One sendmsg(2) or recvmsg(2) (MSG_WAITALL) per IOV_MAX segments, repeated after a partial
+    // transfer. Returns the bytes moved: all of them, or (receiving) fewer when the peer ended the channel.
+    private long Transfer(ReadOnlySpan<RawSegment> segments, bool receive)
+    {
+        ThrowIfAborted();
+        string operation = receive ? "Receiving on" : "Sending on";
         Iovec* iovecs = stackalloc Iovec[Math.Min(segments.Length, SocketInterop.MaxIovecs)];
-        long received = 0;
+        long moved = 0;
         bool added = false;
         SafeSocketHandle handle = _socket.SafeHandle;
         try
@@ -127,41 +99,37 @@ internal sealed unsafe class SocketRawChannel : IRawChannel
                 {
                     ThrowIfAborted();
                     var message = new MsgHdr { Iov = iovecs + from, IovLen = (nuint)(count - from) };
-                    nint got = SocketInterop.RecvMsg(fd, &message, SocketInterop.MsgWaitAll);
-                    if (got < 0)
+                    nint done = receive
+                        ? SocketInterop.RecvMsg(fd, &message, SocketInterop.MsgWaitAll)
+                        : SocketInterop.SendMsg(fd, &message, SocketInterop.MsgNoSignal);
+                    if (done < 0)
                     {
                         int errno = Marshal.GetLastPInvokeError();
-                        if (errno == SocketInterop.EIntr || (errno == SocketInterop.EAgain && WaitUntilReady(fd, SocketInterop.PollIn)))
+                        if (errno == SocketInterop.EIntr || (errno == SocketInterop.EAgain && WaitUntilReady(fd, receive ? SocketInterop.PollIn : SocketInterop.PollOut)))
                         {
                             continue;
                         }
 
-                        throw Failed("Receiving on", errno);
+                        throw Failed(operation, errno);
                     }
 
-                    if (got == 0)
+                    if (done == 0 && receive)
                     {
                         ThrowIfAborted(); // an abort's shutdown also reads as the end
-                        if (received == 0)
-                        {
-                            return false;
-                        }
-
-                        throw new EndOfStreamException(
-                            $"{Description} ended part-way: {received} of {total} bytes arrived before the peer closed the channel.");
+                        return moved;
                     }
 
-                    received += got;
-                    left -= (nuint)got;
-                    SocketInterop.Advance(iovecs, ref from, (nuint)got);
+                    moved += done;
+                    left -= (nuint)done;
+                    SocketInterop.Advance(iovecs, ref from, (nuint)done);
                 }
             }
 
-            return true;
+            return moved;
         }
         catch (ObjectDisposedException ex)
         {
-            throw Closed("Receiving on", ex);
+            throw Closed(operation, ex);
         }
         finally
         {

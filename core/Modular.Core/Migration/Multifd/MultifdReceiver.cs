@@ -18,9 +18,6 @@ namespace Modular.Core.Migration.Multifd;
 /// </remarks>
 internal sealed class MultifdReceiver : IDisposable
 {
-    /// <summary>How long each side waits for the other to open the next multifd channel.</summary>
-    internal static readonly TimeSpan AcceptTimeout = TimeSpan.FromSeconds(10);
-
     private readonly Channel[] _channels;
     private readonly SemaphoreSlim _synced = new(0);
     private readonly Action<Exception> _onError;
@@ -54,40 +51,8 @@ internal sealed class MultifdReceiver : IDisposable
     /// <param name="cancellationToken">The incoming migration's cancellation.</param>
     internal static async Task<MultifdReceiver> AcceptAsync(IMigrationConnection connection, int count, GuestRam ram, MigrationStats stats, Action<Exception> onError, CancellationToken cancellationToken)
     {
-        if (connection is not IRawChannels raw)
-        {
-            throw new TransportException($"The multifd capability needs a transport with raw channels (IRawChannels: tcp and unix have them); {connection.RemoteDescription} has none. Turn multifd off for this transport.");
-        }
-
-        var channels = new List<IRawChannel>();
-        try
-        {
-            for (int i = 1; i <= count; i++)
-            {
-                using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-                timeout.CancelAfter(AcceptTimeout);
-                try
-                {
-                    channels.Add(await raw.OpenRawChannelAsync(i, timeout.Token).ConfigureAwait(false));
-                }
-                catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
-                {
-                    throw new TransportException($"The source did not open multifd channel {i} within {AcceptTimeout.TotalSeconds:F0} s. Set the multifd capability (and the same multifd-channels, {count}) on the source too, or turn it off here.");
-                }
-            }
-        }
-        catch
-        {
-            foreach (IRawChannel channel in channels)
-            {
-                channel.Abort();
-                channel.Dispose();
-            }
-
-            throw;
-        }
-
-        var receiver = new MultifdReceiver([.. channels], ram, stats, onError);
+        IRawChannel[] channels = await MultifdChannels.OpenAsync(connection, count, "source", cancellationToken).ConfigureAwait(false);
+        var receiver = new MultifdReceiver(channels, ram, stats, onError);
         foreach (Channel channel in receiver._channels)
         {
             channel.Start();
@@ -116,9 +81,9 @@ internal sealed class MultifdReceiver : IDisposable
     {
         foreach (Channel channel in _channels)
         {
-            if (!await channel.Finished.WaitAsync(AcceptTimeout, cancellationToken).ContinueWith(t => t.IsCompletedSuccessfully, TaskScheduler.Default).ConfigureAwait(false))
+            if (!await channel.Finished.WaitAsync(MultifdChannels.OpenTimeout, cancellationToken).ContinueWith(t => t.IsCompletedSuccessfully, TaskScheduler.Default).ConfigureAwait(false))
             {
-                throw new IOException($"multifd: {channel.Raw.Description} did not end within {AcceptTimeout.TotalSeconds:F0} s of the stream's EOF");
+                throw new IOException($"multifd: {channel.Raw.Description} did not end within {MultifdChannels.OpenTimeout.TotalSeconds:F0} s of the stream's EOF");
             }
         }
 

@@ -55,30 +55,11 @@ internal sealed class MultifdSender : IDisposable
     /// <param name="cancellationToken">The migration's cancellation.</param>
     internal static async Task<MultifdSender> OpenAsync(IMigrationConnection connection, int count, Action<Exception> onError, CancellationToken cancellationToken)
     {
-        if (connection is not IRawChannels raw)
-        {
-            throw new TransportException($"The multifd capability needs a transport with raw channels (IRawChannels: tcp and unix have them); {connection.RemoteDescription} has none. Turn multifd off for this transport.");
-        }
-
-        var channels = new List<IRawChannel>();
+        IRawChannel[] channels = await MultifdChannels.OpenAsync(connection, count, "destination", cancellationToken).ConfigureAwait(false);
         try
         {
-            for (int i = 1; i <= count; i++)
-            {
-                using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-                timeout.CancelAfter(MultifdReceiver.AcceptTimeout);
-                try
-                {
-                    channels.Add(await raw.OpenRawChannelAsync(i, timeout.Token).ConfigureAwait(false));
-                }
-                catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
-                {
-                    throw new TransportException($"The destination did not accept multifd channel {i} within {MultifdReceiver.AcceptTimeout.TotalSeconds:F0} s. Set the multifd capability (and the same multifd-channels, {count}) on the destination before migrate-incoming.");
-                }
-            }
-
             byte[] init = new byte[MultifdPackets.InitLength];
-            for (int i = 0; i < channels.Count; i++)
+            for (int i = 0; i < channels.Length; i++)
             {
                 MultifdPackets.WriteInit(init, (byte)i);
                 unsafe
@@ -92,16 +73,11 @@ internal sealed class MultifdSender : IDisposable
         }
         catch
         {
-            foreach (IRawChannel channel in channels)
-            {
-                channel.Abort();
-                channel.Dispose();
-            }
-
+            MultifdChannels.Close(channels);
             throw;
         }
 
-        var sender = new MultifdSender([.. channels], onError, cancellationToken);
+        var sender = new MultifdSender(channels, onError, cancellationToken);
         sender._bytes = (long)count * MultifdPackets.InitLength;
         return sender;
     }
