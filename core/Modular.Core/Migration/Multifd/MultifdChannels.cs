@@ -46,6 +46,34 @@ internal static class MultifdChannels
         }
     }
 
+    /// <summary>Stops channel threads (aborting their channels), waits for them, and disposes the channels.</summary>
+    internal static void Stop(IReadOnlyList<IChannelThread> threads)
+    {
+        foreach (IChannelThread thread in threads)
+        {
+            thread.Stop();
+        }
+
+        foreach (IChannelThread thread in threads)
+        {
+            thread.Join();
+            thread.Raw.Dispose();
+        }
+    }
+
+    /// <summary>A channel and the thread that serves it.</summary>
+    internal interface IChannelThread
+    {
+        /// <summary>The channel.</summary>
+        IRawChannel Raw { get; }
+
+        /// <summary>Asks the thread to stop and aborts the channel (a blocked call returns). Any thread.</summary>
+        void Stop();
+
+        /// <summary>Waits until the thread has ended (at once if it never started).</summary>
+        void Join();
+    }
+
     /// <summary>Aborts and disposes <paramref name="channels"/>.</summary>
     internal static void Close(IEnumerable<IRawChannel> channels)
     {

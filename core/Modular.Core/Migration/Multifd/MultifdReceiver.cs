@@ -93,16 +93,7 @@ internal sealed class MultifdReceiver : IDisposable
     /// <summary>Aborts channels still receiving, waits for their threads, and lets RAM go.</summary>
     public void Dispose()
     {
-        foreach (Channel channel in _channels)
-        {
-            channel.Stop();
-        }
-
-        foreach (Channel channel in _channels)
-        {
-            channel.Join();
-            channel.Raw.Dispose();
-        }
+        MultifdChannels.Stop(_channels);
 
         foreach (RamBlock.MappingLease lease in _leases)
         {
@@ -130,7 +121,7 @@ internal sealed class MultifdReceiver : IDisposable
     }
 
     /// <summary>One channel and its receiving thread.</summary>
-    private sealed class Channel
+    private sealed class Channel : MultifdChannels.IChannelThread
     {
         private readonly MultifdReceiver _owner;
         private readonly int _id;
@@ -151,7 +142,7 @@ internal sealed class MultifdReceiver : IDisposable
             _thread = new Thread(Loop) { IsBackground = true, Name = $"multifd recv {id}" };
         }
 
-        internal IRawChannel Raw { get; }
+        public IRawChannel Raw { get; }
 
         internal Task Finished => _finished.Task;
 
@@ -159,14 +150,14 @@ internal sealed class MultifdReceiver : IDisposable
 
         internal void Release() => _go.Release();
 
-        internal void Stop()
+        public void Stop()
         {
             _stop = true;
             Raw.Abort();
             _go.Release();
         }
 
-        internal void Join()
+        public void Join()
         {
             if (_thread.IsAlive)
             {

@@ -136,16 +136,7 @@ internal sealed class MultifdSender : IDisposable
     /// <summary>Aborts channels still sending (a failed or cancelled migration) and waits for their threads; then the pages they referenced may go.</summary>
     public void Dispose()
     {
-        foreach (Channel channel in _channels)
-        {
-            channel.Stop();
-        }
-
-        foreach (Channel channel in _channels)
-        {
-            channel.Join();
-            channel.Raw.Dispose();
-        }
+        MultifdChannels.Stop(_channels);
 
         _failed.Dispose();
         _idleCount.Dispose();
@@ -231,7 +222,7 @@ internal sealed class MultifdSender : IDisposable
     private sealed record Packet(uint Flags, ulong Number, string Block, ulong[] Offsets, nint[] Addresses);
 
     /// <summary>One channel and its sending thread, which sends one packet at a time.</summary>
-    private sealed class Channel
+    private sealed class Channel : MultifdChannels.IChannelThread
     {
         private readonly MultifdSender _owner;
         private readonly Thread _thread;
@@ -249,7 +240,7 @@ internal sealed class MultifdSender : IDisposable
             _thread.Start();
         }
 
-        internal IRawChannel Raw { get; }
+        public IRawChannel Raw { get; }
 
         internal void Start(Packet packet)
         {
@@ -257,14 +248,14 @@ internal sealed class MultifdSender : IDisposable
             _work.Release();
         }
 
-        internal void Stop()
+        public void Stop()
         {
             _stop = true;
             Raw.Abort();
             _work.Release();
         }
 
-        internal void Join() => _thread.Join();
+        public void Join() => _thread.Join();
 
         private unsafe void Loop()
         {
