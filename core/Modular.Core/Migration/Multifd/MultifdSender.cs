@@ -8,8 +8,9 @@ namespace Modular.Core.Migration.Multifd;
 /// <summary>
 /// The source's multifd channels (QEMU's multifd capability, precopy): the migration task queues
 /// normal pages (<see cref="Queue"/>); every <see cref="MultifdPackets.PagesPerPacket"/> pages of one
-/// block become a packet that an idle channel's thread sends with one gather send, header and pages
-/// straight from guest RAM (no copy in user space). <see cref="Sync"/> ends a RAM section part: every
+/// block become a packet, and every <see cref="PacketsPerJob"/> packets a job that an idle channel's
+/// thread sends with one gather send, headers and pages straight from guest RAM (no copy in user
+/// space). <see cref="Sync"/> ends a RAM section part: every
 /// channel sends a SYNC packet (the destination's channels then wait for the main stream's EOS).
 /// </summary>
 /// <remarks>
@@ -21,6 +22,14 @@ namespace Modular.Core.Migration.Multifd;
 /// </remarks>
 internal sealed class MultifdSender : IDisposable
 {
+    /// <summary>
+    /// Packets handed to a channel at once (4 MiB of pages): QEMU hands over one packet (512 KiB) at a
+    /// time; each hand-over is a wake-up of a channel thread and, when all are busy, a wait of the
+    /// migration task, which on this 2-core host spun (sched_yield) for a third of its samples.
+    /// The packets on the wire are QEMU's either way.
+    /// </summary>
+    internal const int PacketsPerJob = 8;
+
     private readonly Channel[] _channels;
     private readonly ConcurrentQueue<Channel> _idle = new();
     private readonly SemaphoreSlim _idleCount;
@@ -90,7 +99,11 @@ internal sealed class MultifdSender : IDisposable
     {
         if (_batch.Block is not null && (_batch.Block != block || _batch.Count == MultifdPackets.PagesPerPacket))
         {
-            Submit(flags: 0);
+            _batch.ClosePacket(flags: 0, ++_packetNumber);
+            if (_batch.Packets == PacketsPerJob)
+            {
+                Submit();
+            }
         }
 
         _batch.Add(block, offset, address);
@@ -111,7 +124,9 @@ internal sealed class MultifdSender : IDisposable
         _idle.Clear();
         foreach (Channel channel in _channels)
         {
-            channel.Start(_batch.Take(MultifdPackets.FlagSync, ++_packetNumber));
+            // The first channel also takes what is queued; its SYNC is the job's last packet.
+            _batch.ClosePacket(MultifdPackets.FlagSync, ++_packetNumber, evenIfEmpty: true);
+            channel.Start(_batch.TakeJob());
         }
 
         // Each channel queued itself as idle again when its SYNC was out.
@@ -142,7 +157,7 @@ internal sealed class MultifdSender : IDisposable
         _idleCount.Dispose();
     }
 
-    private void Submit(uint flags)
+    private void Submit()
     {
         WaitIdle();
         if (!_idle.TryDequeue(out Channel? channel))
@@ -150,7 +165,7 @@ internal sealed class MultifdSender : IDisposable
             throw new InvalidOperationException("multifd: no idle channel after the wait");
         }
 
-        channel.Start(_batch.Take(flags, ++_packetNumber));
+        channel.Start(_batch.TakeJob());
     }
 
     private void WaitIdle()
@@ -191,15 +206,21 @@ internal sealed class MultifdSender : IDisposable
         }
     }
 
-    /// <summary>The pages of the packet being filled.</summary>
+    /// <summary>The packets of the job being filled, the last one open for more pages.</summary>
     private sealed class Batch
     {
         private readonly ulong[] _offsets = new ulong[MultifdPackets.PagesPerPacket];
         private readonly nint[] _addresses = new nint[MultifdPackets.PagesPerPacket];
+        private List<Packet> _job = new(PacketsPerJob + 1);
 
+        /// <summary>The open packet's block (null: no page in it).</summary>
         internal RamBlock? Block { get; private set; }
 
+        /// <summary>Pages in the open packet.</summary>
         internal int Count { get; private set; }
+
+        /// <summary>Closed packets in the job.</summary>
+        internal int Packets => _job.Count;
 
         internal void Add(RamBlock block, ulong offset, nint address)
         {
@@ -209,13 +230,25 @@ internal sealed class MultifdSender : IDisposable
             Count++;
         }
 
-        /// <summary>Moves the pages into a packet (possibly none: a SYNC alone) and empties the batch.</summary>
-        internal Packet Take(uint flags, ulong number)
+        /// <summary>Closes the open packet into the job (an empty one only with <paramref name="evenIfEmpty"/>: a SYNC alone).</summary>
+        internal void ClosePacket(uint flags, ulong number, bool evenIfEmpty = false)
         {
-            var packet = new Packet(flags, number, Block?.Name ?? string.Empty, _offsets.AsSpan(0, Count).ToArray(), _addresses.AsSpan(0, Count).ToArray());
+            if (Count == 0 && !evenIfEmpty)
+            {
+                return;
+            }
+
+            _job.Add(new Packet(flags, number, Block?.Name ?? string.Empty, _offsets.AsSpan(0, Count).ToArray(), _addresses.AsSpan(0, Count).ToArray()));
             Block = null;
             Count = 0;
-            return packet;
+        }
+
+        /// <summary>Takes the job's packets (the open packet must have been closed).</summary>
+        internal IReadOnlyList<Packet> TakeJob()
+        {
+            List<Packet> job = _job;
+            _job = new List<Packet>(PacketsPerJob + 1);
+            return job;
         }
     }
 
@@ -227,9 +260,10 @@ internal sealed class MultifdSender : IDisposable
         private readonly MultifdSender _owner;
         private readonly Thread _thread;
         private readonly SemaphoreSlim _work = new(0);
-        private readonly byte[] _header = GC.AllocateUninitializedArray<byte>(MultifdPackets.HeaderLength, pinned: true);
-        private readonly RawSegment[] _segments = new RawSegment[MultifdPackets.PagesPerPacket + 1];
-        private Packet? _packet;
+        // One header per packet of a job; a job ends with at most one more packet (Sync's).
+        private readonly byte[] _headers = GC.AllocateUninitializedArray<byte>(MultifdPackets.HeaderLength * (PacketsPerJob + 1), pinned: true);
+        private readonly RawSegment[] _segments = new RawSegment[(MultifdPackets.PagesPerPacket + 1) * (PacketsPerJob + 1)];
+        private IReadOnlyList<Packet>? _job;
         private volatile bool _stop;
 
         internal Channel(MultifdSender owner, IRawChannel raw, byte id)
@@ -242,9 +276,9 @@ internal sealed class MultifdSender : IDisposable
 
         public IRawChannel Raw { get; }
 
-        internal void Start(Packet packet)
+        internal void Start(IReadOnlyList<Packet> job)
         {
-            _packet = packet;
+            _job = job;
             _work.Release();
         }
 
@@ -267,26 +301,34 @@ internal sealed class MultifdSender : IDisposable
                     return;
                 }
 
-                Packet packet = _packet!;
+                IReadOnlyList<Packet> job = _job!;
+                long bytes = 0;
                 try
                 {
-                    MultifdPackets.WriteHeader(_header, packet.Flags, packet.Number, packet.Block, packet.Offsets);
-                    fixed (byte* header = _header)
+                    fixed (byte* headers = _headers)
                     {
                         int count = 0;
-                        _segments[count++] = new RawSegment((nint)header, _header.Length);
-                        for (int i = 0; i < packet.Addresses.Length; i++)
+                        for (int p = 0; p < job.Count; p++)
                         {
-                            nint address = packet.Addresses[i];
-                            RawSegment last = _segments[count - 1];
-                            if (i > 0 && last.Address + last.Length == address)
+                            Packet packet = job[p];
+                            Span<byte> header = _headers.AsSpan(p * MultifdPackets.HeaderLength, MultifdPackets.HeaderLength);
+                            MultifdPackets.WriteHeader(header, packet.Flags, packet.Number, packet.Block, packet.Offsets);
+                            _segments[count++] = new RawSegment((nint)(headers + (p * MultifdPackets.HeaderLength)), MultifdPackets.HeaderLength);
+                            for (int i = 0; i < packet.Addresses.Length; i++)
                             {
-                                _segments[count - 1] = last with { Length = last.Length + RamBlock.TargetPageSize };
+                                nint address = packet.Addresses[i];
+                                RawSegment last = _segments[count - 1];
+                                if (i > 0 && last.Address + last.Length == address)
+                                {
+                                    _segments[count - 1] = last with { Length = last.Length + RamBlock.TargetPageSize };
+                                }
+                                else
+                                {
+                                    _segments[count++] = new RawSegment(address, RamBlock.TargetPageSize);
+                                }
                             }
-                            else
-                            {
-                                _segments[count++] = new RawSegment(address, RamBlock.TargetPageSize);
-                            }
+
+                            bytes += MultifdPackets.HeaderLength + ((long)packet.Addresses.Length * RamBlock.TargetPageSize);
                         }
 
                         Raw.Send(_segments.AsSpan(0, count));
@@ -298,7 +340,7 @@ internal sealed class MultifdSender : IDisposable
                     return;
                 }
 
-                _owner.Sent(this, _header.Length + ((long)packet.Addresses.Length * RamBlock.TargetPageSize));
+                _owner.Sent(this, bytes);
             }
         }
     }
