@@ -57,11 +57,23 @@ public sealed class PrecopyFailureTests
     public async Task CancelInActive_SourceKeepsRunning_NothingLost(string scheme)
     {
         await using MigrationPair pair = await MigrationPair.StartAsync(scheme);
-        await pair.SetSourceParametersAsync(new JsonObject { ["max-bandwidth"] = SlowBandwidth });
+        await CancelMidMigrationAsync(pair, SlowBandwidth, _ => { });
+    }
+
+    /// <summary>
+    /// Migrates at <paramref name="bandwidth"/>, runs <paramref name="whileActive"/> on the source's
+    /// query-migrate a second into the active phase, cancels, and checks that nothing was lost and
+    /// that the destination failed, saying so.
+    /// </summary>
+    internal static async Task CancelMidMigrationAsync(MigrationPair pair, long bandwidth, Action<JsonObject> whileActive)
+    {
+        await pair.SetSourceParametersAsync(new JsonObject { ["max-bandwidth"] = bandwidth });
         await pair.MigrateAsync();
         await pair.Source.WaitForMigrationStatusAsync("active", TimeSpan.FromSeconds(30));
         await Task.Delay(1000);
-        Assert.AreEqual("active", (await pair.Source.QueryMigrateAsync())["status"]?.GetValue<string>());
+        JsonObject active = await pair.Source.QueryMigrateAsync();
+        Assert.AreEqual("active", active["status"]?.GetValue<string>());
+        whileActive(active);
         await pair.Source.Qmp.ExecuteAsync("migrate_cancel");
         JsonObject end = await pair.Source.WaitForMigrationEndAsync(TimeSpan.FromSeconds(20));
         Assert.AreEqual("cancelled", end["status"]?.GetValue<string>(), end.ToJsonString());
