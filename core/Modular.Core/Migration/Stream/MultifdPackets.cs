@@ -17,7 +17,8 @@ namespace Modular.Core.Migration.Stream;
 ///   u8[16] uuid (Modular: zero)            be32 pages_alloc (offsets that follow; 128 for 4 KiB pages)
 ///   u8 channel id (0-based)                be32 normal_pages (offsets in use)
 ///   u8[7], be64[4] unused (zero)           be32 next_packet_size (0), be64 packet_num
-///                                          be64[4] unused, char[256] ramblock (NUL-terminated)
+///                                          be64[4] unused (QEMU 9.0: be32 zero_pages first;
+///                                          refused unless 0), char[256] ramblock (NUL-terminated)
 ///                                          be64 offset[pages_alloc]
 ///                                        then normal_pages * 4096 bytes of page data
 /// </code>
@@ -132,6 +133,13 @@ internal static class MultifdPackets
         }
 
         ulong number = BinaryPrimitives.ReadUInt64BigEndian(header[24..]);
+        uint zeroPages = BinaryPrimitives.ReadUInt32BigEndian(header[32..]);
+        if (zeroPages != 0)
+        {
+            // QEMU 9.0 put zero_pages in the first unused word, their offsets after the normal ones.
+            throw Error(at + 32, channel, $"{zeroPages} zero pages inside a packet (QEMU 9.0's multifd-zero-page-detection=multifd); this destination takes zero pages on the main stream: set multifd-zero-page-detection to legacy on the source");
+        }
+
         ReadOnlySpan<byte> name = header.Slice(64, RamBlockNameLength);
         int end = name.IndexOf((byte)0);
         if (end < 0)

@@ -59,6 +59,7 @@ public sealed class MultifdPacketsTests
     [DataRow(8, 2u, "not supported; turn multifd-compression off")]
     [DataRow(12, 64u, "64 page offsets per packet")]
     [DataRow(16, 129u, "129 pages in a packet of at most 128")]
+    [DataRow(32, 5u, "set multifd-zero-page-detection to legacy on the source")]
     public void AMalformedField_IsRefusedWithItsOffset(int field, uint value, string expected)
     {
         byte[] header = new byte[MultifdPackets.HeaderLength];
