@@ -168,30 +168,12 @@ internal sealed class RamSaver : IDisposable
         ulong offset = (ulong)page * RamBlock.TargetPageSize;
         SentMap[blockIndex].Set(page);
 
-        if (Multifd is { } multifd)
+        if (Multifd is not null || writer.WritesByReference)
         {
-            // As QEMU's multifd: zero pages stay ZERO records on the main stream, the rest go to a
-            // channel, sent from guest RAM as they are then (see WritesByReference below).
-            nint address = block.PageForSending(offset, out bool isZero);
-            if (isZero)
-            {
-                writer.WriteRamZeroPage(block.Name, offset);
-                _stats.AddDuplicate();
-            }
-            else
-            {
-                multifd.Queue(block, offset, address);
-                _stats.AddNormal();
-            }
-
-            return;
-        }
-
-        if (writer.WritesByReference)
-        {
-            // The transport sends the page from guest RAM at the next flush (sendmsg over iovecs, as
-            // QEMU's writev): a page the guest changes before then goes out as it is then, and is
-            // dirty again, so it is sent again. The RAM stays mapped while this saver lives.
+            // The page is sent from guest RAM, by a multifd channel (QEMU's multifd: zero pages stay
+            // ZERO records on the main stream) or by the transport at the next flush (sendmsg over
+            // iovecs, as QEMU's writev): a page the guest changes before then goes out as it is
+            // then, and is dirty again, so it is sent again. The RAM stays mapped while this saver lives.
             nint address = block.PageForSending(offset, out bool zero);
             if (zero)
             {
@@ -200,7 +182,15 @@ internal sealed class RamSaver : IDisposable
             }
             else
             {
-                writer.WriteRamPageByReference(block.Name, offset, address);
+                if (Multifd is { } multifd)
+                {
+                    multifd.Queue(block, offset, address);
+                }
+                else
+                {
+                    writer.WriteRamPageByReference(block.Name, offset, address);
+                }
+
                 _stats.AddNormal();
             }
 

@@ -39,9 +39,6 @@ internal sealed class MultifdReceiver : IDisposable
         }
     }
 
-    /// <summary>Pages received on the channels so far.</summary>
-    internal long Pages => _channels.Sum(c => Interlocked.Read(ref c.Pages));
-
     /// <summary>Accepts channels 1 to <paramref name="count"/> in order and starts their threads.</summary>
     /// <param name="connection">The accepted main connection: it must offer <see cref="IRawChannels"/>.</param>
     /// <param name="count">The multifd-channels parameter (the source must use the same).</param>
@@ -132,7 +129,6 @@ internal sealed class MultifdReceiver : IDisposable
         private readonly ulong[] _offsets = new ulong[MultifdPackets.PagesPerPacket];
         private readonly RawSegment[] _segments = new RawSegment[MultifdPackets.PagesPerPacket];
         private volatile bool _stop;
-        internal long Pages;
 
         internal Channel(MultifdReceiver owner, IRawChannel raw, int id)
         {
@@ -197,7 +193,6 @@ internal sealed class MultifdReceiver : IDisposable
                             }
 
                             at += (long)packet.NormalPages * RamBlock.TargetPageSize;
-                            Interlocked.Add(ref Pages, packet.NormalPages);
                             _owner._stats.AddNormal(packet.NormalPages);
                             _owner._stats.AddMultifdBytes((long)packet.NormalPages * RamBlock.TargetPageSize);
                         }

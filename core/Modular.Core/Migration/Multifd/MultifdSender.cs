@@ -206,28 +206,34 @@ internal sealed class MultifdSender : IDisposable
         }
     }
 
-    /// <summary>The packets of the job being filled, the last one open for more pages.</summary>
+    /// <summary>
+    /// The job being filled: closed packets, and an open one for more pages. Pages are written once,
+    /// into a packet that the channel sends from; sent packets and jobs come back for reuse (no
+    /// allocation per packet on this per-page path).
+    /// </summary>
     private sealed class Batch
     {
-        private readonly ulong[] _offsets = new ulong[MultifdPackets.PagesPerPacket];
-        private readonly nint[] _addresses = new nint[MultifdPackets.PagesPerPacket];
+        private readonly ConcurrentQueue<Packet> _freePackets = new();
+        private readonly ConcurrentQueue<List<Packet>> _freeJobs = new();
         private List<Packet> _job = new(PacketsPerJob + 1);
+        private Packet? _open;
 
         /// <summary>The open packet's block (null: no page in it).</summary>
-        internal RamBlock? Block { get; private set; }
+        internal RamBlock? Block => _open?.Block;
 
         /// <summary>Pages in the open packet.</summary>
-        internal int Count { get; private set; }
+        internal int Count => _open?.Count ?? 0;
 
         /// <summary>Closed packets in the job.</summary>
         internal int Packets => _job.Count;
 
         internal void Add(RamBlock block, ulong offset, nint address)
         {
-            Block = block;
-            _offsets[Count] = offset;
-            _addresses[Count] = address;
-            Count++;
+            _open ??= Rent();
+            _open.Block = block;
+            _open.Offsets[_open.Count] = offset;
+            _open.Addresses[_open.Count] = address;
+            _open.Count++;
         }
 
         /// <summary>Closes the open packet into the job (an empty one only with <paramref name="evenIfEmpty"/>: a SYNC alone).</summary>
@@ -238,21 +244,52 @@ internal sealed class MultifdSender : IDisposable
                 return;
             }
 
-            _job.Add(new Packet(flags, number, Block?.Name ?? string.Empty, _offsets.AsSpan(0, Count).ToArray(), _addresses.AsSpan(0, Count).ToArray()));
-            Block = null;
-            Count = 0;
+            Packet packet = _open ?? Rent();
+            packet.Flags = flags;
+            packet.Number = number;
+            _job.Add(packet);
+            _open = null;
         }
 
-        /// <summary>Takes the job's packets (the open packet must have been closed).</summary>
-        internal IReadOnlyList<Packet> TakeJob()
+        /// <summary>Takes the job's packets (the open packet must have been closed); give them back with <see cref="Return"/>.</summary>
+        internal List<Packet> TakeJob()
         {
             List<Packet> job = _job;
-            _job = new List<Packet>(PacketsPerJob + 1);
+            _job = _freeJobs.TryDequeue(out List<Packet>? free) ? free : new List<Packet>(PacketsPerJob + 1);
             return job;
         }
+
+        /// <summary>A sent job's packets and list, for reuse. Any thread.</summary>
+        internal void Return(List<Packet> job)
+        {
+            foreach (Packet packet in job)
+            {
+                packet.Block = null;
+                packet.Count = 0;
+                _freePackets.Enqueue(packet);
+            }
+
+            job.Clear();
+            _freeJobs.Enqueue(job);
+        }
+
+        private Packet Rent() => _freePackets.TryDequeue(out Packet? packet) ? packet : new Packet();
     }
 
-    private sealed record Packet(uint Flags, ulong Number, string Block, ulong[] Offsets, nint[] Addresses);
+    /// <summary>A packet's fields and its pages (the first <see cref="Count"/> of the arrays).</summary>
+    private sealed class Packet
+    {
+        internal readonly ulong[] Offsets = new ulong[MultifdPackets.PagesPerPacket];
+        internal readonly nint[] Addresses = new nint[MultifdPackets.PagesPerPacket];
+
+        internal uint Flags { get; set; }
+
+        internal ulong Number { get; set; }
+
+        internal RamBlock? Block { get; set; }
+
+        internal int Count { get; set; }
+    }
 
     /// <summary>One channel and its sending thread, which sends one packet at a time.</summary>
     private sealed class Channel : MultifdChannels.IChannelThread
@@ -263,7 +300,7 @@ internal sealed class MultifdSender : IDisposable
         // One header per packet of a job; a job ends with at most one more packet (Sync's).
         private readonly byte[] _headers = GC.AllocateUninitializedArray<byte>(MultifdPackets.HeaderLength * (PacketsPerJob + 1), pinned: true);
         private readonly RawSegment[] _segments = new RawSegment[(MultifdPackets.PagesPerPacket + 1) * (PacketsPerJob + 1)];
-        private IReadOnlyList<Packet>? _job;
+        private List<Packet>? _job;
         private volatile bool _stop;
 
         internal Channel(MultifdSender owner, IRawChannel raw, byte id)
@@ -276,7 +313,7 @@ internal sealed class MultifdSender : IDisposable
 
         public IRawChannel Raw { get; }
 
-        internal void Start(IReadOnlyList<Packet> job)
+        internal void Start(List<Packet> job)
         {
             _job = job;
             _work.Release();
@@ -301,7 +338,7 @@ internal sealed class MultifdSender : IDisposable
                     return;
                 }
 
-                IReadOnlyList<Packet> job = _job!;
+                List<Packet> job = _job!;
                 long bytes = 0;
                 try
                 {
@@ -312,9 +349,9 @@ internal sealed class MultifdSender : IDisposable
                         {
                             Packet packet = job[p];
                             Span<byte> header = _headers.AsSpan(p * MultifdPackets.HeaderLength, MultifdPackets.HeaderLength);
-                            MultifdPackets.WriteHeader(header, packet.Flags, packet.Number, packet.Block, packet.Offsets);
+                            MultifdPackets.WriteHeader(header, packet.Flags, packet.Number, packet.Block?.Name ?? string.Empty, packet.Offsets.AsSpan(0, packet.Count));
                             _segments[count++] = new RawSegment((nint)(headers + (p * MultifdPackets.HeaderLength)), MultifdPackets.HeaderLength);
-                            for (int i = 0; i < packet.Addresses.Length; i++)
+                            for (int i = 0; i < packet.Count; i++)
                             {
                                 nint address = packet.Addresses[i];
                                 RawSegment last = _segments[count - 1];
@@ -328,7 +365,7 @@ internal sealed class MultifdSender : IDisposable
                                 }
                             }
 
-                            bytes += MultifdPackets.HeaderLength + ((long)packet.Addresses.Length * RamBlock.TargetPageSize);
+                            bytes += MultifdPackets.HeaderLength + ((long)packet.Count * RamBlock.TargetPageSize);
                         }
 
                         Raw.Send(_segments.AsSpan(0, count));
@@ -340,6 +377,7 @@ internal sealed class MultifdSender : IDisposable
                     return;
                 }
 
+                _owner._batch.Return(job);
                 _owner.Sent(this, bytes);
             }
         }
