@@ -14,8 +14,8 @@ namespace Modular.Transports.Tcp;
 [TransportMetadata("tcp")]
 public sealed class TcpTransport : IMigrationTransport, IWarmUpPlugin
 {
-    /// <summary>Parks the receive threads of the next connection and its preempt channel (<see cref="StandbyThreads"/>).</summary>
-    public void WarmUp() => StandbyThreads.Prepare();
+    /// <summary>Parks the receive threads of the next connection and its preempt channel, and runs a raw channel once over loopback (<see cref="SocketWarmUp"/>).</summary>
+    public void WarmUp() => SocketWarmUp.Prepare();
 
     /// <inheritdoc/>
     public PluginAvailability Probe() => PluginAvailability.Usable;

@@ -27,7 +27,8 @@ internal static class SwitchWarmUp
     private static readonly string[] CoreNamespaces =
     [
         "Modular.Core.Kvm", "Modular.Core.Vcpus", "Modular.Core.Accel", "Modular.Core.Interop",
-        "Modular.Core.Migration.Stream", "Modular.Core.Migration.Engine", "Modular.Core.Migration.Postcopy", "Modular.Core.Memory",
+        "Modular.Core.Migration.Stream", "Modular.Core.Migration.Engine", "Modular.Core.Migration.Postcopy", "Modular.Core.Migration.Multifd",
+        "Modular.Core.Memory",
     ];
 
     private static readonly Lock Gate = new();
@@ -203,7 +204,7 @@ internal static class SwitchWarmUp
 
     /// <summary>
     /// The switch's writers on made-up data into a scratch buffer: discard ranges, the package
-    /// (LISTEN, a device section, RUN), the VM description's device list. Each uses generic
+    /// (LISTEN, a device section, RUN), the VM description's device list and its JSON. Each uses generic
     /// collections over Modular's own types, which the ReadyToRun image cannot hold (measured:
     /// about 60 such methods compiled inside the downtime without this).
     /// </summary>
@@ -228,6 +229,7 @@ internal static class SwitchWarmUp
         new PostcopyRunCommand().WriteTo(inner);
         PackagedCommand.WriteWithPackage(writer, package.WrittenSpan);
         writer.WriteEof();
+        new VmDescription(description.ToJson()).WriteTo(writer);
     }
 
     /// <summary>A device section that saves four made-up bytes.</summary>
@@ -304,8 +306,8 @@ internal static class SwitchWarmUp
         }
 
         return incoming
-            ? outermost != typeof(OutgoingMigration) && outermost != typeof(RamSaver)
-            : outermost != typeof(IncomingMigration) && outermost != typeof(RamLoader);
+            ? outermost != typeof(OutgoingMigration) && outermost != typeof(RamSaver) && outermost != typeof(Multifd.MultifdSender)
+            : outermost != typeof(IncomingMigration) && outermost != typeof(RamLoader) && outermost != typeof(Multifd.MultifdReceiver);
     }
 
     /// <summary>
