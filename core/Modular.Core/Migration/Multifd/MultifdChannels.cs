@@ -46,6 +46,14 @@ internal static class MultifdChannels
         }
     }
 
+    /// <summary>
+    /// Starts a channel's thread from the thread pool and returns at once: <see cref="Thread.Start()"/>
+    /// waits until the new thread runs, measured 1-14 ms per start on this busy 2-core host, once
+    /// per channel inside the migration's setup. Until it runs, its work waits (in its queue, or in
+    /// the socket). Wait for the returned task before joining the thread.
+    /// </summary>
+    internal static Task StartSoon(Thread thread) => Task.Run(() => thread.Start());
+
     /// <summary>Stops channel threads (aborting their channels), waits for them, and disposes the channels.</summary>
     internal static void Stop(IReadOnlyList<IChannelThread> threads)
     {

@@ -124,6 +124,7 @@ internal sealed class MultifdReceiver : IDisposable
         private readonly int _id;
         private readonly Thread _thread;
         private readonly SemaphoreSlim _go = new(0);
+        private Task? _starting;
         private readonly TaskCompletionSource _finished = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private readonly byte[] _header = GC.AllocateUninitializedArray<byte>(MultifdPackets.HeaderLength, pinned: true);
         private readonly ulong[] _offsets = new ulong[MultifdPackets.PagesPerPacket];
@@ -142,7 +143,7 @@ internal sealed class MultifdReceiver : IDisposable
 
         internal Task Finished => _finished.Task;
 
-        internal void Start() => _thread.Start();
+        internal void Start() => _starting = MultifdChannels.StartSoon(_thread);
 
         internal void Release() => _go.Release();
 
@@ -155,8 +156,9 @@ internal sealed class MultifdReceiver : IDisposable
 
         public void Join()
         {
-            if (_thread.IsAlive)
+            if (_starting is { } starting)
             {
+                starting.Wait();
                 _thread.Join();
             }
         }

@@ -296,6 +296,7 @@ internal sealed class MultifdSender : IDisposable
     {
         private readonly MultifdSender _owner;
         private readonly Thread _thread;
+        private readonly Task _starting;
         private readonly SemaphoreSlim _work = new(0);
         // One header per packet of a job; a job ends with at most one more packet (Sync's).
         private readonly byte[] _headers = GC.AllocateUninitializedArray<byte>(MultifdPackets.HeaderLength * (PacketsPerJob + 1), pinned: true);
@@ -308,7 +309,7 @@ internal sealed class MultifdSender : IDisposable
             _owner = owner;
             Raw = raw;
             _thread = new Thread(Loop) { IsBackground = true, Name = $"multifd send {id}" };
-            _thread.Start();
+            _starting = MultifdChannels.StartSoon(_thread);
         }
 
         public IRawChannel Raw { get; }
@@ -326,7 +327,11 @@ internal sealed class MultifdSender : IDisposable
             _work.Release();
         }
 
-        public void Join() => _thread.Join();
+        public void Join()
+        {
+            _starting.Wait();
+            _thread.Join();
+        }
 
         private unsafe void Loop()
         {
