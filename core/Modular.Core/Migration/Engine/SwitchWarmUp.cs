@@ -200,6 +200,14 @@ internal static class SwitchWarmUp
         _ = byName.TryGetValue(("ram", 0), out _);
         var ids = new List<uint> { 1, 2, 3, 4, 5 };
         _ = ids.Count;
+
+        // Where the incoming side builds the device table and sizes postcopy's host pages, and
+        // where the dirty log is first read: LINQ and Array over value types (JIT log of a
+        // postcopy migration's setup).
+        string[] names = ["ram"];
+        _ = names.ToDictionary(n => (n, 0u));
+        _ = names.Max(n => (ulong)n.Length);
+        _ = Array.TrueForAll(new ulong[1], w => w == 0);
     }
 
     /// <summary>
