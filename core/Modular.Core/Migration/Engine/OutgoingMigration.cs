@@ -289,6 +289,9 @@ public sealed partial class OutgoingMigration
             SectionHeader.End(ramSectionId).WriteTo(writer);
             await ram.SendDirtyAsync(writer, output, TimeSpan.MaxValue, AfterFlush, _cancel.Token).ConfigureAwait(false);
             ram.SyncMultifd();
+            // The channels carry nothing after the last SYNC: they end now, so that their end travels
+            // with the devices and EOF instead of after them (the destination checks it after EOF).
+            multifd?.Complete();
             writer.WriteRamEos();
             new SectionFooter(ramSectionId).WriteTo(writer);
             long pagesWritten = Stopwatch.GetTimestamp();
@@ -299,7 +302,6 @@ public sealed partial class OutgoingMigration
             new VmDescription(description.ToJson()).WriteTo(writer);
             await FlushAsync(output).ConfigureAwait(false);
             await AfterFlush(0).ConfigureAwait(false);
-            multifd?.Complete();
             long flushed = Stopwatch.GetTimestamp();
             await WaitForDestinationAsync(_connection, returnPath, returnPathReader).ConfigureAwait(false);
 
