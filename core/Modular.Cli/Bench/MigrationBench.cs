@@ -22,7 +22,7 @@ internal static class MigrationBench
 
     private sealed record Scenario(string Key, string Name, string Kernel, char Ready, bool Postcopy = false, bool Multifd = false);
 
-    private sealed record Outcome(string Status, double TotalMs, double DowntimeMs, double SetupMs, double Transferred, int Syncs, string? Error, long Requests = 0, JsonNode? FaultLatency = null, TimeSpan SourceCpu = default, TimeSpan DestinationCpu = default, TimeSpan SourceVcpuCpu = default, TimeSpan DestinationVcpuCpu = default);
+    private sealed record Outcome(string Status, double TotalMs, double DowntimeMs, double SetupMs, double Transferred, int Syncs, string? Error, long Requests = 0, JsonNode? FaultLatency = null, TimeSpan SourceCpu = default, TimeSpan DestinationCpu = default, TimeSpan SourceVcpuCpu = default, TimeSpan DestinationVcpuCpu = default, double DowntimeLimitMs = 0);
 
     private static readonly Scenario[] Scenarios =
     [
@@ -71,6 +71,7 @@ internal static class MigrationBench
             await output.WriteLineAsync("transport  guest            status     total     downtime  setup    transferred  throughput  vs socket  syncs");
             bool allCompleted = true;
             int n = 0;
+            var judged = new List<BenchTargets.Row>();
             foreach (string transport in options.Transports)
             {
                 foreach (Scenario scenario in Scenarios.Where(s => options.Scenarios.Contains(s.Key)))
@@ -79,6 +80,7 @@ internal static class MigrationBench
                     Outcome outcome = await MigrateAsync(transport, scenario, options, directory, n++);
                     allCompleted &= outcome.Status == "completed";
                     double throughput = outcome.Transferred / Math.Max(outcome.TotalMs, 1) * 1000;
+                    judged.Add(new BenchTargets.Row(transport, scenario.Key, outcome.Status == "completed", outcome.TotalMs, outcome.DowntimeMs, outcome.DowntimeLimitMs, throughput / socketRate, outcome.FaultLatency));
                     await output.WriteLineAsync(string.Create(c,
                         $"{transport,-10} {scenario.Name,-16} {outcome.Status,-10} {outcome.TotalMs / 1000,6:F2} s  {outcome.DowntimeMs,5:F0} ms  {outcome.SetupMs,4:F0} ms  {outcome.Transferred / 1e9,8:F2} GB  {throughput / 1e9,6:F2} GB/s  {throughput / socketRate * 100,6:F0} %  {outcome.Syncs,5}"));
                     await output.WriteLineAsync(string.Create(c,
@@ -106,6 +108,12 @@ internal static class MigrationBench
                 ? $"local userfaultfd round trip: not measured ({why})"
                 : string.Create(c, $"local userfaultfd round trip (fault, placed by another thread): median {uffd.MedianUs:F1} us, p99 {uffd.P99Us:F1} us over {uffd.Count} faults"));
             await output.WriteLineAsync($"load average at the end: {LoadAverage()}");
+            await output.WriteLineAsync();
+            foreach (string line in BenchTargets.Lines(judged, options.MemoryBytes))
+            {
+                await output.WriteLineAsync(line);
+            }
+
             return allCompleted ? 0 : 1;
         }
         finally
@@ -148,6 +156,7 @@ internal static class MigrationBench
             });
         }
 
+        double downtimeLimitMs = Number((await source.Qmp.ExecuteAsync("query-migrate-parameters"))?["downtime-limit"]);
         TimeSpan sourceCpu = source.CpuTime;
         TimeSpan destinationCpu = destination.CpuTime;
         TimeSpan sourceVcpuCpu = source.VcpuCpuTime;
@@ -206,7 +215,8 @@ internal static class MigrationBench
                     sourceCpu,
                     destinationCpu,
                     sourceVcpuCpu,
-                    destinationVcpuCpu);
+                    destinationVcpuCpu,
+                    downtimeLimitMs);
             }
 
             await Task.Delay(20);

@@ -1,0 +1,87 @@
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Modular.Core.Config;
+
+namespace Modular.Cli.Bench;
+
+/// <summary>
+/// The end of <c>modular bench</c>: the performance targets of issues 4 (precopy) and 5 (postcopy),
+/// each beside what this run measured and whether it met it, so a run says where the project
+/// stands without reading every row. The targets are the issues' own (for 1 GiB guests on this
+/// 2-core host, against QEMU 7.2's figures measured here); nothing is judged for other sizes.
+/// </summary>
+internal static class BenchTargets
+{
+    /// <summary>The guest size the targets are stated for.</summary>
+    internal const ulong TargetMemory = 1UL << 30;
+
+    /// <summary>One row of the run: what <see cref="MigrationBench"/> printed for it.</summary>
+    /// <param name="Transport">tcp or unix.</param>
+    /// <param name="Scenario">The scenario key: idle, dirtying, multifd or postcopy.</param>
+    /// <param name="Completed">Whether the migration completed.</param>
+    /// <param name="TotalMs">total-time.</param>
+    /// <param name="DowntimeMs">downtime.</param>
+    /// <param name="DowntimeLimitMs">The source's downtime-limit.</param>
+    /// <param name="SocketRatio">Throughput over the plain socket measured just before the row.</param>
+    /// <param name="FaultLatency">Postcopy's fault-to-placement figures (x-modular-fault-latency), or null.</param>
+    internal sealed record Row(string Transport, string Scenario, bool Completed, double TotalMs, double DowntimeMs, double DowntimeLimitMs, double SocketRatio, JsonNode? FaultLatency);
+
+    /// <summary>The lines to print: a heading and one line per target that the run's rows can judge.</summary>
+    internal static IReadOnlyList<string> Lines(IReadOnlyList<Row> rows, ulong memory)
+    {
+        CultureInfo c = CultureInfo.InvariantCulture;
+        var lines = new List<string> { "targets (issues 4 and 5; QEMU 7.2 measured on this host is the reference):" };
+        if (memory != TargetMemory)
+        {
+            lines.Add(string.Create(c, $"  not judged: the targets are for 1 GiB guests, this run used {ByteSize.Format(memory)}"));
+            return lines;
+        }
+
+        Row? Find(string transport, string scenario) => rows.FirstOrDefault(r => r.Transport == transport && r.Scenario == scenario && r.Completed);
+        static string Verdict(bool met) => met ? "met" : "NOT MET";
+
+        if (Find("tcp", "idle") is { } tcpIdle)
+        {
+            lines.Add(string.Create(c, $"  issue 4: idle 1 GiB over tcp in under 1.3 s: {tcpIdle.TotalMs / 1000:F2} s: {Verdict(tcpIdle.TotalMs < 1300)}"));
+        }
+
+        foreach (Row idle in rows.Where(r => r.Completed && r.Scenario is "idle" or "multifd"))
+        {
+            string name = idle.Scenario == "multifd" ? $"{idle.Transport} with multifd" : idle.Transport;
+            lines.Add(string.Create(c, $"  issue 4: 70 % of the plain socket, idle guest, {name}: {idle.SocketRatio * 100:F0} %: {Verdict(idle.SocketRatio >= 0.70)}"));
+        }
+
+        Row[] precopy = rows.Where(r => r.Completed && r.Scenario is "idle" or "dirtying" or "multifd").ToArray();
+        if (precopy.Length > 0)
+        {
+            Row worst = precopy.MaxBy(r => r.DowntimeMs / r.DowntimeLimitMs)!;
+            lines.Add(string.Create(c, $"  issue 4: downtime under the configured limit in every precopy row: largest {worst.DowntimeMs:F0} ms ({worst.Transport} {worst.Scenario}) against {worst.DowntimeLimitMs:F0} ms: {Verdict(precopy.All(r => r.DowntimeMs < r.DowntimeLimitMs))}"));
+        }
+
+        if (Find("tcp", "postcopy") is { } tcpPostcopy)
+        {
+            lines.Add(string.Create(c, $"  issue 5: postcopy of the dirtying 1 GiB guest over tcp in no more than QEMU's 1.05 s: {tcpPostcopy.TotalMs / 1000:F2} s: {Verdict(tcpPostcopy.TotalMs <= 1050)}"));
+        }
+
+        foreach (Row postcopy in rows.Where(r => r.Completed && r.Scenario == "postcopy"))
+        {
+            lines.Add(string.Create(c, $"  issue 5: postcopy downtime at or under 3 ms, {postcopy.Transport}: {postcopy.DowntimeMs:F0} ms: {Verdict(postcopy.DowntimeMs <= 3)}"));
+            if (postcopy.FaultLatency is not JsonObject latency || Number(latency["count"]) == 0)
+            {
+                lines.Add($"  issue 5: page requests, {postcopy.Transport}: none were needed in this run, so their latency is not judged");
+                continue;
+            }
+
+            double median = Number(latency["median-us"]);
+            double p99 = Number(latency["p99-us"]);
+            lines.Add(string.Create(c, $"  issue 5: page request median under 150 us, {postcopy.Transport}: {median:F0} us over {Number(latency["count"]):F0} requests: {Verdict(median < 150)}"));
+            lines.Add(string.Create(c, $"  issue 5: page request p99 under 1 ms, {postcopy.Transport}: {p99 / 1000:F2} ms: {Verdict(p99 < 1000)}"));
+        }
+
+        return lines;
+    }
+
+    // Any JSON number (parsed, or built from an int or a double), else 0.
+    private static double Number(JsonNode? node) =>
+        node is JsonValue value && double.TryParse(value.ToJsonString(), NumberStyles.Float, CultureInfo.InvariantCulture, out double number) ? number : 0;
+}

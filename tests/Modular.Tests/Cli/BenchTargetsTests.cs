@@ -1,0 +1,73 @@
+using System.Text.Json.Nodes;
+using Modular.Cli.Bench;
+
+namespace Modular.Tests.Cli;
+
+/// <summary>
+/// The bench's closing summary judges each of issues 4 and 5's targets from the run's own rows:
+/// a figure on the right side of a target is "met", on the wrong side "NOT MET", a postcopy run
+/// without page requests does not judge their latency, and a run on another guest size judges
+/// nothing (the targets are for 1 GiB).
+/// </summary>
+[TestClass]
+public sealed class BenchTargetsTests
+{
+    private static JsonObject Latency(int count, double medianUs, double p99Us) =>
+        new() { ["count"] = count, ["median-us"] = medianUs, ["p99-us"] = p99Us };
+
+    private static string LineFor(IReadOnlyList<string> lines, string text) =>
+        lines.SingleOrDefault(l => l.Contains(text, StringComparison.Ordinal)) ?? throw new AssertFailedException($"no line with '{text}' in:\n{string.Join('\n', lines)}");
+
+    [TestMethod]
+    public void EachTargetIsJudgedFromTheRowThatMeasuresIt()
+    {
+        BenchTargets.Row[] rows =
+        [
+            new("tcp", "idle", true, 620, 9, 300, 0.67, null),
+            new("unix", "multifd", true, 290, 8, 300, 0.83, null),
+            new("tcp", "dirtying", true, 3000, 310, 300, 0.43, null),
+            new("tcp", "postcopy", true, 1040, 2, 300, 0.40, Latency(12, 420, 3900)),
+            new("unix", "postcopy", true, 1100, 4, 300, 0.20, Latency(30, 120, 800)),
+        ];
+
+        IReadOnlyList<string> lines = BenchTargets.Lines(rows, BenchTargets.TargetMemory);
+
+        StringAssert.EndsWith(LineFor(lines, "idle 1 GiB over tcp in under 1.3 s"), "0.62 s: met");
+        StringAssert.EndsWith(LineFor(lines, "idle guest, tcp:"), "67 %: NOT MET");
+        StringAssert.EndsWith(LineFor(lines, "idle guest, unix with multifd"), "83 %: met");
+        StringAssert.EndsWith(LineFor(lines, "downtime under the configured limit"), "NOT MET");
+        StringAssert.Contains(LineFor(lines, "downtime under the configured limit"), "largest 310 ms (tcp dirtying)");
+        StringAssert.EndsWith(LineFor(lines, "QEMU's 1.05 s"), "1.04 s: met");
+        StringAssert.EndsWith(LineFor(lines, "at or under 3 ms, tcp"), "2 ms: met");
+        StringAssert.EndsWith(LineFor(lines, "at or under 3 ms, unix"), "4 ms: NOT MET");
+        StringAssert.EndsWith(LineFor(lines, "median under 150 us, tcp"), "NOT MET");
+        StringAssert.EndsWith(LineFor(lines, "median under 150 us, unix"), "120 us over 30 requests: met");
+        StringAssert.EndsWith(LineFor(lines, "p99 under 1 ms, tcp"), "3.90 ms: NOT MET");
+        StringAssert.EndsWith(LineFor(lines, "p99 under 1 ms, unix"), "0.80 ms: met");
+    }
+
+    [TestMethod]
+    public void AFailedRowJudgesNothing_AndAPostcopyWithoutRequestsSaysSo()
+    {
+        BenchTargets.Row[] rows =
+        [
+            new("tcp", "idle", false, 0, 0, 300, 0, null),
+            new("tcp", "postcopy", true, 1000, 1, 300, 0.5, Latency(0, 0, 0)),
+        ];
+
+        IReadOnlyList<string> lines = BenchTargets.Lines(rows, BenchTargets.TargetMemory);
+
+        Assert.IsFalse(lines.Any(l => l.Contains("idle", StringComparison.Ordinal)), "a migration that did not complete has no figures to judge");
+        StringAssert.Contains(LineFor(lines, "page requests, tcp"), "none were needed in this run");
+        Assert.IsFalse(lines.Any(l => l.Contains("median under 150 us", StringComparison.Ordinal)));
+    }
+
+    [TestMethod]
+    public void AnotherGuestSizeIsNotJudged()
+    {
+        IReadOnlyList<string> lines = BenchTargets.Lines([new("tcp", "idle", true, 100, 1, 300, 0.9, null)], 256UL << 20);
+
+        Assert.AreEqual(2, lines.Count);
+        StringAssert.Contains(lines[1], "not judged: the targets are for 1 GiB guests, this run used 256M");
+    }
+}
