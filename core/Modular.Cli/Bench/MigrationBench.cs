@@ -91,7 +91,7 @@ internal static class MigrationBench
                     {
                         JsonNode? l = outcome.FaultLatency;
                         await output.WriteLineAsync(string.Create(c,
-                            $"    postcopy: {outcome.Requests} page requests; fault to placement (destination, pages {(l?["placement"]?.ToString() == "map" ? "mapped from shared memory" : "copied")}): count {l?["count"]}, median {l?["median-us"]} us, p99 {l?["p99-us"]} us, max {l?["max-us"]} us"));
+                            $"    postcopy: {outcome.Requests} page requests; fault to placement (destination, pages {(l?["placement"]?.ToString() == "map" ? "mapped from shared memory" : "copied")}): count {l?["count"]}, median {l?["median-us"]} us, p99 {l?["p99-us"]} us, max {l?["max-us"]} us, first {l?["first-us"]} us"));
                         await output.WriteLineAsync(string.Create(c,
                             $"    destination's vCPUs started {l?["run-after-package-ms"]} ms after it had read the package (the guest runs nowhere for the downtime, the package's transfer and this)"));
                     }

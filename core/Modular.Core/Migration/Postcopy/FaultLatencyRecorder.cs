@@ -86,6 +86,13 @@ internal sealed class FaultLatencyRecorder
         return (count, copy[(n - 1) / 2] * us, copy[Math.Min(n - 1, (int)Math.Ceiling(n * 0.99) - 1)] * us, Interlocked.Read(ref _maxTicks) * us);
     }
 
+    /// <summary>
+    /// The first latency recorded, in microseconds (0 before any): the migration's first requested
+    /// page pays first uses along the whole path, and with fewer than 100 requests it alone can be
+    /// the p99. Kept only while the ring has not wrapped. QMP loop.
+    /// </summary>
+    internal double FirstUs => Count is > 0 and <= Capacity ? Volatile.Read(ref _samples[0]) * 1e6 / Stopwatch.Frequency : 0;
+
     /// <summary>The Modular-specific query-migrate member "x-modular-fault-latency". QMP loop.</summary>
     internal JsonObject ToQmp()
     {
@@ -96,6 +103,7 @@ internal sealed class FaultLatencyRecorder
             ["median-us"] = Math.Round(median, 1),
             ["p99-us"] = Math.Round(p99, 1),
             ["max-us"] = Math.Round(max, 1),
+            ["first-us"] = Math.Round(FirstUs, 1),
         };
     }
 }
