@@ -307,6 +307,7 @@ public sealed partial class IncomingMigration
         ThreadPool.GetMinThreads(out int workers, out int io);
         ThreadPool.SetMinThreads(Math.Max(workers, 8), io);
         StartPreemptReader(connection);
+        _ramLoader!.AfterBatch = RaiseListenThread;
         _listenTask = Task.Run(() => ListenAsync(outer, ramSections));
         Status.MoveTo(MigrationStatus.PostcopyActive);
     }
@@ -343,6 +344,19 @@ public sealed partial class IncomingMigration
     }
 
     /// <summary>
+    /// Gives the listen loop's thread its postcopy priority, once that is the transport's thread (the
+    /// loop starts on the pool; its reads end on the transport's thread). After each batch of pages
+    /// and each section part; cheap when nothing changes. Listen thread.
+    /// </summary>
+    private void RaiseListenThread()
+    {
+        if (_listenPriority.OnCurrentThread())
+        {
+            _logger.LogDebug("The postcopy listen thread ({Thread}) runs at nice {Nice} until postcopy ends", Thread.CurrentThread.Name, _listenPriority.Nice);
+        }
+    }
+
+    /// <summary>
     /// The listen thread: reads the rest of the stream (RAM PART/END sections, placed atomically
     /// through the fault backend), then EOF: every page must be here; disarm, SHUT(0).
     /// Listen thread (an async loop whose reads complete on the thread pool; it never touches RAM).
@@ -365,11 +379,7 @@ public sealed partial class IncomingMigration
                         }
 
                         await LoadSectionBodyAsync(target, header, reader, at).ConfigureAwait(false);
-                        // Here, not before: the loop started on the pool; the body's reads end on the transport's thread.
-                        if (_listenPriority.OnCurrentThread())
-                        {
-                            _logger.LogDebug("The postcopy listen thread ({Thread}) runs at nice {Nice} until postcopy ends", Thread.CurrentThread.Name, _listenPriority.Nice);
-                        }
+                        RaiseListenThread();
                         break;
                     case SectionType.Command:
                         StreamCommand command = await StreamCommand.ReadFromAsync(reader).ConfigureAwait(false);

@@ -26,6 +26,7 @@ internal sealed class ListenThreadPriority
     private readonly object _gate = new();
     private readonly List<NiceScope> _changed = [];
     private readonly HashSet<int> _seen = [];
+    private int _lastThread = -1;
     private bool _restored;
 
     /// <param name="nice">The listen thread's nice value while postcopy runs; 0 leaves it alone.</param>
@@ -52,16 +53,19 @@ internal sealed class ListenThreadPriority
     internal int Nice => _nice;
 
     /// <summary>Sets the calling thread's nice value, once per thread, unless it is a thread-pool thread; true when it was changed now.</summary>
+    /// <remarks>Called after every batch of pages: the same thread as last time returns at once, without the lock.</remarks>
     internal bool OnCurrentThread()
     {
-        if (_nice == 0 || Thread.CurrentThread.IsThreadPoolThread)
+        int id = Environment.CurrentManagedThreadId;
+        if (_nice == 0 || id == Volatile.Read(ref _lastThread) || Thread.CurrentThread.IsThreadPoolThread)
         {
             return false;
         }
 
         lock (_gate)
         {
-            if (_restored || !_seen.Add(Environment.CurrentManagedThreadId))
+            Volatile.Write(ref _lastThread, id);
+            if (_restored || !_seen.Add(id))
             {
                 return false;
             }

@@ -41,6 +41,13 @@ internal sealed class RamLoader
     internal void TrustBlockList() => SawMemSize = true;
 
     /// <summary>
+    /// Called after each batch of records already received is loaded, on the thread that loaded it
+    /// (postcopy's listen thread: it raises that thread's priority as soon as the loop runs on the
+    /// transport's thread, rather than after the first section part, which can take 50 ms). Must be cheap.
+    /// </summary>
+    internal Action? AfterBatch { get; set; }
+
+    /// <summary>
     /// Postcopy's RAM (set at POSTCOPY_ADVISE): every page goes through it, so its page maps see each
     /// arrival; null otherwise. Setting it gives this loader its own host-page assembler (huge pages
     /// after LISTEN are placed whole; each loader, i.e. each channel, assembles its own).
@@ -68,6 +75,7 @@ internal sealed class RamLoader
             // a malformed one (the reader names what is wrong).
             LoadBufferedRecords(reader);
             _hostPages?.Flush(); // nothing waits in a postcopy run while this loader waits for data
+            AfterBatch?.Invoke();
             long at = reader.Position;
             RamRecordHeader header = await reader.ReadRamRecordHeaderAsync().ConfigureAwait(false);
             switch (header.Kind)
