@@ -164,6 +164,8 @@ internal static class SwitchWarmUp
             state.WriteTo(bytes);
             _ = Vcpus.VcpuState.ReadFrom(bytes);
             _ = ((IReadOnlyList<uint>)[1u]).ToArray();
+            ReadOnlySpan<Interop.KvmMsrEntry> msrs = state.Msrs;
+            _ = msrs.Length;
         }
         catch (Exception ex) when (ex is Vcpus.VcpuStateFormatException or ArgumentException)
         {
@@ -175,6 +177,8 @@ internal static class SwitchWarmUp
         ExerciseSwitchWriters();
         ExerciseIncomingLookups();
         OutgoingMigration.WarmUpRequestQueue();
+        // The postcopy listen thread's priority change, made on it right after RUN.
+        _ = new List<NiceScope> { default }.Count;
         StreamWarmUp.Exercise();
     }
 
