@@ -121,13 +121,19 @@ internal static class StreamWarmUp
         writer.WriteRamEos();
         new SectionFooter(0).WriteTo(writer);
 
+        WriteMadeUpDevice(writer);
+        writer.WriteEof();
+        new VmDescription("{}").WriteTo(writer);
+        return buffer.WrittenSpan.ToArray();
+    }
+
+    /// <summary>A device section of four made-up bytes (section id 1), as a device's FULL section is written.</summary>
+    private static void WriteMadeUpDevice(MigrationStreamWriter writer)
+    {
         SectionHeader.Full(1, "x-modular-warm-up", 0, 1).WriteTo(writer);
         writer.WriteBe32(4);
         writer.WriteBytes([1, 2, 3, 4]);
         new SectionFooter(1).WriteTo(writer);
-        writer.WriteEof();
-        new VmDescription("{}").WriteTo(writer);
-        return buffer.WrittenSpan.ToArray();
     }
 
     /// <summary>A package as the source's switch writes it: LISTEN, a device section, RUN.</summary>
@@ -136,10 +142,7 @@ internal static class StreamWarmUp
         var buffer = new ArrayBufferWriter<byte>(256);
         var writer = new MigrationStreamWriter(buffer);
         new PostcopyListenCommand().WriteTo(writer);
-        SectionHeader.Full(1, "x-modular-warm-up", 0, 1).WriteTo(writer);
-        writer.WriteBe32(4);
-        writer.WriteBytes([1, 2, 3, 4]);
-        new SectionFooter(1).WriteTo(writer);
+        WriteMadeUpDevice(writer);
         new PostcopyRunCommand().WriteTo(writer);
         return buffer.WrittenSpan.ToArray();
     }
