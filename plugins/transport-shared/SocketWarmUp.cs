@@ -6,9 +6,12 @@ namespace Modular.Transports.Shared;
 
 /// <summary>
 /// The socket transports' <see cref="Modular.Abstractions.Plugins.IWarmUpPlugin.WarmUp"/>: parks the
-/// next connection's receive threads (<see cref="StandbyThreads"/>) and, once per process on the
-/// thread pool, opens one raw channel over loopback the way a migration does (the channel handshake,
-/// then a send, a receive, the end of the stream, and closing) and throws it away. Measured inside a
+/// next connection's receive threads (<see cref="StandbyThreads"/>) and, once per process, before it
+/// returns, opens one raw channel over loopback the way a migration does (the channel handshake,
+/// then a send, a receive, the end of the stream, and closing) and throws it away. Before it returns,
+/// not in the background: its sockets must be gone when the caller goes on (a plugin's descriptors
+/// opening and closing behind its user's back made the conformance kit's descriptor count fail
+/// once). It takes a few milliseconds. Measured inside a
 /// multifd migration on this host before this: opening the first channel loaded the plugin's libc
 /// binding and compiled the handshake (about 5 ms on each side), and closing the first raw channel
 /// took 5-8 ms (the runtime's socket diagnostics set up on first close), the destination's part of
@@ -19,13 +22,13 @@ internal static class SocketWarmUp
 {
     private static int _started;
 
-    /// <summary>Starts the warm-up; returns at once. Any thread; idempotent.</summary>
+    /// <summary>Parks the threads and, the first time, runs the raw channel (a few milliseconds; bounded by the handshake's timeout). Any thread; idempotent.</summary>
     internal static void Prepare()
     {
         StandbyThreads.Prepare();
         if (Interlocked.Exchange(ref _started, 1) == 0)
         {
-            _ = Task.Run(ExerciseAsync);
+            _ = Task.Run(ExerciseAsync).GetAwaiter().GetResult();
         }
     }
 
