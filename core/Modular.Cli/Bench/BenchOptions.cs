@@ -13,6 +13,12 @@ internal sealed record BenchOptions(ulong MemoryBytes, IReadOnlyList<string> Tra
     /// <summary>Where to keep each process's log (run at Debug level), or null to keep none.</summary>
     public string? LogDirectory { get; init; }
 
+    /// <summary>The QEMU that runs each row again for comparison, or null to run none (<see cref="QemuNote"/> says why).</summary>
+    public string? QemuPath { get; init; }
+
+    /// <summary>Why no QEMU runs, when <see cref="QemuPath"/> is null.</summary>
+    public string QemuNote { get; init; } = "--qemu off";
+
     /// <summary>The scenario names <c>--scenarios</c> accepts, in the order they run.</summary>
     public static IReadOnlyList<string> AllScenarios { get; } = ["idle", "dirtying", "multifd", "postcopy"];
 

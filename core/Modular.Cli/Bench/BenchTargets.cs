@@ -24,13 +24,17 @@ internal static class BenchTargets
     /// <param name="DowntimeLimitMs">The source's downtime-limit.</param>
     /// <param name="SocketRatio">Throughput over the plain socket measured just before the row.</param>
     /// <param name="FaultLatency">Postcopy's fault-to-placement figures (x-modular-fault-latency), or null.</param>
-    internal sealed record Row(string Transport, string Scenario, bool Completed, double TotalMs, double DowntimeMs, double DowntimeLimitMs, double SocketRatio, JsonNode? FaultLatency);
+    internal sealed record Row(string Transport, string Scenario, bool Completed, double TotalMs, double DowntimeMs, double DowntimeLimitMs, double SocketRatio, JsonNode? FaultLatency)
+    {
+        /// <summary>The same migration's total-time between two QEMUs in this run, or null when QEMU did not run (or did not complete).</summary>
+        public double? QemuTotalMs { get; init; }
+    }
 
     /// <summary>The lines to print: a heading and one line per target that the run's rows can judge.</summary>
     internal static IReadOnlyList<string> Lines(IReadOnlyList<Row> rows, ulong memory)
     {
         CultureInfo c = CultureInfo.InvariantCulture;
-        var lines = new List<string> { "targets (issues 4 and 5; QEMU 7.2 measured on this host is the reference):" };
+        var lines = new List<string> { "targets (issues 4 and 5; QEMU 7.2's figures in the issues, and QEMU measured in this run where it ran):" };
         if (memory != TargetMemory)
         {
             lines.Add(string.Create(c, $"  not judged: the targets are for 1 GiB guests, this run used {ByteSize.Format(memory)}"));
@@ -43,6 +47,10 @@ internal static class BenchTargets
         if (Find("tcp", "idle") is { } tcpIdle)
         {
             lines.Add(string.Create(c, $"  issue 4: idle 1 GiB over tcp in under 1.3 s: {tcpIdle.TotalMs / 1000:F2} s: {Verdict(tcpIdle.TotalMs < 1300)}"));
+            if (tcpIdle.QemuTotalMs is { } qemu)
+            {
+                lines.Add(string.Create(c, $"  issue 4: idle 1 GiB over tcp at least twice QEMU's speed, QEMU in this run: {tcpIdle.TotalMs / 1000:F2} s against {qemu / 1000:F2} s ({qemu / Math.Max(tcpIdle.TotalMs, 1):F1} times as fast): {Verdict(tcpIdle.TotalMs * 2 <= qemu)}"));
+            }
         }
 
         foreach (Row idle in rows.Where(r => r.Completed && r.Scenario is "idle" or "multifd"))
@@ -60,7 +68,11 @@ internal static class BenchTargets
 
         if (Find("tcp", "postcopy") is { } tcpPostcopy)
         {
-            lines.Add(string.Create(c, $"  issue 5: postcopy of the dirtying 1 GiB guest over tcp in no more than QEMU's 1.05 s: {tcpPostcopy.TotalMs / 1000:F2} s: {Verdict(tcpPostcopy.TotalMs <= 1050)}"));
+            lines.Add(string.Create(c, $"  issue 5: postcopy of the dirtying 1 GiB guest over tcp in no more than QEMU's 1.05 s (the issue's figure): {tcpPostcopy.TotalMs / 1000:F2} s: {Verdict(tcpPostcopy.TotalMs <= 1050)}"));
+            if (tcpPostcopy.QemuTotalMs is { } qemu)
+            {
+                lines.Add(string.Create(c, $"  issue 5: postcopy of the dirtying 1 GiB guest over tcp in no more than QEMU's time in this run: {tcpPostcopy.TotalMs / 1000:F2} s against {qemu / 1000:F2} s: {Verdict(tcpPostcopy.TotalMs <= qemu)}"));
+            }
         }
 
         foreach (Row postcopy in rows.Where(r => r.Completed && r.Scenario == "postcopy"))

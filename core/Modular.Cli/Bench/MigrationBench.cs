@@ -1,6 +1,8 @@
 using Modular.Cli.Children;
 using System.Diagnostics;
 using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
 using System.Text.Json.Nodes;
 using Modular.Core.Config;
 
@@ -11,18 +13,38 @@ namespace Modular.Cli.Bench;
 /// each transport a precopy migration of an idle filled guest (fill-halt) and of a dirtying guest (the
 /// A/B guest) between two child <c>modular run</c> processes, with throughput, total time, downtime
 /// and the ratio to the plain socket, plus the CPU time each child used while migrating (steadier than
-/// wall-clock figures on a shared, loaded host). A benchmark, never a timed test (DESIGN.md §6).
+/// wall-clock figures on a shared, loaded host). Where QEMU is installed, each row runs again between
+/// two QEMUs (<see cref="QemuChild"/>) so that the comparison with QEMU is a ratio from one run.
+/// A benchmark, never a timed test (DESIGN.md §6).
 /// </summary>
 internal static class MigrationBench
 {
     private static readonly TimeSpan GuestReadyTimeout = TimeSpan.FromMinutes(5);
     private static readonly TimeSpan MigrationTimeout = TimeSpan.FromMinutes(5);
+    private static readonly TimeSpan QemuMigrationTimeout = TimeSpan.FromMinutes(2);
 
     private const int SocketRounds = 3;
 
     private sealed record Scenario(string Key, string Name, string Kernel, char Ready, bool Postcopy = false, bool Multifd = false);
 
-    private sealed record Outcome(string Status, double TotalMs, double DowntimeMs, double SetupMs, double Transferred, int Syncs, string? Error, long Requests = 0, JsonNode? FaultLatency = null, TimeSpan SourceCpu = default, TimeSpan DestinationCpu = default, TimeSpan SourceVcpuCpu = default, TimeSpan DestinationVcpuCpu = default, double DowntimeLimitMs = 0);
+    private sealed record Outcome(string Status, double TotalMs, double DowntimeMs, double SetupMs, double Transferred, int Syncs, string? Error, long Requests = 0, JsonObject? Incoming = null, TimeSpan SourceCpu = default, TimeSpan DestinationCpu = default, TimeSpan SourceVcpuCpu = default, TimeSpan DestinationVcpuCpu = default, double DowntimeLimitMs = 0, double MaxBandwidth = 0, string Program = "Modular")
+    {
+        /// <summary>Modular's fault-to-placement figures (x-modular-fault-latency) with the placement and the package-to-RUN time, from a postcopy destination.</summary>
+        public JsonNode? FaultLatency
+        {
+            get
+            {
+                if (Incoming?["x-modular-fault-latency"]?.DeepClone() is not JsonObject figures)
+                {
+                    return null;
+                }
+
+                figures["placement"] = Incoming["x-modular-postcopy-placement"]?.DeepClone();
+                figures["run-after-package-ms"] = Incoming["x-modular-run-after-package-ms"]?.DeepClone();
+                return figures;
+            }
+        }
+    }
 
     private static readonly Scenario[] Scenarios =
     [
@@ -46,6 +68,10 @@ internal static class MigrationBench
             {
                 await output.WriteLineAsync($"every guest's process runs with --set {string.Join(" --set ", options.Settings)}");
             }
+
+            await output.WriteLineAsync(options.QemuPath is null
+                ? $"QEMU: not measured in this run ({options.QemuNote})"
+                : $"QEMU: {options.QemuPath}; each row is also run between two QEMUs with the same guest, transport, capabilities, downtime-limit and max-bandwidth");
 
             // The median of three: on a shared host one measurement varies by a third.
             async Task<(double Median, double Min, double Max)> SocketRateAsync(string transport, ulong bytes)
@@ -80,7 +106,17 @@ internal static class MigrationBench
                     Outcome outcome = await MigrateAsync(transport, scenario, options, directory, n++);
                     allCompleted &= outcome.Status == "completed";
                     double throughput = outcome.Transferred / Math.Max(outcome.TotalMs, 1) * 1000;
-                    judged.Add(new BenchTargets.Row(transport, scenario.Key, outcome.Status == "completed", outcome.TotalMs, outcome.DowntimeMs, outcome.DowntimeLimitMs, throughput / socketRate, outcome.FaultLatency));
+                    Outcome? qemu = null;
+                    if (options.QemuPath is not null && outcome.Status == "completed")
+                    {
+                        qemu = await MigrateQemuAsync(options.QemuPath, transport, scenario, options, directory, n, outcome);
+                        allCompleted &= qemu.Status == "completed";
+                    }
+
+                    judged.Add(new BenchTargets.Row(transport, scenario.Key, outcome.Status == "completed", outcome.TotalMs, outcome.DowntimeMs, outcome.DowntimeLimitMs, throughput / socketRate, outcome.FaultLatency)
+                    {
+                        QemuTotalMs = qemu?.Status == "completed" ? qemu.TotalMs : null,
+                    });
                     await output.WriteLineAsync(string.Create(c,
                         $"{transport,-10} {scenario.Name,-16} {outcome.Status,-10} {outcome.TotalMs / 1000,6:F2} s  {outcome.DowntimeMs,5:F0} ms  {outcome.SetupMs,4:F0} ms  {outcome.Transferred / 1e9,8:F2} GB  {throughput / 1e9,6:F2} GB/s  {throughput / socketRate * 100,6:F0} %  {outcome.Syncs,5}"));
                     await output.WriteLineAsync(string.Create(c,
@@ -99,6 +135,14 @@ internal static class MigrationBench
                     if (outcome.Error is not null)
                     {
                         await output.WriteLineAsync("    " + outcome.Error);
+                    }
+
+                    if (qemu is not null)
+                    {
+                        foreach (string line in QemuLines(qemu, outcome, scenario))
+                        {
+                            await output.WriteLineAsync(line);
+                        }
                     }
                 }
             }
@@ -137,7 +181,7 @@ internal static class MigrationBench
         }
 
         string[] destinationArguments = scenario.Postcopy
-            ? [.. common, "--set", "migration.capabilities.postcopy-ram=true", "--set", "migration.capabilities.postcopy-preempt=true"]
+            ? [.. common, "--set", "migration.capabilities.postcopy-ram=true", "--set", "migration.capabilities.postcopy-preempt=true", "--set", "migration.capabilities.postcopy-blocktime=true"]
             : common;
         await using ModularChild destination = await ModularChild.StartAsync(directory, $"dst{n}", scenario.Kernel, memory, listen, destinationArguments);
         string uri = await destination.WaitForStdErrAsync("modular: listening for an incoming migration on ", TimeSpan.FromMinutes(1));
@@ -156,7 +200,69 @@ internal static class MigrationBench
             });
         }
 
-        double downtimeLimitMs = Number((await source.Qmp.ExecuteAsync("query-migrate-parameters"))?["downtime-limit"]);
+        JsonNode? parameters = await source.Qmp.ExecuteAsync("query-migrate-parameters");
+        return await RunMigrationAsync(source, destination, uri, scenario, Number(parameters?["downtime-limit"]), Number(parameters?["max-bandwidth"]), MigrationTimeout);
+    }
+
+    /// <summary>
+    /// The same migration between two QEMUs: the same guest, memory and transport, the same
+    /// capabilities (postcopy with preempt, or multifd) and the same downtime-limit and max-bandwidth
+    /// as Modular's row (<paramref name="modular"/>); QEMU's own defaults would cap it at 128 MiB/s.
+    /// </summary>
+    private static async Task<Outcome> MigrateQemuAsync(string qemu, string transport, Scenario scenario, BenchOptions options, string directory, int n, Outcome modular)
+    {
+        string uri = transport == "unix" ? "unix:" + Path.Combine(directory, $"qmig{n}.sock") : $"tcp:127.0.0.1:{FreeTcpPort()}";
+        await using QemuChild destination = await QemuChild.StartAsync(qemu, directory, $"qdst{n}", scenario.Kernel, options.MemoryBytes, incomingDefer: true);
+        await using QemuChild source = await QemuChild.StartAsync(qemu, directory, $"qsrc{n}", scenario.Kernel, options.MemoryBytes, incomingDefer: false);
+        using var keepLogs = new LogKeeper(options.LogDirectory, $"{transport}-{scenario.Key}-qemu", source, destination);
+        await destination.Qmp.ExecuteAsync("migrate-set-capabilities", Capabilities(scenario, destination: true));
+        await destination.Qmp.ExecuteAsync("migrate-incoming", new JsonObject { ["uri"] = uri });
+        await source.WaitForSerialAsync(scenario.Ready, GuestReadyTimeout);
+        await source.Qmp.ExecuteAsync("migrate-set-capabilities", Capabilities(scenario, destination: false));
+        await source.Qmp.ExecuteAsync("migrate-set-parameters", new JsonObject
+        {
+            ["downtime-limit"] = (long)modular.DowntimeLimitMs,
+            ["max-bandwidth"] = modular.MaxBandwidth > 0 ? (long)modular.MaxBandwidth : UnlimitedForQemu,
+        });
+        Outcome outcome = await RunMigrationAsync(source, destination, uri, scenario, modular.DowntimeLimitMs, modular.MaxBandwidth, QemuMigrationTimeout);
+        return outcome with { Program = "QEMU " + source.Version };
+    }
+
+    // QEMU reads max-bandwidth 0 as no bandwidth at all; this is far beyond any loopback.
+    private const long UnlimitedForQemu = 100_000_000_000;
+
+    private static JsonObject Capabilities(Scenario scenario, bool destination)
+    {
+        var list = new JsonArray();
+        void Add(string name) => list.Add(new JsonObject { ["capability"] = name, ["state"] = true });
+        if (scenario.Postcopy)
+        {
+            Add("postcopy-ram");
+            Add("postcopy-preempt");
+            if (destination)
+            {
+                Add("postcopy-blocktime");
+            }
+        }
+
+        if (scenario.Multifd)
+        {
+            Add("multifd");
+        }
+
+        return new JsonObject { ["capabilities"] = list };
+    }
+
+    private static int FreeTcpPort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+
+    /// <summary>Starts the migration on <paramref name="source"/> (and postcopy at once, for a postcopy row), then polls until it ends.</summary>
+    private static async Task<Outcome> RunMigrationAsync(GuestChild source, GuestChild destination, string uri, Scenario scenario, double downtimeLimitMs, double maxBandwidth, TimeSpan timeout)
+    {
         TimeSpan sourceCpu = source.CpuTime;
         TimeSpan destinationCpu = destination.CpuTime;
         TimeSpan sourceVcpuCpu = source.VcpuCpuTime;
@@ -172,7 +278,7 @@ internal static class MigrationBench
         {
             JsonObject info = await source.QueryMigrateAsync();
             string status = info["status"]?.GetValue<string>() ?? "none";
-            if (status is "completed" or "failed" or "cancelled" || clock.Elapsed > MigrationTimeout)
+            if (status is "completed" or "failed" or "cancelled" || clock.Elapsed > timeout)
             {
                 sourceCpu = source.CpuTime - sourceCpu;
                 destinationCpu = destination.CpuTime - destinationCpu;
@@ -181,24 +287,19 @@ internal static class MigrationBench
                 if (status is not ("completed" or "failed" or "cancelled"))
                 {
                     await source.Qmp.ExecuteAsync("migrate_cancel");
+                    status = $"timed out after {timeout.TotalMinutes:F0} min";
                 }
 
                 JsonNode? ram = info["ram"];
-                JsonNode? latency = null;
+                JsonObject? incoming = null;
                 if (scenario.Postcopy && status == "completed")
                 {
-                    JsonObject incoming = await destination.QueryMigrateAsync();
+                    // The destination's own figures (fault latency, blocktime) once it has ended too.
+                    incoming = await destination.QueryMigrateAsync();
                     for (int i = 0; i < 100 && incoming["status"]?.GetValue<string>() != "completed"; i++)
                     {
                         await Task.Delay(50);
                         incoming = await destination.QueryMigrateAsync();
-                    }
-
-                    latency = incoming["x-modular-fault-latency"]?.DeepClone();
-                    if (latency is JsonObject figures)
-                    {
-                        figures["placement"] = incoming["x-modular-postcopy-placement"]?.DeepClone();
-                        figures["run-after-package-ms"] = incoming["x-modular-run-after-package-ms"]?.DeepClone();
                     }
                 }
 
@@ -211,15 +312,39 @@ internal static class MigrationBench
                     (int)Number(ram?["dirty-sync-count"]),
                     info["error-desc"]?.GetValue<string>(),
                     (long)Number(ram?["postcopy-requests"]),
-                    latency,
+                    incoming,
                     sourceCpu,
                     destinationCpu,
                     sourceVcpuCpu,
                     destinationVcpuCpu,
-                    downtimeLimitMs);
+                    downtimeLimitMs,
+                    maxBandwidth);
             }
 
             await Task.Delay(20);
+        }
+    }
+
+    /// <summary>The lines printed under a Modular row for the same migration between two QEMUs.</summary>
+    private static IEnumerable<string> QemuLines(Outcome qemu, Outcome modular, Scenario scenario)
+    {
+        CultureInfo c = CultureInfo.InvariantCulture;
+        if (qemu.Status != "completed")
+        {
+            yield return $"    {qemu.Program}, the same migration: {qemu.Status}{(qemu.Error is null ? "" : ": " + qemu.Error)}";
+            yield break;
+        }
+
+        double throughput = qemu.Transferred / Math.Max(qemu.TotalMs, 1) * 1000;
+        yield return string.Create(c,
+            $"    {qemu.Program}, the same migration: {qemu.TotalMs / 1000:F2} s, downtime {qemu.DowntimeMs:F0} ms, setup {qemu.SetupMs:F0} ms, {qemu.Transferred / 1e9:F2} GB at {throughput / 1e9:F2} GB/s, {qemu.Syncs} syncs; Modular took {modular.TotalMs / Math.Max(qemu.TotalMs, 1):F2} of QEMU's time");
+        yield return string.Create(c,
+            $"    QEMU's CPU while migrating: source {qemu.SourceCpu.TotalSeconds:F2} s (its vCPUs {qemu.SourceVcpuCpu.TotalSeconds:F2} s), destination {qemu.DestinationCpu.TotalSeconds:F2} s (its vCPUs {qemu.DestinationVcpuCpu.TotalSeconds:F2} s)");
+        if (scenario.Postcopy)
+        {
+            double blocktime = Number(qemu.Incoming?["postcopy-blocktime"]);
+            yield return string.Create(c,
+                $"    QEMU's postcopy: {qemu.Requests} page requests, its vCPU blocked {blocktime:F0} ms in all{(qemu.Requests > 0 ? $" ({blocktime / qemu.Requests:F2} ms per request)" : "")}; Modular's: {Number(modular.Incoming?["postcopy-blocktime"]):F0} ms over {modular.Requests}");
         }
     }
 
@@ -238,7 +363,7 @@ internal static class MigrationBench
     }
 
     /// <summary>On dispose (the migration's end, failed or not), writes both processes' logs to the directory, if one was given.</summary>
-    private sealed class LogKeeper(string? directory, string name, ModularChild source, ModularChild destination) : IDisposable
+    private sealed class LogKeeper(string? directory, string name, GuestChild source, GuestChild destination) : IDisposable
     {
         public void Dispose()
         {

@@ -1,10 +1,11 @@
 using System.CommandLine;
 using Modular.Cli.Bench;
+using Modular.Cli.Children;
 using Modular.Core.Config;
 
 namespace Modular.Cli.Commands;
 
-/// <summary><c>modular bench [--memory 1G] [--transports tcp,unix] [--scenarios idle,dirtying,multifd,postcopy] [--quick] [--set KEY=VALUE]... [--keep-logs DIR]</c>: the migration benchmark.</summary>
+/// <summary><c>modular bench [--memory 1G] [--transports tcp,unix] [--scenarios idle,dirtying,multifd,postcopy] [--quick] [--set KEY=VALUE]... [--keep-logs DIR] [--qemu auto|off|PATH]</c>: the migration benchmark.</summary>
 internal static class BenchCommand
 {
     private static readonly Option<string?> MemoryOption = new("--memory") { Description = "Guest RAM of the migrated guests (default 1G; 256M with --quick)." };
@@ -13,6 +14,7 @@ internal static class BenchCommand
     private static readonly Option<bool> QuickOption = new("--quick") { Description = "A short run: 256 MiB guests, 512 MiB through the plain sockets." };
     private static readonly Option<string[]> SetOption = new("--set") { Description = "A config override KEY=VALUE for every migrated guest's process, both sides (repeatable), e.g. machine.memory-backend=anonymous.", AllowMultipleArgumentsPerToken = false, Arity = ArgumentArity.ZeroOrMore };
     private static readonly Option<string?> KeepLogsOption = new("--keep-logs") { Description = "Keep each process's Debug log in this directory (created if missing)." };
+    private static readonly Option<string> QemuOption = new("--qemu") { Description = "Run each row again between two QEMUs for comparison: auto (qemu-system-x86_64 from PATH, if there and /dev/kvm exists), off, or the path of a qemu-system-x86_64.", DefaultValueFactory = _ => "auto" };
 
     internal static Command Create()
     {
@@ -23,6 +25,7 @@ internal static class BenchCommand
         command.Options.Add(QuickOption);
         command.Options.Add(SetOption);
         command.Options.Add(KeepLogsOption);
+        command.Options.Add(QemuOption);
         command.SetAction(async (parse, _) =>
         {
             BenchOptions options = parse.GetValue(QuickOption) ? BenchOptions.Quick : BenchOptions.Default;
@@ -88,9 +91,36 @@ internal static class BenchCommand
                 }
             }
 
-            options = options with { Settings = settings, LogDirectory = logs };
+            (string? qemu, string qemuNote, string? qemuError) = ResolveQemu(parse.GetValue(QemuOption) ?? "auto");
+            if (qemuError is not null)
+            {
+                await Console.Error.WriteLineAsync(qemuError);
+                return ExitCodes.Usage;
+            }
+
+            options = options with { Settings = settings, LogDirectory = logs, QemuPath = qemu, QemuNote = qemuNote };
             return await MigrationBench.RunAsync(options, Console.Out);
         });
         return command;
+    }
+
+    /// <summary>
+    /// <c>--qemu</c>: auto finds QEMU on PATH (none is fine: the note says why), off runs none, and
+    /// a path must be an existing file (else the error names it).
+    /// </summary>
+    internal static (string? Path, string Note, string? Error) ResolveQemu(string value)
+    {
+        switch (value)
+        {
+            case "off":
+                return (null, "--qemu off", null);
+            case "auto":
+                string? found = QemuChild.Find(out string? whyNot);
+                return (found, whyNot ?? "", null);
+            default:
+                return File.Exists(value)
+                    ? (Path.GetFullPath(value), "", null)
+                    : (null, "", $"--qemu '{value}': no such file; give auto, off, or the path of a qemu-system-x86_64.");
+        }
     }
 }

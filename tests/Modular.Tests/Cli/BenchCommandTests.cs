@@ -1,3 +1,4 @@
+using Modular.Cli.Commands;
 using Modular.Tests.Support;
 
 namespace Modular.Tests.Cli;
@@ -28,5 +29,51 @@ public sealed class BenchCommandTests
         CliProcess.Result result = CliProcess.Run("bench", "--set", "machine.memory-backend");
         Assert.AreEqual(2, result.ExitCode, result.StdErr);
         StringAssert.Contains(result.StdErr, "--set 'machine.memory-backend': expected KEY=VALUE");
+    }
+
+    [TestMethod]
+    public void AQemuThatIsNoFile_IsAUsageErrorNamingIt()
+    {
+        CliProcess.Result result = CliProcess.Run("bench", "--qemu", "/nonexistent/qemu-system-x86_64");
+        Assert.AreEqual(2, result.ExitCode, result.StdErr);
+        StringAssert.Contains(result.StdErr, "--qemu '/nonexistent/qemu-system-x86_64': no such file; give auto, off, or the path of a qemu-system-x86_64.");
+    }
+
+    [TestMethod]
+    public void QemuOff_RunsNone_AndAnExistingPathIsTakenWhole()
+    {
+        (string? off, string offNote, string? offError) = BenchCommand.ResolveQemu("off");
+        Assert.IsNull(off);
+        Assert.IsNull(offError);
+        Assert.AreEqual("--qemu off", offNote, "the bench prints why no QEMU ran");
+
+        string file = Path.GetTempFileName();
+        try
+        {
+            string relative = Path.GetRelativePath(Environment.CurrentDirectory, file);
+            (string? path, _, string? error) = BenchCommand.ResolveQemu(relative);
+            Assert.IsNull(error);
+            Assert.AreEqual(file, path, "a relative path becomes the file's full path");
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
+    [TestMethod]
+    public void QemuAuto_FindsItOnPathOrSaysWhy()
+    {
+        (string? path, string note, string? error) = BenchCommand.ResolveQemu("auto");
+        Assert.IsNull(error, "auto never fails: without QEMU the bench runs Modular's rows alone");
+        if (path is null)
+        {
+            Assert.IsFalse(string.IsNullOrWhiteSpace(note), "the bench prints why no QEMU ran");
+        }
+        else
+        {
+            Assert.IsTrue(File.Exists(path), path);
+            Assert.AreEqual("qemu-system-x86_64", Path.GetFileName(path));
+        }
     }
 }

@@ -70,4 +70,27 @@ public sealed class BenchTargetsTests
         Assert.AreEqual(2, lines.Count);
         StringAssert.Contains(lines[1], "not judged: the targets are for 1 GiB guests, this run used 256M");
     }
+
+    [TestMethod]
+    public void QemuMeasuredInTheSameRun_IsJudgedAsARatio_AndOnlyWhereItRan()
+    {
+        BenchTargets.Row[] rows =
+        [
+            new("tcp", "idle", true, 600, 9, 300, 0.9, null) { QemuTotalMs = 1100 },
+            new("tcp", "postcopy", true, 1200, 2, 300, 0.4, Latency(10, 300, 900)) { QemuTotalMs = 1600 },
+            new("unix", "postcopy", true, 1000, 2, 300, 0.3, Latency(10, 300, 900)) { QemuTotalMs = 900 },
+        ];
+
+        IReadOnlyList<string> lines = BenchTargets.Lines(rows, BenchTargets.TargetMemory);
+
+        // 600 ms against 1100 ms is 1.8 times as fast: not twice.
+        StringAssert.EndsWith(LineFor(lines, "twice QEMU's speed"), "0.60 s against 1.10 s (1.8 times as fast): NOT MET");
+        StringAssert.EndsWith(LineFor(lines, "QEMU's time in this run"), "1.20 s against 1.60 s: met");
+        StringAssert.EndsWith(LineFor(lines, "QEMU's 1.05 s (the issue's figure)"), "1.20 s: NOT MET");
+        Assert.IsFalse(lines.Any(l => l.Contains("in this run", StringComparison.Ordinal) && l.Contains("unix", StringComparison.Ordinal)), "the issues state QEMU's times for tcp only");
+
+        IReadOnlyList<string> without = BenchTargets.Lines([rows[0] with { QemuTotalMs = null }, rows[1] with { QemuTotalMs = null }], BenchTargets.TargetMemory);
+        Assert.IsFalse(without.Any(l => l.StartsWith("  issue", StringComparison.Ordinal) && l.Contains("in this run", StringComparison.Ordinal)), "no QEMU figure, no line that needs one");
+        Assert.IsTrue(without.Any(l => l.Contains("idle 1 GiB over tcp in under 1.3 s", StringComparison.Ordinal)));
+    }
 }
