@@ -1,4 +1,5 @@
 using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
 using Modular.Abstractions.Transports;
 
 namespace Modular.Transports.Shared;
@@ -127,6 +128,9 @@ internal sealed class AbortablePipe : IDuplexPipe
 
             return Slow(pending);
 
+            // Pooled: a read that waits for data is the common case on a busy connection, and each
+            // one allocated its state machine (measured: 1.9 MB per GiB received).
+            [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
             async ValueTask<ReadResult> Slow(ValueTask<ReadResult> pending)
             {
                 try
@@ -255,6 +259,7 @@ internal sealed class AbortablePipe : IDuplexPipe
 
             return Slow(pending);
 
+            [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
             async ValueTask<FlushResult> Slow(ValueTask<FlushResult> pending)
             {
                 try
