@@ -5,6 +5,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text.Json.Nodes;
 using Modular.Core.Config;
+using Modular.Core.Qmp;
 
 namespace Modular.Cli.Bench;
 
@@ -96,6 +97,7 @@ internal static class MigrationBench
             await output.WriteLineAsync();
             await output.WriteLineAsync("transport  guest            status     total     downtime  setup    transferred  throughput  vs socket  syncs");
             bool allCompleted = true;
+            string? qemuPath = options.QemuPath;
             int n = 0;
             var judged = new List<BenchTargets.Row>();
             foreach (string transport in options.Transports)
@@ -107,10 +109,18 @@ internal static class MigrationBench
                     allCompleted &= outcome.Status == "completed";
                     double throughput = outcome.Transferred / Math.Max(outcome.TotalMs, 1) * 1000;
                     Outcome? qemu = null;
-                    if (options.QemuPath is not null && outcome.Status == "completed")
+                    if (qemuPath is not null && outcome.Status == "completed")
                     {
-                        qemu = await MigrateQemuAsync(options.QemuPath, transport, scenario, options, directory, n, outcome);
-                        allCompleted &= qemu.Status == "completed";
+                        try
+                        {
+                            qemu = await MigrateQemuAsync(qemuPath, transport, scenario, options, directory, n, outcome);
+                        }
+                        catch (Exception ex) when (ex is InvalidOperationException or TimeoutException or IOException or QmpErrorException or QmpConnectionException)
+                        {
+                            // QEMU is only the comparison: say why, and go on with Modular's rows alone.
+                            qemu = new Outcome($"could not run ({ex.Message.Split('\n')[0].Trim()}); the remaining rows run without QEMU", 0, 0, 0, 0, 0, null, Program: "QEMU");
+                            qemuPath = null;
+                        }
                     }
 
                     judged.Add(new BenchTargets.Row(transport, scenario.Key, outcome.Status == "completed", outcome.TotalMs, outcome.DowntimeMs, outcome.DowntimeLimitMs, throughput / socketRate, outcome.FaultLatency)

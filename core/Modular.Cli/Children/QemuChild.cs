@@ -14,8 +14,8 @@ internal sealed class QemuChild : GuestChild
     /// <summary>The program looked for on PATH.</summary>
     internal const string ProgramName = "qemu-system-x86_64";
 
-    private QemuChild(Process process, string serialPath, string name)
-        : base(process, serialPath, $"{ProgramName} ({name})", vcpuThreadPrefix: "CPU ")
+    private QemuChild(Process process, string serialPath, string label)
+        : base(process, serialPath, label, vcpuThreadPrefix: "CPU ")
     {
     }
 
@@ -69,6 +69,6 @@ internal sealed class QemuChild : GuestChild
             psi.ArgumentList.Add(arg);
         }
 
-        return await ConnectAsync(new QemuChild(Launch(psi), Path.Combine(directory, name + ".serial"), name), Path.Combine(directory, name + ".qmp"));
+        return await ConnectAsync(new QemuChild(Launch(psi), Path.Combine(directory, name + ".serial"), $"{qemu} ({name})"), Path.Combine(directory, name + ".qmp"));
     }
 }

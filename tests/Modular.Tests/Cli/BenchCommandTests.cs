@@ -76,4 +76,17 @@ public sealed class BenchCommandTests
             Assert.AreEqual("qemu-system-x86_64", Path.GetFileName(path));
         }
     }
+
+    [TestMethod]
+    public void AQemuThatCannotRun_IsReportedOnItsRow_AndModularsRowsStillRun()
+    {
+        Machine.MachineTesting.RequireKvm();
+        CliProcess.Result result = CliProcess.Run(TimeSpan.FromMinutes(3),
+            "bench", "--quick", "--memory", "64M", "--transports", "unix", "--scenarios", "idle", "--qemu", "/bin/true");
+
+        Assert.AreEqual(0, result.ExitCode, result.StdOut + result.StdErr);
+        StringAssert.Matches(result.StdOut, new System.Text.RegularExpressions.Regex(@"unix\s+idle, filled\s+completed"), result.StdOut);
+        StringAssert.Contains(result.StdOut, "QEMU, the same migration: could not run (/bin/true (qdst");
+        StringAssert.Contains(result.StdOut, "the remaining rows run without QEMU");
+    }
 }
