@@ -67,7 +67,6 @@ internal sealed class RamLoader
     /// <param name="isStart">True for the SECTION_START (which carries MEM_SIZE).</param>
     internal async ValueTask LoadRecordsAsync(MigrationStreamReader reader, bool isStart)
     {
-        reader.ResetRamBlock();
         while (true)
         {
             // Everything the last read delivered first, without an await per record; then one record

@@ -100,7 +100,11 @@ public sealed partial class MigrationStreamReader
     private const RamRecordFlags SupportedRamFlags =
         RamRecordFlags.Zero | RamRecordFlags.MemSize | RamRecordFlags.Page | RamRecordFlags.Eos | RamRecordFlags.Continue;
 
-    /// <summary>Forgets the RAM block of the previous record (a CONTINUE now is an error). Called at each section header.</summary>
+    /// <summary>
+    /// Forgets the RAM block of the previous record (a CONTINUE now is an error). Not called at section
+    /// headers: like QEMU's destination, a reader remembers the last block named on its channel for the
+    /// whole stream, and QEMU's source relies on it (a PART may begin with CONTINUE).
+    /// </summary>
     public void ResetRamBlock() => _lastRamBlockId = null;
 
     /// <summary>
@@ -155,7 +159,7 @@ public sealed partial class MigrationStreamReader
             case RamRecordFlags.Page or RamRecordFlags.Zero:
                 if ((flags & RamRecordFlags.Continue) != 0)
                 {
-                    return new RamRecordHeader(flags, offset, _lastRamBlockId ?? throw Error("CONTINUE but no RAM block was named before in this section"));
+                    return new RamRecordHeader(flags, offset, _lastRamBlockId ?? throw Error("CONTINUE but no RAM block was named before on this stream"));
                 }
 
                 _lastRamBlockId = await ReadRamBlockIdAsync().ConfigureAwait(false);

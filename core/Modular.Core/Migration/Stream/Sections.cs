@@ -60,7 +60,8 @@ public readonly record struct SectionHeader(SectionType Type, uint SectionId, st
     {
         ArgumentNullException.ThrowIfNull(reader);
         reader.BeginRecord(RecordName(type), reader.Position - 1); // starts at the type byte
-        reader.ResetRamBlock();
+        // The last RAM block named stays known across sections, as on QEMU's destination
+        // (mis->last_recv_block): QEMU 7.2's source begins a section's pages with CONTINUE.
         uint id = await reader.ReadBe32Async("section id").ConfigureAwait(false);
         if (type is SectionType.Part or SectionType.End)
         {

@@ -106,7 +106,7 @@ public sealed class BufferedRamRecordTests
         Assert.IsFalse(reader.TryReadBufferedRamRecord(out _, out _));
         Assert.AreEqual(0, reader.Position);
         var ex = await Assert.ThrowsExactlyAsync<MigrationStreamException>(async () => await reader.ReadRamRecordHeaderAsync());
-        StringAssert.Contains(ex.Message, "CONTINUE but no RAM block was named before in this section");
+        StringAssert.Contains(ex.Message, "CONTINUE but no RAM block was named before on this stream");
 
         byte[] xbzrle = new byte[8 + 1 + 6 + Page];
         BinaryPrimitives.WriteUInt64BigEndian(xbzrle, 0x3000 | (ulong)RamRecordFlags.Page | 0x40);

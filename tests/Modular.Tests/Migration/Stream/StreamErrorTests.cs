@@ -121,7 +121,7 @@ public sealed class StreamErrorTests
         Assert.AreEqual("Migration stream error at byte 0: section FOOTER: footer names section 5 but section 4 'serial' is open.", ex.Message);
 
         ex = await Assert.ThrowsExactlyAsync<MigrationStreamException>(async () => await Reader([0, 0, 0, 0, 0, 0, 0x10, 0x28]).ReadRamRecordHeaderAsync());
-        Assert.AreEqual("Migration stream error at byte 0: ram record: CONTINUE but no RAM block was named before in this section.", ex.Message);
+        Assert.AreEqual("Migration stream error at byte 0: ram record: CONTINUE but no RAM block was named before on this stream.", ex.Message);
 
         ex = await Assert.ThrowsExactlyAsync<MigrationStreamException>(async () => await Reader([0, 0, 0, 0, 0, 0, 0x10, 0x48]).ReadRamRecordHeaderAsync());
         StringAssert.Contains(ex.Message, "at byte 0: ram record: flags 0x48 include unsupported 0x40 (Xbzrle)");

@@ -83,13 +83,32 @@ def read_ram(w, page_size, state):
             raise ValueError("unknown RAM flags 0x%x" % flags)
 
 
+def read_value(w, field):
+    """One field as the description gives it: a struct (its own fields and subsections), or size
+    bytes (an integer, big-endian, as QEMU's analyzer shows them). read_fields repeats it for an
+    array of array_len elements."""
+    if "struct" in field:
+        out = {}
+        read_fields(w, field["struct"], out)
+        return out
+    data = w.take(int(field["size"]))
+    # Buffers (an XSAVE area, a FIFO) are shown by size, as numbers they would be unreadable.
+    return int.from_bytes(data, "big") if len(data) <= 8 else "<%d bytes>" % len(data)
+
+
 def read_fields(w, desc, out):
     for field in desc.get("fields", []):
-        out[field["name"]] = int.from_bytes(w.take(int(field["size"])), "big")
+        if "array_len" in field:
+            out[field["name"]] = [read_value(w, field) for _ in range(int(field["array_len"]))]
+        else:
+            out[field["name"]] = read_value(w, field)
+    # The description lists the subsections the source wrote, each after its marker.
     for sub in desc.get("subsections", []):
         if w.u8() != 0x05:
-            raise ValueError("subsection %s missing at 0x%x" % (sub["vmsd_name"], w.pos))
+            raise ValueError("subsection %s missing at 0x%x" % (sub["vmsd_name"], w.pos - 1))
         name = w.counted()
+        if name != sub["vmsd_name"]:
+            raise ValueError("subsection %s where the description has %s, at 0x%x" % (name, sub["vmsd_name"], w.pos))
         w.be32()
         out[name] = {}
         read_fields(w, sub, out[name])
