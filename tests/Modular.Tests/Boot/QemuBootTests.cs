@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Modular.Cli.Children;
 
 namespace Modular.Tests.Boot;
 
@@ -60,25 +61,9 @@ public sealed class QemuBootTests
         }
     }
 
-    private static string FindQemu()
-    {
-        string? found = (Environment.GetEnvironmentVariable("PATH") ?? "")
-            .Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries)
-            .Select(directory => Path.Combine(directory, "qemu-system-x86_64"))
-            .FirstOrDefault(File.Exists);
-        if (found is null)
-        {
-            Assert.Inconclusive("qemu-system-x86_64 is not installed (not on PATH), so the test guests cannot be booted " +
-                "under QEMU for comparison; install qemu-system-x86 to run this test.");
-        }
-
-        if (!File.Exists("/dev/kvm"))
-        {
-            Assert.Inconclusive("/dev/kvm is missing, so QEMU cannot boot the test guests with -accel kvm.");
-        }
-
-        return found!;
-    }
+    private static string FindQemu() =>
+        QemuChild.Find(out string? whyNot) ?? throw new AssertInconclusiveException(
+            $"The test guests cannot be booted under QEMU for comparison: {whyNot}.");
 
     private static Process Start(string qemu, params string[] arguments)
     {
