@@ -1,4 +1,3 @@
-using Microsoft.Extensions.Logging;
 using Modular.Core.Config;
 using Modular.Core.Machine;
 using Modular.Core.Migration.Engine;
@@ -10,7 +9,7 @@ namespace Modular.Cli.Commands;
 internal static partial class RunCommand
 {
     /// <summary>Listens on migration.incoming, prints the endpoint bound, and ends the process if the migration fails.</summary>
-    private static async Task StartIncomingAsync(VirtualMachine machine, MigrationController migration, ModularConfig config, ILogger logger)
+    private static async Task StartIncomingAsync(VirtualMachine machine, MigrationController migration, ModularConfig config)
     {
         IncomingMigration incoming;
         try
@@ -28,8 +27,8 @@ internal static partial class RunCommand
             {
                 if (task.IsFaulted)
                 {
+                    // The migration has logged it already; this is the line a user reads last.
                     string message = task.Exception!.InnerException!.Message;
-                    logger.LogError("{Message}", message);
                     Console.Error.WriteLine("modular: " + message);
                     machine.RequestExit(ExitCodes.Failure, "migration-failed", guest: false);
                 }

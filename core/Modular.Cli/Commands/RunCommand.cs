@@ -144,7 +144,7 @@ internal static partial class RunCommand
             {
                 if (mode == MachineStartMode.Incoming)
                 {
-                    await StartIncomingAsync(machine, migration, config, loggers.CreateLogger("migration"));
+                    await StartIncomingAsync(machine, migration, config);
                 }
 
                 machine.Start();

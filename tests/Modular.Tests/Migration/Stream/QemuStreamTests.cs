@@ -95,4 +95,20 @@ public sealed class QemuStreamTests
         Assert.AreEqual(snapshot.DuplicatePages, zeroPages, "ZERO records: QEMU's ram.duplicate");
         Assert.IsFalse(string.IsNullOrEmpty(firstDevice.Value.IdString), "the first device section's header names it");
     }
+
+    [TestMethod]
+    public async Task AModularDestinationGivenQemusStream_FailsAtTheConfigurationNamingBothMachines()
+    {
+        // Modular's machine is not QEMU's pc: the destination must say so at the first record that
+        // differs, not fail somewhere in QEMU's devices (or load a part of them).
+        QemuSnapshot.Snapshot snapshot = await QemuSnapshot.GetAsync();
+
+        CliProcess.Result result = CliProcess.Run(TimeSpan.FromMinutes(1),
+            "run", "--set", "machine.accelerator=synthetic", "--memory", $"{QemuSnapshot.Memory >> 20}M", "--serial", "null",
+            "--incoming", "file:" + snapshot.Path);
+
+        Assert.AreEqual(1, result.ExitCode, result.StdErr);
+        StringAssert.Contains(result.StdErr, "modular: Incoming migration failed: Migration stream error at byte 8: CONFIGURATION: machine type 'pc-i440fx-");
+        StringAssert.Contains(result.StdErr, "does not match this machine's 'modular-");
+    }
 }
