@@ -41,7 +41,17 @@ internal static class QemuSnapshot
     private static async Task<Snapshot> MakeAsync(string qemu)
     {
         string directory = Directory.CreateTempSubdirectory("modular-qemu-stream-").FullName;
-        AppDomain.CurrentDomain.ProcessExit += (_, _) => Directory.Delete(directory, recursive: true);
+        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+        {
+            try
+            {
+                Directory.Delete(directory, recursive: true);
+            }
+            catch (IOException)
+            {
+                // Already gone; nothing to keep the test host's exit from finishing.
+            }
+        };
         string path = System.IO.Path.Combine(directory, "qemu.mig");
         await using QemuChild child = await QemuChild.StartAsync(qemu, directory, "q", "ab-guest.elf", Memory, incomingDefer: false);
         await child.WaitForSerialAsync('A', TimeSpan.FromMinutes(2));
