@@ -63,6 +63,29 @@ public sealed class BenchTargetsTests
     }
 
     [TestMethod]
+    public void TheMemoryToMemorySocket_IsAReadingBesideTheIssuesYardstick_NotAVerdict()
+    {
+        BenchTargets.Row[] rows =
+        [
+            new("unix", "idle", true, 450, 6, 300, 0.46, null) { MemorySocketRatio = 0.56 },
+            new("unix", "multifd", true, 300, 7, 300, 0.62, null) { MemorySocketRatio = 0.87 },
+            new("tcp", "idle", true, 430, 9, 300, 0.98, null),
+        ];
+
+        IReadOnlyList<string> lines = BenchTargets.Lines(rows, BenchTargets.TargetMemory);
+
+        var readings = lines.Where(l => l.Contains("memory-to-memory socket", StringComparison.Ordinal)).ToList();
+        Assert.AreEqual(2, readings.Count, "one reading per row that measured it, none for the tcp row that did not");
+        StringAssert.EndsWith(readings[0], "56 %: under 70 %");
+        StringAssert.EndsWith(readings[1], "87 %: at least 70 %");
+        Assert.IsFalse(readings.Any(l => l.EndsWith("met", StringComparison.Ordinal)), "the issue's verdict stays with its own yardstick");
+        StringAssert.EndsWith(LineFor(lines, "idle guest, unix:"), "46 %: NOT MET");
+        StringAssert.EndsWith(LineFor(lines, "idle guest, unix with multifd"), "62 %: NOT MET");
+        var all = lines.ToList();
+        Assert.AreEqual(all.IndexOf(LineFor(lines, "idle guest, unix:")) + 1, all.IndexOf(readings[0]), "each reading follows its row's verdict");
+    }
+
+    [TestMethod]
     public void AnotherGuestSizeIsNotJudged()
     {
         IReadOnlyList<string> lines = BenchTargets.Lines([new("tcp", "idle", true, 100, 1, 300, 0.9, null)], 256UL << 20);
