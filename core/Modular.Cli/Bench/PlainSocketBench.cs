@@ -123,24 +123,30 @@ internal sealed unsafe class GuestSizedMemory : IDisposable
     public ulong Size => _source.Size;
 
     /// <summary>Maps and populates both (about a second for 1 GiB here).</summary>
-    /// <exception cref="GuestRamAllocationException">The host cannot give the memory.</exception>
+    /// <exception cref="GuestRamAllocationException">The host cannot give the memory, or cannot populate it ahead.</exception>
     public static GuestSizedMemory Create(ulong size)
     {
         GuestRam source = GuestRam.Create(size);
         try
         {
             GuestRam destination = GuestRam.Create(size, GuestRamBacking.SharedMemfd);
-            foreach (RamBlock block in source.Blocks.Concat(destination.Blocks))
+            try
             {
-                // Before Linux 5.14 (no MADV_POPULATE_WRITE) the source's marks below populate it;
-                // the destination's first bytes are zeroed instead.
-                if (!block.Populate())
+                foreach (RamBlock block in source.Blocks.Concat(destination.Blocks))
                 {
-                    for (ulong at = 0; at < block.Size; at += RamBlock.TargetPageSize)
+                    // Populated with MADV_POPULATE_WRITE, which fails (rather than the OOM killer
+                    // stepping in) when the host has not got the memory.
+                    if (!block.Populate())
                     {
-                        *(ulong*)((byte*)block.HostAddress + at) = 0;
+                        throw new GuestRamAllocationException(
+                            $"Cannot populate {size >> 20} MiB for the memory-to-memory socket (MADV_POPULATE_WRITE failed: the host lacks the memory, or the kernel is older than 5.14).");
                     }
                 }
+            }
+            catch
+            {
+                destination.Dispose();
+                throw;
             }
 
             // Each source page starts with its number (what a test checks arrived where it belongs).
