@@ -33,6 +33,13 @@ internal interface IAccelerator : IDisposable
     /// <summary>Lets the vCPUs run again after <see cref="Pause"/>. Any thread except a vCPU thread.</summary>
     void Resume();
 
+    /// <summary>
+    /// Makes every running vCPU (or whatever stands in for them) sleep for <paramref name="sleep"/>
+    /// outside the guest as soon as it can, then run on: one slice of CPU throttling
+    /// (<see cref="Machine.CpuThrottle"/>). Any thread; nothing happens while paused.
+    /// </summary>
+    void Throttle(TimeSpan sleep);
+
     /// <summary>The savevm sections that carry the vCPU state (saved and loaded with the vCPUs paused).</summary>
     IReadOnlyList<ISaveVmSection> StateSections { get; }
 

@@ -138,6 +138,19 @@ internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
         }
     }
 
+    public void Throttle(TimeSpan sleep)
+    {
+        if (!Volatile.Read(ref _running))
+        {
+            return;
+        }
+
+        foreach (VcpuThread thread in _threads)
+        {
+            thread.Throttle(sleep);
+        }
+    }
+
     public void Dispose()
     {
         foreach (VcpuThread thread in _threads)

@@ -24,6 +24,7 @@ internal sealed class SyntheticWorkload : IAccelerator, ISaveVmSection
     private bool _runRequested;
     private bool _parked = true;
     private bool _stopping;
+    private long _throttledUntil;
 
     /// <summary>Creates the workload over <paramref name="memory"/>.</summary>
     /// <param name="memory">Guest RAM.</param>
@@ -83,11 +84,23 @@ internal sealed class SyntheticWorkload : IAccelerator, ISaveVmSection
         }
     }
 
+    public void Throttle(TimeSpan sleep)
+    {
+        lock (_gate)
+        {
+            if (_runRequested && sleep > TimeSpan.Zero)
+            {
+                _throttledUntil = Stopwatch.GetTimestamp() + (long)(sleep.TotalSeconds * Stopwatch.Frequency);
+            }
+        }
+    }
+
     public void Pause()
     {
         lock (_gate)
         {
             _runRequested = false;
+            Monitor.PulseAll(_gate); // ends a throttle's sleep
             while (!_parked)
             {
                 Monitor.Wait(_gate);
@@ -170,6 +183,28 @@ internal sealed class SyntheticWorkload : IAccelerator, ISaveVmSection
                     _parked = false;
                     clock.Restart();
                     touched = 0;
+                }
+
+                // Throttled (auto-converge): sleep it off unless paused or stopped meanwhile.
+                long left;
+                bool slept = false;
+                while (_runRequested && !_stopping && (left = _throttledUntil - Stopwatch.GetTimestamp()) > 0)
+                {
+                    _ = Monitor.Wait(_gate, TimeSpan.FromSeconds(left / (double)Stopwatch.Frequency));
+                    slept = true;
+                }
+
+                _throttledUntil = 0;
+                if (slept)
+                {
+                    // The rate holds while running: no catching up on the time slept.
+                    clock.Restart();
+                    touched = 0;
+                }
+
+                if (!_runRequested || _stopping)
+                {
+                    continue;
                 }
 
                 // A batch of pages per lock round keeps Pause prompt and the loop cheap.

@@ -45,7 +45,15 @@ public static partial class ConfigLoader
                 MultifdChannels: (int)Integer("migration.parameters.multifd-channels", 1, 255),
                 FaultBackend: Text("migration.fault-backend")!,
                 PostcopyListenNice: (int)Integer("migration.postcopy-listen-nice", -20, 19),
-                Incoming: Text("migration.incoming"));
+                Incoming: Text("migration.incoming"))
+            {
+                Throttle = new Migration.State.ThrottleParameters(
+                    Initial: (int)Integer("migration.parameters.cpu-throttle-initial", 1, 99),
+                    Increment: (int)Integer("migration.parameters.cpu-throttle-increment", 1, 99),
+                    Max: (int)Integer("migration.parameters.max-cpu-throttle", 1, 99),
+                    TriggerThreshold: (int)Integer("migration.parameters.throttle-trigger-threshold", 1, 100),
+                    TailSlow: Boolean("migration.parameters.cpu-throttle-tailslow")),
+            };
 
             var pluginDirectories = new List<string>();
             IConfigurationSection dirs = root.GetSection("plugins:directories");

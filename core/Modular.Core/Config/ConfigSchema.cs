@@ -49,7 +49,7 @@ public static class ConfigSchema
     /// <summary>The migration capabilities Modular knows, with QEMU's names.</summary>
     public static readonly string[] Capabilities =
     [
-        "postcopy-ram", "postcopy-preempt", "return-path", "postcopy-blocktime", "events", "zero-blocks", "pause-before-switchover", "multifd",
+        "postcopy-ram", "postcopy-preempt", "return-path", "postcopy-blocktime", "events", "zero-blocks", "pause-before-switchover", "multifd", "auto-converge",
     ];
 
     /// <summary>Every key, in documentation order.</summary>
@@ -73,6 +73,11 @@ public static class ConfigSchema
         new("migration.parameters.downtime-limit", ConfigValueKind.Integer, "300", "Largest acceptable downtime in milliseconds."),
         new("migration.parameters.max-bandwidth", ConfigValueKind.Size, "0", "Bandwidth cap in bytes per second; 0 means unlimited (QEMU's default is 128M)."),
         new("migration.parameters.multifd-channels", ConfigValueKind.Integer, "2", "Channels the multifd capability opens (1 to 255); both sides must use the same number."),
+        new("migration.parameters.cpu-throttle-initial", ConfigValueKind.Integer, "20", "auto-converge: the first CPU throttle, in percent (1 to 99)."),
+        new("migration.parameters.cpu-throttle-increment", ConfigValueKind.Integer, "10", "auto-converge: how much each later step adds, in percent (1 to 99)."),
+        new("migration.parameters.max-cpu-throttle", ConfigValueKind.Integer, "99", "auto-converge: the highest CPU throttle, in percent (1 to 99)."),
+        new("migration.parameters.throttle-trigger-threshold", ConfigValueKind.Integer, "50", "auto-converge: a period of at least a second counts as too dirty when the guest dirtied more than this percentage of the bytes sent in it (1 to 100); two such periods raise the throttle."),
+        new("migration.parameters.cpu-throttle-tailslow", ConfigValueKind.Boolean, "false", "auto-converge: raise the throttle only by what the dirty rate needs, up to cpu-throttle-increment."),
         new("migration.fault-backend", ConfigValueKind.String, "userfaultfd", "The fault backend plugin a postcopy destination uses."),
         new("migration.postcopy-listen-nice", ConfigValueKind.Integer, "-10", "A postcopy destination's listen thread (it places the background pages) runs at this nice value (-20 to 19) while postcopy runs, so that the running guest does not slow the end of postcopy; 0 leaves it at the process's priority, as QEMU does. Needs CAP_SYS_NICE to go below 0; without it nothing changes."),
         new("migration.incoming", ConfigValueKind.String, "(none)", "Wait for an incoming migration on this URI (as QEMU's -incoming), e.g. tcp:0.0.0.0:4444, unix:/run/mig.sock, file:/tmp/vm.state."),

@@ -36,4 +36,8 @@ public sealed record MachineConfig(string Accelerator, ulong MemoryBytes, int Vc
 /// <param name="FaultBackend">The fault backend name for postcopy.</param>
 /// <param name="PostcopyListenNice">The postcopy destination's listen thread's nice value while postcopy runs (0: unchanged).</param>
 /// <param name="Incoming">The incoming URI, or null.</param>
-public sealed record MigrationConfig(IReadOnlyDictionary<string, bool> Capabilities, long DowntimeLimitMs, ulong MaxBandwidth, int MultifdChannels, string FaultBackend, int PostcopyListenNice, string? Incoming);
+public sealed record MigrationConfig(IReadOnlyDictionary<string, bool> Capabilities, long DowntimeLimitMs, ulong MaxBandwidth, int MultifdChannels, string FaultBackend, int PostcopyListenNice, string? Incoming)
+{
+    /// <summary>The auto-converge parameters (cpu-throttle-initial and the rest); QEMU's defaults unless the config sets them.</summary>
+    public Migration.State.ThrottleParameters Throttle { get; init; } = Migration.State.ThrottleParameters.Default;
+}

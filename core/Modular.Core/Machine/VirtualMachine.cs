@@ -48,6 +48,7 @@ public sealed partial class VirtualMachine : IQmpMachine, IDisposable
         Ram = ram;
         _logger = logger;
         Bus = new IoBus();
+        CpuThrottle = new CpuThrottle(sleep => _accelerator?.Throttle(sleep));
     }
 
     /// <summary>The config the machine was built from.</summary>
@@ -93,6 +94,9 @@ public sealed partial class VirtualMachine : IQmpMachine, IDisposable
     public IGuestMemory Memory => Ram;
 
     internal IAccelerator Accelerator => _accelerator ?? throw new InvalidOperationException("The machine has no accelerator yet.");
+
+    /// <summary>CPU throttling of this machine's vCPUs (auto-converge).</summary>
+    public CpuThrottle CpuThrottle { get; }
 
     /// <summary>The kernel thread id of each vCPU's thread (0 before it started); see <see cref="IAccelerator.VcpuThreadIds"/>.</summary>
     internal int[] VcpuThreadIds() => Accelerator.VcpuThreadIds();
@@ -268,6 +272,7 @@ public sealed partial class VirtualMachine : IQmpMachine, IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
+        CpuThrottle.Dispose();
         _accelerator?.Dispose();
         foreach (IDeviceModel device in _devices)
         {

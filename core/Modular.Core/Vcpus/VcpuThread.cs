@@ -34,6 +34,7 @@ public sealed class VcpuThread : IDisposable
     private bool _stopRequested;
     private bool _halted;
     private int _threadId;
+    private long _throttledUntil;
 
     /// <summary>Creates the thread (not started) for <paramref name="vcpu"/>.</summary>
     public VcpuThread(KvmVcpu vcpu, IVcpuExitHandler handler)
@@ -104,9 +105,35 @@ public sealed class VcpuThread : IDisposable
 
             _pauseRequested = true;
             KickLocked();
+            Monitor.PulseAll(_gate); // a vCPU sleeping off a throttle parks at once
         }
 
         WaitWhileRunning();
+    }
+
+    /// <summary>
+    /// Makes a running vCPU sleep for <paramref name="sleep"/> outside the guest, as soon as it
+    /// leaves KVM_RUN (it is kicked): QEMU's CPU throttling (auto-converge). It stays Running for
+    /// everyone else; Pause and Stop end the sleep early. A paused, halted or stopped vCPU is left
+    /// alone. Any thread.
+    /// </summary>
+    public void Throttle(TimeSpan sleep)
+    {
+        if (sleep <= TimeSpan.Zero)
+        {
+            return;
+        }
+
+        lock (_gate)
+        {
+            if (_state != VcpuRunState.Running || _pauseRequested || _stopRequested || _halted)
+            {
+                return;
+            }
+
+            _throttledUntil = System.Diagnostics.Stopwatch.GetTimestamp() + (long)(sleep.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
+            KickLocked();
+        }
     }
 
     /// <summary>Lets a paused or halted vCPU run again. Any thread.</summary>
@@ -311,27 +338,39 @@ public sealed class VcpuThread : IDisposable
         }
     }
 
-    /// <summary>Parks while paused or halted; false when asked to stop. vCPU thread.</summary>
+    /// <summary>Parks while paused or halted, sleeps off a throttle (<see cref="Throttle"/>); false when asked to stop. vCPU thread.</summary>
     private bool WaitUntilRunnable()
     {
         lock (_gate)
         {
-            _vcpu.ImmediateExit = false;
-            while (!_stopRequested && (_pauseRequested || _halted))
+            while (true)
             {
-                _state = _halted && !_pauseRequested ? VcpuRunState.Halted : VcpuRunState.Paused;
-                Monitor.PulseAll(_gate);
-                Monitor.Wait(_gate);
                 _vcpu.ImmediateExit = false;
-            }
+                while (!_stopRequested && (_pauseRequested || _halted))
+                {
+                    _throttledUntil = 0;
+                    _state = _halted && !_pauseRequested ? VcpuRunState.Halted : VcpuRunState.Paused;
+                    Monitor.PulseAll(_gate);
+                    Monitor.Wait(_gate);
+                    _vcpu.ImmediateExit = false;
+                }
 
-            if (_stopRequested)
-            {
-                return false;
-            }
+                if (_stopRequested)
+                {
+                    return false;
+                }
 
-            _state = VcpuRunState.Running;
-            return true;
+                _state = VcpuRunState.Running;
+                long left = _throttledUntil - System.Diagnostics.Stopwatch.GetTimestamp();
+                if (_throttledUntil == 0 || left <= 0)
+                {
+                    _throttledUntil = 0;
+                    return true;
+                }
+
+                // Throttled: still Running to everyone else; Pause, Stop (a pulse) or the time ends it.
+                _ = Monitor.Wait(_gate, TimeSpan.FromSeconds(left / (double)System.Diagnostics.Stopwatch.Frequency));
+            }
         }
     }
 }

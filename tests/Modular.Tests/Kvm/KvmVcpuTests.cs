@@ -209,6 +209,62 @@ public sealed class KvmVcpuTests
         Assert.AreEqual("stopped", machine.Thread.ExitReason);
     }
 
+    /// <summary>
+    /// Auto-converge's CPU throttle on a real vCPU whose guest never exits on its own: at 90 % the
+    /// vCPU thread gets a small fraction of the CPU it had (measured as its own CPU time, not as
+    /// wall-clock progress), the guest still runs, it stays Running to the VMM, and a Pause in the
+    /// middle of a long throttle sleep returns at once.
+    /// </summary>
+    [TestMethod]
+    public void CpuThrottle_TakesMostOfAVcpusTime_YetItRuns_AndPauseCutsTheSleepShort()
+    {
+        using KvmSystem kvm = TinyGuest.OpenKvmOrSkip();
+        using var machine = new TinyMachine(kvm, TinyGuest.SilentCounter);
+        using var throttle = new Modular.Core.Machine.CpuThrottle(machine.Thread.Throttle);
+        machine.Thread.Start();
+        WaitFor(() => machine.ReadCounter() > 1000, "the counter in RAM to pass 1000");
+        int tid = machine.Thread.KernelThreadId;
+
+        double free = CpuShare(tid, TimeSpan.FromMilliseconds(600));
+        throttle.Set(90);
+        Thread.Sleep(50);
+        uint before = machine.ReadCounter();
+        double throttled = CpuShare(tid, TimeSpan.FromMilliseconds(600));
+        Console.WriteLine($"vCPU thread's share of a CPU: {free:P0} free, {throttled:P0} at 90 % ({throttle.Slices} slices)");
+        Assert.IsGreaterThan(0.5, free, "the silent guest keeps its vCPU busy");
+        Assert.IsLessThan(free * 0.5, throttled, "at 90 % the vCPU thread runs a small part of the time");
+        Assert.IsGreaterThan(before, machine.ReadCounter(), "the guest still runs while throttled");
+        Assert.AreEqual(VcpuRunState.Running, machine.Thread.State);
+
+        throttle.Set(99); // 990 ms asleep in every second
+        Thread.Sleep(100);
+        var clock = Stopwatch.StartNew();
+        machine.Thread.Pause();
+        Assert.IsLessThan(300L, clock.ElapsedMilliseconds, "Pause ends a throttle's sleep");
+        Assert.AreEqual(VcpuRunState.Paused, machine.Thread.State);
+        throttle.Stop();
+        machine.Thread.Resume();
+        uint resumed = machine.ReadCounter();
+        WaitFor(() => machine.ReadCounter() > resumed + 1000, "the guest to run on after the throttle stopped");
+    }
+
+    // The thread's CPU time (user + system, from /proc) over a wall-clock window, as a share of one CPU.
+    private static double CpuShare(int tid, TimeSpan window)
+    {
+        static long Ticks(int tid)
+        {
+            string stat = File.ReadAllText($"/proc/self/task/{tid}/stat");
+            string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            return long.Parse(fields[11], System.Globalization.CultureInfo.InvariantCulture) + long.Parse(fields[12], System.Globalization.CultureInfo.InvariantCulture);
+        }
+
+        long start = Ticks(tid);
+        var clock = Stopwatch.StartNew();
+        Thread.Sleep(window);
+        long used = Ticks(tid) - start;
+        return used / 100.0 / clock.Elapsed.TotalSeconds; // USER_HZ is 100 on Linux
+    }
+
     [TestMethod]
     public void CapturedStateMovesARunningGuestIntoAFreshVmAndItContinuesExactly()
     {

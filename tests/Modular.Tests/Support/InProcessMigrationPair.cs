@@ -93,6 +93,13 @@ internal sealed class InProcessMigrationPair : IAsyncDisposable
         await registered.Handler(new QmpArguments(arguments), CancellationToken.None);
     }
 
+    /// <summary>Runs a QMP command on the source with <paramref name="arguments"/>; returns its reply.</summary>
+    public async Task<System.Text.Json.Nodes.JsonNode?> ExecuteAsync(string command, System.Text.Json.Nodes.JsonObject arguments)
+    {
+        Assert.IsTrue(_commands.TryGet(command, out QmpCommand registered));
+        return await registered.Handler(new QmpArguments(arguments), CancellationToken.None);
+    }
+
     /// <summary>Waits (60 s at most) until the outgoing migration reaches <paramref name="wanted"/>; fails if it finishes first.</summary>
     public async Task WaitForStatusAsync(MigrationStatus wanted)
     {

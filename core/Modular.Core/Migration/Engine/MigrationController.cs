@@ -241,7 +241,9 @@ public sealed class MigrationController
         IncomingMigration? incoming = Incoming;
         if (outgoing is not null)
         {
-            return outgoing.Stats.ToQmp(outgoing.Status.Current, outgoing.Error, outgoing: true);
+            JsonObject reply = outgoing.Stats.ToQmp(outgoing.Status.Current, outgoing.Error, outgoing: true);
+            outgoing.AddThrottleFigures(reply);
+            return reply;
         }
 
         if (incoming is not null && incoming.Status.Current != MigrationStatus.None)

@@ -104,11 +104,21 @@ public static class MigrationQmpCommands
             return ValueTask.FromResult<JsonNode?>(list);
         });
 
-        commands.Register("migrate-set-parameters", ["downtime-limit", "max-bandwidth", "multifd-channels"], (args, _) =>
+        commands.Register("migrate-set-parameters", ["downtime-limit", "max-bandwidth", "multifd-channels", "cpu-throttle-initial", "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "cpu-throttle-tailslow"], (args, _) =>
         {
             try
             {
-                controller.Settings.SetParameters(args.GetOptionalInt64("downtime-limit"), args.GetOptionalUInt64("max-bandwidth"), args.GetOptionalInt64("multifd-channels"));
+                static int Percent(long value) => (int)Math.Clamp(value, int.MinValue, int.MaxValue);
+                long? initial = args.GetOptionalInt64("cpu-throttle-initial"), increment = args.GetOptionalInt64("cpu-throttle-increment"), max = args.GetOptionalInt64("max-cpu-throttle"), threshold = args.GetOptionalInt64("throttle-trigger-threshold");
+                bool? tailSlow = args.GetOptionalBoolean("cpu-throttle-tailslow");
+                controller.Settings.SetParameters(args.GetOptionalInt64("downtime-limit"), args.GetOptionalUInt64("max-bandwidth"), args.GetOptionalInt64("multifd-channels"), current => current with
+                {
+                    Initial = initial is { } i ? Percent(i) : current.Initial,
+                    Increment = increment is { } c ? Percent(c) : current.Increment,
+                    Max = max is { } m ? Percent(m) : current.Max,
+                    TriggerThreshold = threshold is { } t ? Percent(t) : current.TriggerThreshold,
+                    TailSlow = tailSlow ?? current.TailSlow,
+                });
             }
             catch (ArgumentOutOfRangeException ex)
             {
@@ -126,6 +136,11 @@ public static class MigrationQmpCommands
                 ["downtime-limit"] = snapshot.DowntimeLimitMs,
                 ["max-bandwidth"] = snapshot.MaxBandwidth,
                 ["multifd-channels"] = snapshot.MultifdChannels,
+                ["cpu-throttle-initial"] = snapshot.Throttle.Initial,
+                ["cpu-throttle-increment"] = snapshot.Throttle.Increment,
+                ["max-cpu-throttle"] = snapshot.Throttle.Max,
+                ["throttle-trigger-threshold"] = snapshot.Throttle.TriggerThreshold,
+                ["cpu-throttle-tailslow"] = snapshot.Throttle.TailSlow,
             });
         });
     }

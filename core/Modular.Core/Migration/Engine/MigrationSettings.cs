@@ -14,6 +14,7 @@ public sealed class MigrationSettings
     private long _downtimeLimitMs;
     private ulong _maxBandwidth;
     private int _multifdChannels;
+    private State.ThrottleParameters _throttle;
 
     /// <summary>Starts from the config's migration section.</summary>
     /// <param name="config">The validated migration section.</param>
@@ -24,6 +25,7 @@ public sealed class MigrationSettings
         _downtimeLimitMs = config.DowntimeLimitMs;
         _maxBandwidth = config.MaxBandwidth;
         _multifdChannels = config.MultifdChannels;
+        _throttle = config.Throttle;
         FaultBackend = config.FaultBackend;
         PostcopyListenNice = config.PostcopyListenNice;
     }
@@ -42,7 +44,7 @@ public sealed class MigrationSettings
     {
         lock (_gate)
         {
-            return new MigrationSettingsSnapshot(new Dictionary<string, bool>(_capabilities, StringComparer.Ordinal), _downtimeLimitMs, _maxBandwidth) { MultifdChannels = _multifdChannels };
+            return new MigrationSettingsSnapshot(new Dictionary<string, bool>(_capabilities, StringComparer.Ordinal), _downtimeLimitMs, _maxBandwidth) { MultifdChannels = _multifdChannels, Throttle = _throttle };
         }
     }
 
@@ -81,7 +83,20 @@ public sealed class MigrationSettings
     /// <param name="maxBandwidth">New max-bandwidth in bytes/s, or null to keep.</param>
     /// <param name="multifdChannels">New multifd-channels, or null to keep.</param>
     /// <exception cref="ArgumentOutOfRangeException">A value out of QEMU's range.</exception>
-    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth, long? multifdChannels = null)
+    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth, long? multifdChannels = null) =>
+        SetParameters(downtimeLimitMs, maxBandwidth, multifdChannels, throttle: null);
+
+    /// <summary>
+    /// Sets downtime-limit, max-bandwidth, multifd-channels and the auto-converge parameters given
+    /// (null keeps a value); all or nothing: every value is checked before any is set, as QEMU's
+    /// migrate_params_check does. A migration takes them when it starts.
+    /// </summary>
+    /// <param name="downtimeLimitMs">New downtime-limit in ms, or null to keep.</param>
+    /// <param name="maxBandwidth">New max-bandwidth in bytes/s, or null to keep.</param>
+    /// <param name="multifdChannels">New multifd-channels, or null to keep.</param>
+    /// <param name="throttle">Makes the new auto-converge parameters from the current ones, or null to keep them.</param>
+    /// <exception cref="ArgumentOutOfRangeException">A value out of QEMU's range (the message names it).</exception>
+    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth, long? multifdChannels, Func<State.ThrottleParameters, State.ThrottleParameters>? throttle)
     {
         if (downtimeLimitMs is < 0 or > 2_000_000)
         {
@@ -95,9 +110,16 @@ public sealed class MigrationSettings
 
         lock (_gate)
         {
+            State.ThrottleParameters nextThrottle = throttle?.Invoke(_throttle) ?? _throttle;
+            if (nextThrottle.Problem() is { } problem)
+            {
+                throw new ArgumentOutOfRangeException(nameof(throttle), problem);
+            }
+
             _downtimeLimitMs = downtimeLimitMs ?? _downtimeLimitMs;
             _maxBandwidth = maxBandwidth ?? _maxBandwidth;
             _multifdChannels = (int?)multifdChannels ?? _multifdChannels;
+            _throttle = nextThrottle;
         }
     }
 }
@@ -114,4 +136,7 @@ public sealed record MigrationSettingsSnapshot(IReadOnlyDictionary<string, bool>
 
     /// <summary>multifd-channels: the channels a multifd migration opens.</summary>
     public int MultifdChannels { get; init; } = 2;
+
+    /// <summary>The auto-converge parameters.</summary>
+    public State.ThrottleParameters Throttle { get; init; } = State.ThrottleParameters.Default;
 }

@@ -225,6 +225,7 @@ public sealed partial class OutgoingMigration
             PassStarted?.Invoke(++_pass);
             long passStart = Environment.TickCount64;
             bool postcopy = false;
+            State.AutoConverge? autoConverge = Settings.Has("auto-converge") ? new State.AutoConverge(Settings.Throttle, passStart, Sent()) : null;
             while (true)
             {
                 _cancel.Token.ThrowIfCancellationRequested();
@@ -248,6 +249,12 @@ public sealed partial class OutgoingMigration
                 }
 
                 long pending = ram.Sync() * 4096;
+                if (autoConverge?.OnSync(pending, Environment.TickCount64, Sent(), _machine.CpuThrottle.Percentage) is { } throttlePercent)
+                {
+                    _machine.CpuThrottle.Set(throttlePercent);
+                    _logger.LogInformation("Migration to {Endpoint}: auto-converge throttles the vCPUs to {Percent} % (pass {Pass}, {Pending} bytes dirty)", _endpoint, _machine.CpuThrottle.Percentage, _pass, pending);
+                }
+
                 double bytesPerSecond = bandwidth.BytesPerSecond;
                 long passMs = Math.Max(1, Environment.TickCount64 - passStart);
                 Stats.SetRates(bytesPerSecond, pending / 4096 * 1000.0 / passMs, (Stats.NormalPages + Stats.DuplicatePages) * 1000.0 / Math.Max(1, Stats.ElapsedMs), ConvergenceRule.ExpectedDowntimeMs((ulong)pending, bytesPerSecond));
@@ -334,6 +341,21 @@ public sealed partial class OutgoingMigration
             // After the connection: nothing written by reference is waiting to be sent any more.
             multifd?.Dispose();
             ramSaver?.Dispose();
+
+            // As QEMU's migrate_fd_cleanup: the guest runs at full speed again, wherever it runs.
+            _machine.CpuThrottle.Stop();
+        }
+    }
+
+    /// <summary>
+    /// Adds query-migrate's cpu-throttle-percentage (the CPU throttle now, 0 when none) when the
+    /// auto-converge capability is on, as QEMU does. QMP loop.
+    /// </summary>
+    internal void AddThrottleFigures(System.Text.Json.Nodes.JsonObject reply)
+    {
+        if (Settings.Has("auto-converge"))
+        {
+            reply["cpu-throttle-percentage"] = _machine.CpuThrottle.Percentage;
         }
     }
 
