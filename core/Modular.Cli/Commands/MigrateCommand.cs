@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Text.Json.Nodes;
 using Modular.Cli.Migration;
+using Modular.Core.Config;
 using Modular.Core.Qmp;
 
 namespace Modular.Cli.Commands;
@@ -9,6 +10,8 @@ namespace Modular.Cli.Commands;
 internal static class MigrateCommand
 {
     private static readonly Option<bool> MultifdOption = new("--multifd") { Description = "Set QEMU's multifd capability: pages travel on extra channels (the destination needs multifd and the same multifd-channels too; not with --postcopy)." };
+    private static readonly Option<bool> AutoConvergeOption = new("--auto-converge") { Description = "Set QEMU's auto-converge capability: a guest that dirties memory faster than it is sent is slowed (its vCPUs throttled, in steps) until the migration converges." };
+    private static readonly Option<string?> MaxBandwidthOption = new("--max-bandwidth") { Description = "max-bandwidth: bytes per second, optionally with K, M, G (binary units); 0 for unlimited." };
 
     internal static Command Create()
     {
@@ -21,9 +24,23 @@ internal static class MigrateCommand
         command.Options.Add(postcopyOption);
         command.Options.Add(MultifdOption);
         command.Options.Add(downtimeOption);
+        command.Options.Add(AutoConvergeOption);
+        command.Options.Add(MaxBandwidthOption);
         command.Arguments.Add(uriArgument);
         command.SetAction(async (parse, cancellationToken) =>
         {
+            ulong? maxBandwidth = null;
+            if (parse.GetValue(MaxBandwidthOption) is { } bandwidthText)
+            {
+                if (!ByteSize.TryParse(bandwidthText, out ulong bandwidth))
+                {
+                    await Console.Error.WriteLineAsync($"--max-bandwidth '{bandwidthText}': expected bytes per second such as 100M or 1G, or 0 for unlimited.");
+                    return ExitCodes.Usage;
+                }
+
+                maxBandwidth = bandwidth;
+            }
+
             QmpClient client;
             try
             {
@@ -59,13 +76,33 @@ internal static class MigrateCommand
                         }, cancellationToken);
                     }
 
-                    if (parse.GetValue(downtimeOption) is long downtime)
+                    if (parse.GetValue(AutoConvergeOption))
                     {
-                        await client.ExecuteAsync("migrate-set-parameters", new JsonObject { ["downtime-limit"] = downtime }, cancellationToken);
+                        await client.ExecuteAsync("migrate-set-capabilities", new JsonObject
+                        {
+                            ["capabilities"] = new JsonArray { new JsonObject { ["capability"] = "auto-converge", ["state"] = true } },
+                        }, cancellationToken);
                     }
 
-                    JsonObject result = await MigrationMonitor.MigrateAsync(client, parse.GetValue(uriArgument)!, parse.GetValue(postcopyOption), Console.Out, cancellationToken);
-                    MigrationMonitor.PrintSummary(result, Console.Out);
+                    var parameters = new JsonObject();
+                    if (parse.GetValue(downtimeOption) is long downtime)
+                    {
+                        parameters["downtime-limit"] = downtime;
+                    }
+
+                    if (maxBandwidth is { } cap)
+                    {
+                        parameters["max-bandwidth"] = cap;
+                    }
+
+                    if (parameters.Count > 0)
+                    {
+                        await client.ExecuteAsync("migrate-set-parameters", parameters, cancellationToken);
+                    }
+
+                    var watch = new MigrationWatch();
+                    JsonObject result = await MigrationMonitor.MigrateAsync(client, parse.GetValue(uriArgument)!, parse.GetValue(postcopyOption), Console.Out, cancellationToken, watch);
+                    MigrationMonitor.PrintSummary(result, Console.Out, watch);
                     return MigrationMonitor.Status(result) == "completed" ? ExitCodes.Success : ExitCodes.Failure;
                 }
                 catch (QmpErrorException ex)

@@ -4,14 +4,37 @@ using Spectre.Console;
 
 namespace Modular.Cli.Migration;
 
+/// <summary>What a <see cref="MigrationMonitor"/> saw while it followed a migration, beyond the final reply.</summary>
+internal sealed class MigrationWatch
+{
+    private int _lastThrottle;
+
+    /// <summary>The highest cpu-throttle-percentage query-migrate showed (auto-converge), 0 when none.</summary>
+    public int HighestThrottle { get; private set; }
+
+    /// <summary>Takes a query-migrate reply in; true when the throttle changed since the last one.</summary>
+    internal bool See(JsonObject reply)
+    {
+        int throttle = Throttle(reply);
+        bool changed = throttle != _lastThrottle;
+        _lastThrottle = throttle;
+        HighestThrottle = Math.Max(HighestThrottle, throttle);
+        return changed;
+    }
+
+    /// <summary>cpu-throttle-percentage of <paramref name="reply"/>, 0 when absent.</summary>
+    internal static int Throttle(JsonObject reply) => reply["cpu-throttle-percentage"]?.GetValue<int>() ?? 0;
+}
+
 /// <summary>Starts a migration over QMP and follows query-migrate until it ends, with a progress bar for people.</summary>
 internal static class MigrationMonitor
 {
     private static readonly string[] FinalStates = ["completed", "failed", "cancelled"];
 
     /// <summary>Runs migrate (optionally switching to postcopy) and returns the final query-migrate reply.</summary>
-    internal static async Task<JsonObject> MigrateAsync(QmpClient source, string uri, bool postcopy, TextWriter output, CancellationToken cancellationToken)
+    internal static async Task<JsonObject> MigrateAsync(QmpClient source, string uri, bool postcopy, TextWriter output, CancellationToken cancellationToken, MigrationWatch? watch = null)
     {
+        watch ??= new MigrationWatch();
         await source.ExecuteAsync("migrate", new JsonObject { ["uri"] = uri }, cancellationToken);
         if (postcopy)
         {
@@ -29,8 +52,10 @@ internal static class MigrationMonitor
                     while (true)
                     {
                         last = await QueryAsync(source, cancellationToken);
+                        _ = watch.See(last);
                         task.Value = Percent(last);
-                        task.Description = $"{Markup.Escape(uri)}: {Markup.Escape(Status(last))}";
+                        int throttle = MigrationWatch.Throttle(last);
+                        task.Description = $"{Markup.Escape(uri)}: {Markup.Escape(Status(last))}{(throttle > 0 ? $", vCPUs throttled {throttle} %" : "")}";
                         if (FinalStates.Contains(Status(last)))
                         {
                             task.Value = 100;
@@ -48,10 +73,16 @@ internal static class MigrationMonitor
         {
             JsonObject reply = await QueryAsync(source, cancellationToken);
             string status = Status(reply);
+            bool throttleChanged = watch.See(reply);
             if (status != lastStatus)
             {
                 await output.WriteLineAsync($"migration: {status}");
                 lastStatus = status;
+            }
+
+            if (throttleChanged && !FinalStates.Contains(status))
+            {
+                await output.WriteLineAsync($"migration: vCPUs throttled to {MigrationWatch.Throttle(reply)} % (auto-converge)");
             }
 
             if (FinalStates.Contains(status))
@@ -64,7 +95,7 @@ internal static class MigrationMonitor
     }
 
     /// <summary>Prints the final figures of a query-migrate reply.</summary>
-    internal static void PrintSummary(JsonObject reply, TextWriter output)
+    internal static void PrintSummary(JsonObject reply, TextWriter output, MigrationWatch? watch = null)
     {
         JsonObject? ram = reply["ram"] as JsonObject;
         long transferred = ram?["transferred"]?.GetValue<long>() ?? 0;
@@ -85,6 +116,13 @@ internal static class MigrationMonitor
             {
                 output.WriteLine($"  postcopy:     {requests} page requests");
             }
+        }
+
+        if (reply["cpu-throttle-percentage"] is not null)
+        {
+            output.WriteLine(watch is { HighestThrottle: > 0 } seen
+                ? $"  auto-converge: vCPUs throttled up to {seen.HighestThrottle} % (now {MigrationWatch.Throttle(reply)} %)"
+                : "  auto-converge: on, the vCPUs were never throttled");
         }
 
         if (reply["error-desc"] is JsonNode error)

@@ -48,4 +48,32 @@ public sealed class AutoConvergeEndToEndTests
         Assert.IsGreaterThanOrEqualTo(4L, reply["ram"]!["dirty-sync-count"]!.GetValue<long>(), "two too-dirty periods per step");
         await PrecopyEndToEndTests.AssertGuestContinuesAsync(pair.Destination);
     }
+
+    /// <summary>The same through <c>modular migrate --auto-converge --max-bandwidth</c>: it says each throttle step and the highest in its summary.</summary>
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    public async Task ModularMigrate_AutoConvergeAndMaxBandwidth_SayWhatTheThrottleDid()
+    {
+        await using MigrationPair pair = await MigrationPair.StartAsync("unix", memory: 64UL << 20);
+        await pair.SetSourceParametersAsync(JsonNode.Parse("""{ "cpu-throttle-initial": 90, "cpu-throttle-increment": 9 }""")!.AsObject());
+
+        CliProcess.Result result = await Task.Run(() => CliProcess.Run(TimeSpan.FromMinutes(4), "migrate", "--qmp", pair.Source.QmpSocket, "--auto-converge", "--max-bandwidth", "30M", pair.DestinationUri));
+
+        Assert.AreEqual(0, result.ExitCode, result.StdOut + result.StdErr);
+        StringAssert.Contains(result.StdOut, "migration: vCPUs throttled to 90 % (auto-converge)");
+        StringAssert.Contains(result.StdOut, "status:       completed");
+        StringAssert.Contains(result.StdOut, "auto-converge: vCPUs throttled up to 99 % (now 0 %)");
+        JsonObject parameters = (JsonObject)(await pair.Source.Qmp.ExecuteAsync("query-migrate-parameters"))!;
+        Assert.AreEqual(30L << 20, parameters["max-bandwidth"]!.GetValue<long>());
+        await PrecopyEndToEndTests.AssertGuestContinuesAsync(pair.Destination);
+    }
+
+    [TestMethod]
+    public void ModularMigrate_ABandwidthThatIsNoSize_IsAUsageError()
+    {
+        CliProcess.Result result = CliProcess.Run("migrate", "--qmp", "/nonexistent.sock", "--max-bandwidth", "fast", "unix:/tmp/x.sock");
+
+        Assert.AreEqual(2, result.ExitCode, result.StdErr);
+        StringAssert.Contains(result.StdErr, "--max-bandwidth 'fast': expected bytes per second such as 100M or 1G, or 0 for unlimited.");
+    }
 }
