@@ -36,10 +36,26 @@ public sealed class MigrationController
         _plugins = plugins;
         _loggers = loggers ?? NullLoggerFactory.Instance;
         Settings = new MigrationSettings(machine.Config.Migration);
+        DirtyRate = new DirtyRateMeter(machine.Ram);
     }
 
     /// <summary>Capabilities and parameters.</summary>
     public MigrationSettings Settings { get; }
+
+    /// <summary>calc-dirty-rate and query-dirty-rate for this machine.</summary>
+    public DirtyRateMeter DirtyRate { get; }
+
+    /// <summary>True while an outgoing or incoming migration of this machine runs. Any thread.</summary>
+    public bool MigrationRunning
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _outgoing is { Status.IsFinished: false } || _incoming is { Status.IsFinished: false };
+            }
+        }
+    }
 
     /// <summary>
     /// Compiles the outgoing migration's code ahead, at the lowest priority, so that a later
@@ -124,6 +140,11 @@ public sealed class MigrationController
             if (_machine.RunState is QmpRunState.InMigrate)
             {
                 throw QmpException.Generic("Guest is waiting for an incoming migration");
+            }
+
+            if (DirtyRate.ReadsDirtyLog)
+            {
+                throw QmpException.Generic("A dirty rate measurement in dirty-bitmap mode is reading the dirty log; migrate once query-dirty-rate says it is measured.");
             }
 
             (IMigrationTransport transport, TransportEndpoint endpoint) = ResolveTransport(uri);

@@ -62,6 +62,15 @@ public static class MigrationQmpCommands
 
         commands.Register("query-migrate", (_, _) => ValueTask.FromResult<JsonNode?>(controller.Query()));
 
+        commands.Register("calc-dirty-rate", ["calc-time", "calc-time-unit", "sample-pages", "mode"], (args, _) =>
+        {
+            controller.DirtyRate.Start(args.GetInt64("calc-time"), args.GetOptionalString("calc-time-unit"), args.GetOptionalInt64("sample-pages"), args.GetOptionalString("mode"), controller.MigrationRunning);
+            return ValueTask.FromResult<JsonNode?>(new JsonObject());
+        });
+
+        commands.Register("query-dirty-rate", ["calc-time-unit"], (args, _) =>
+            ValueTask.FromResult<JsonNode?>(controller.DirtyRate.Query(args.GetOptionalString("calc-time-unit"))));
+
         commands.Register("migrate-set-capabilities", ["capabilities"], (args, _) =>
         {
             var changes = new List<KeyValuePair<string, bool>>();
