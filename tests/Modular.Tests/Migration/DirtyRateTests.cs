@@ -115,6 +115,21 @@ public sealed class DirtyRateTests
         Assert.AreEqual("measured", pair.SourceMigration.DirtyRate.Query()["status"]!.GetValue<string>(), "page-sampling only reads guest RAM: it may run beside a migration");
     }
 
+    [TestMethod]
+    public async Task AMachineThatGoesAwayMidMeasurement_LeavesNoRate_AndNoCrash()
+    {
+        VirtualMachine machine = Machine(memory: "256M", PagesPerSecond);
+        var (controller, commands) = Qmp(machine);
+        machine.Start();
+        await ExecuteAsync(commands, "calc-dirty-rate", """{ "calc-time": 300, "calc-time-unit": "millisecond" }""");
+        machine.Dispose();
+
+        await controller.DirtyRate.Completion.WaitAsync(TimeSpan.FromSeconds(30));
+        JsonObject reply = await QueryAsync(commands);
+        Assert.AreEqual("measured", reply["status"]!.GetValue<string>());
+        Assert.IsNull(reply["dirty-rate"], "no figure from a machine that is gone");
+    }
+
     private VirtualMachine Machine(string memory, long pagesPerSecond)
     {
         string path = Path.Combine(_dir, Guid.NewGuid().ToString("N")[..8] + ".json");

@@ -171,10 +171,14 @@ public sealed class DirtyRateMeter
             samplePages = _samplePages;
         }
 
-        long rate = 0;
+        long? rate = null;
         try
         {
             rate = mode == "dirty-bitmap" ? MeasureDirtyLog(calcTimeMs) : MeasureBySampling(calcTimeMs, samplePages);
+        }
+        catch (Exception ex) when (ex is ObjectDisposedException or InvalidOperationException or IOException or Kvm.KvmIoctlException)
+        {
+            // The machine went away (quit) while this thread slept: no rate, and no crash.
         }
         finally
         {
