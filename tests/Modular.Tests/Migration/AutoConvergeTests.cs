@@ -202,6 +202,29 @@ public sealed class AutoConvergeTests
         AssertSameRam(pair.Source, pair.Destination);
     }
 
+    [TestMethod]
+    public async Task MigrateCancel_WhileThrottled_EndsTheThrottle_AndTheGuestRunsOn()
+    {
+        await using InProcessMigrationPair pair = await InProcessMigrationPair.StartAsync(
+            Config(pagesPerSecond: 200_000, paused: false, "auto-converge"), Config(pagesPerSecond: 0, paused: true),
+            configureSource: c => c.Settings.SetParameters(null, 32_000_000, null, t => t with { Initial = 50 }));
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (pair.Source.CpuThrottle.Percentage == 0)
+        {
+            Assert.IsLessThan(TimeSpan.FromSeconds(60), clock.Elapsed, "the throttle never started");
+            Assert.IsFalse(pair.Outgoing.Status.IsFinished, pair.Outgoing.Error);
+            await Task.Delay(20);
+        }
+
+        Assert.AreEqual(50, pair.Source.CpuThrottle.Percentage);
+        await pair.ExecuteAsync("migrate_cancel");
+        await pair.Outgoing.Completion.WaitAsync(TimeSpan.FromSeconds(30));
+
+        Assert.AreEqual(MigrationStatus.Cancelled, pair.Outgoing.Status.Current, pair.Outgoing.Error);
+        Assert.AreEqual(0, pair.Source.CpuThrottle.Percentage, "the throttle ends with the migration, however it ends");
+        Assert.AreEqual(QmpRunState.Running, pair.Source.RunState);
+    }
+
     private static JsonObject Json(string text) => JsonNode.Parse(text)!.AsObject();
 
     private static void AssertSameRam(VirtualMachine source, VirtualMachine destination)
