@@ -132,7 +132,7 @@ public sealed class MigrationController
     {
         lock (_gate)
         {
-            if (_outgoing is { Status.IsFinished: false } || _incoming is { Status.IsFinished: false })
+            if (MigrationRunning)
             {
                 throw QmpException.Generic("There's a migration process in progress");
             }
