@@ -53,7 +53,12 @@ public static partial class ConfigLoader
                     Max: (int)Integer("migration.parameters.max-cpu-throttle", 1, 99),
                     TriggerThreshold: (int)Integer("migration.parameters.throttle-trigger-threshold", 1, 100),
                     TailSlow: Boolean("migration.parameters.cpu-throttle-tailslow")),
+                XbzrleCacheSize = Size("migration.parameters.xbzrle-cache-size"),
             };
+            if (migration.XbzrleCacheSize < 4096 || !ulong.IsPow2(migration.XbzrleCacheSize))
+            {
+                errors.Add($"migration.parameters.xbzrle-cache-size: {ByteSize.Format(migration.XbzrleCacheSize)} is not a power of two of at least 4K; choose a size such as 64M.");
+            }
 
             var pluginDirectories = new List<string>();
             IConfigurationSection dirs = root.GetSection("plugins:directories");

@@ -49,7 +49,7 @@ public static class ConfigSchema
     /// <summary>The migration capabilities Modular knows, with QEMU's names.</summary>
     public static readonly string[] Capabilities =
     [
-        "postcopy-ram", "postcopy-preempt", "return-path", "postcopy-blocktime", "events", "zero-blocks", "pause-before-switchover", "multifd", "auto-converge",
+        "postcopy-ram", "postcopy-preempt", "return-path", "postcopy-blocktime", "events", "zero-blocks", "pause-before-switchover", "multifd", "auto-converge", "xbzrle",
     ];
 
     /// <summary>Every key, in documentation order.</summary>
@@ -73,6 +73,7 @@ public static class ConfigSchema
         new("migration.parameters.downtime-limit", ConfigValueKind.Integer, "300", "Largest acceptable downtime in milliseconds."),
         new("migration.parameters.max-bandwidth", ConfigValueKind.Size, "0", "Bandwidth cap in bytes per second; 0 means unlimited (QEMU's default is 128M)."),
         new("migration.parameters.multifd-channels", ConfigValueKind.Integer, "2", "Channels the multifd capability opens (1 to 255); both sides must use the same number."),
+        new("migration.parameters.xbzrle-cache-size", ConfigValueKind.Size, "64M", "xbzrle: the source's cache of pages as last sent, in bytes; a power of two of at least 4K."),
         new("migration.parameters.cpu-throttle-initial", ConfigValueKind.Integer, "20", "auto-converge: the first CPU throttle, in percent (1 to 99)."),
         new("migration.parameters.cpu-throttle-increment", ConfigValueKind.Integer, "10", "auto-converge: how much each later step adds, in percent (1 to 99)."),
         new("migration.parameters.max-cpu-throttle", ConfigValueKind.Integer, "99", "auto-converge: the highest CPU throttle, in percent (1 to 99)."),

@@ -40,4 +40,7 @@ public sealed record MigrationConfig(IReadOnlyDictionary<string, bool> Capabilit
 {
     /// <summary>The auto-converge parameters (cpu-throttle-initial and the rest); QEMU's defaults unless the config sets them.</summary>
     public Migration.State.ThrottleParameters Throttle { get; init; } = Migration.State.ThrottleParameters.Default;
+
+    /// <summary>xbzrle-cache-size in bytes (QEMU's default, 64 MiB, unless the config sets it).</summary>
+    public ulong XbzrleCacheSize { get; init; } = 64UL << 20;
 }

@@ -227,32 +227,7 @@ public sealed class AutoConvergeTests
 
     private static JsonObject Json(string text) => JsonNode.Parse(text)!.AsObject();
 
-    private static void AssertSameRam(VirtualMachine source, VirtualMachine destination)
-    {
-        var a = new byte[1 << 20];
-        var b = new byte[1 << 20];
-        ulong size = source.Ram.Size;
-        for (ulong at = 0; at < size; at += (ulong)a.Length)
-        {
-            source.Ram.Read(new Modular.Abstractions.Memory.GuestPhysicalAddress(at), a);
-            destination.Ram.Read(new Modular.Abstractions.Memory.GuestPhysicalAddress(at), b);
-            if (!a.AsSpan().SequenceEqual(b))
-            {
-                Assert.Fail($"guest RAM differs in the MiB at 0x{at:x}");
-            }
-        }
-    }
+    private static void AssertSameRam(VirtualMachine source, VirtualMachine destination) => InProcessMigrationPair.AssertSameRam(source, destination);
 
-    private ModularConfig Config(long pagesPerSecond, bool paused, params string[] capabilities)
-    {
-        string path = Path.Combine(_dir, Guid.NewGuid().ToString("N")[..8] + ".json");
-        string enabled = string.Join(", ", capabilities.Select(c => $"\"{c}\": true"));
-        File.WriteAllText(path, $$"""
-            {
-              "machine": { "accelerator": "synthetic", "memory": "32M", "paused": {{(paused ? "true" : "false")}}, "synthetic": { "pages-per-second": {{pagesPerSecond}} } },
-              "migration": { "capabilities": { {{enabled}} } }
-            }
-            """);
-        return ConfigLoader.Load(path);
-    }
+    private ModularConfig Config(long pagesPerSecond, bool paused, params string[] capabilities) => InProcessMigrationPair.SyntheticConfig(_dir, pagesPerSecond, paused, capabilities);
 }

@@ -55,6 +55,41 @@ internal sealed class InProcessMigrationPair : IAsyncDisposable
         return ConfigLoader.Load(path);
     }
 
+    /// <summary>
+    /// A synthetic 32 MiB machine's config in <paramref name="directory"/> whose workload touches
+    /// <paramref name="pagesPerSecond"/> pages a second (one byte each), optionally started paused
+    /// (a destination that stays stopped, so that its RAM can be compared), with the given capabilities on.
+    /// </summary>
+    public static ModularConfig SyntheticConfig(string directory, long pagesPerSecond, bool paused, params string[] capabilities)
+    {
+        string path = Path.Combine(directory, Guid.NewGuid().ToString("N")[..8] + ".json");
+        string enabled = string.Join(", ", capabilities.Select(c => $"\"{c}\": true"));
+        File.WriteAllText(path, $$"""
+            {
+              "machine": { "accelerator": "synthetic", "memory": "32M", "paused": {{(paused ? "true" : "false")}}, "synthetic": { "pages-per-second": {{pagesPerSecond}} } },
+              "migration": { "capabilities": { {{enabled}} } }
+            }
+            """);
+        return ConfigLoader.Load(path);
+    }
+
+    /// <summary>Fails naming the first MiB in which the two machines' guest RAM differs.</summary>
+    public static void AssertSameRam(VirtualMachine source, VirtualMachine destination)
+    {
+        var a = new byte[1 << 20];
+        var b = new byte[1 << 20];
+        ulong size = source.Ram.Size;
+        for (ulong at = 0; at < size; at += (ulong)a.Length)
+        {
+            source.Ram.Read(new Modular.Abstractions.Memory.GuestPhysicalAddress(at), a);
+            destination.Ram.Read(new Modular.Abstractions.Memory.GuestPhysicalAddress(at), b);
+            if (!a.AsSpan().SequenceEqual(b))
+            {
+                Assert.Fail($"guest RAM differs in the MiB at 0x{at:x}");
+            }
+        }
+    }
+
     /// <summary>Starts the source, the destination's listener and the migration.</summary>
     /// <param name="source">The source machine's config.</param>
     /// <param name="destination">The destination machine's config.</param>

@@ -113,7 +113,7 @@ public static class MigrationQmpCommands
             return ValueTask.FromResult<JsonNode?>(list);
         });
 
-        commands.Register("migrate-set-parameters", ["downtime-limit", "max-bandwidth", "multifd-channels", "cpu-throttle-initial", "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "cpu-throttle-tailslow"], (args, _) =>
+        commands.Register("migrate-set-parameters", ["downtime-limit", "max-bandwidth", "multifd-channels", "cpu-throttle-initial", "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "cpu-throttle-tailslow", "xbzrle-cache-size"], (args, _) =>
         {
             try
             {
@@ -127,7 +127,7 @@ public static class MigrationQmpCommands
                     Max = max is { } m ? Percent(m) : current.Max,
                     TriggerThreshold = threshold is { } t ? Percent(t) : current.TriggerThreshold,
                     TailSlow = tailSlow ?? current.TailSlow,
-                });
+                }, args.GetOptionalUInt64("xbzrle-cache-size"));
             }
             catch (ArgumentOutOfRangeException ex)
             {
@@ -150,6 +150,7 @@ public static class MigrationQmpCommands
                 ["max-cpu-throttle"] = snapshot.Throttle.Max,
                 ["throttle-trigger-threshold"] = snapshot.Throttle.TriggerThreshold,
                 ["cpu-throttle-tailslow"] = snapshot.Throttle.TailSlow,
+                ["xbzrle-cache-size"] = snapshot.XbzrleCacheSize,
             });
         });
     }

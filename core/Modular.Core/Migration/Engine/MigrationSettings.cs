@@ -15,6 +15,7 @@ public sealed class MigrationSettings
     private ulong _maxBandwidth;
     private int _multifdChannels;
     private State.ThrottleParameters _throttle;
+    private ulong _xbzrleCacheSize;
 
     /// <summary>Starts from the config's migration section.</summary>
     /// <param name="config">The validated migration section.</param>
@@ -26,6 +27,7 @@ public sealed class MigrationSettings
         _maxBandwidth = config.MaxBandwidth;
         _multifdChannels = config.MultifdChannels;
         _throttle = config.Throttle;
+        _xbzrleCacheSize = config.XbzrleCacheSize;
         FaultBackend = config.FaultBackend;
         PostcopyListenNice = config.PostcopyListenNice;
     }
@@ -44,7 +46,7 @@ public sealed class MigrationSettings
     {
         lock (_gate)
         {
-            return new MigrationSettingsSnapshot(new Dictionary<string, bool>(_capabilities, StringComparer.Ordinal), _downtimeLimitMs, _maxBandwidth) { MultifdChannels = _multifdChannels, Throttle = _throttle };
+            return new MigrationSettingsSnapshot(new Dictionary<string, bool>(_capabilities, StringComparer.Ordinal), _downtimeLimitMs, _maxBandwidth) { MultifdChannels = _multifdChannels, Throttle = _throttle, XbzrleCacheSize = _xbzrleCacheSize };
         }
     }
 
@@ -96,8 +98,22 @@ public sealed class MigrationSettings
     /// <param name="multifdChannels">New multifd-channels, or null to keep.</param>
     /// <param name="throttle">Makes the new auto-converge parameters from the current ones, or null to keep them.</param>
     /// <exception cref="ArgumentOutOfRangeException">A value out of QEMU's range (the message names it).</exception>
-    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth, long? multifdChannels, Func<State.ThrottleParameters, State.ThrottleParameters>? throttle)
+    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth, long? multifdChannels, Func<State.ThrottleParameters, State.ThrottleParameters>? throttle) =>
+        SetParameters(downtimeLimitMs, maxBandwidth, multifdChannels, throttle, xbzrleCacheSize: null);
+
+    /// <inheritdoc cref="SetParameters(long?, ulong?, long?, Func{State.ThrottleParameters, State.ThrottleParameters}?)"/>
+    /// <param name="downtimeLimitMs">New downtime-limit in ms, or null to keep.</param>
+    /// <param name="maxBandwidth">New max-bandwidth in bytes/s, or null to keep.</param>
+    /// <param name="multifdChannels">New multifd-channels, or null to keep.</param>
+    /// <param name="throttle">Makes the new auto-converge parameters from the current ones, or null to keep them.</param>
+    /// <param name="xbzrleCacheSize">New xbzrle-cache-size, or null to keep.</param>
+    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth, long? multifdChannels, Func<State.ThrottleParameters, State.ThrottleParameters>? throttle, ulong? xbzrleCacheSize)
     {
+        if (xbzrleCacheSize is { } cache && (cache < 4096 || !ulong.IsPow2(cache)))
+        {
+            throw new ArgumentOutOfRangeException(nameof(xbzrleCacheSize), "Parameter 'xbzrle_cache_size' expects a power of two no less than the target page size");
+        }
+
         if (downtimeLimitMs is < 0 or > 2_000_000)
         {
             throw new ArgumentOutOfRangeException(nameof(downtimeLimitMs), "Parameter 'downtime-limit' expects an integer in the range of 0 to 2000000 milliseconds");
@@ -120,6 +136,7 @@ public sealed class MigrationSettings
             _maxBandwidth = maxBandwidth ?? _maxBandwidth;
             _multifdChannels = (int?)multifdChannels ?? _multifdChannels;
             _throttle = nextThrottle;
+            _xbzrleCacheSize = xbzrleCacheSize ?? _xbzrleCacheSize;
         }
     }
 }
@@ -139,4 +156,7 @@ public sealed record MigrationSettingsSnapshot(IReadOnlyDictionary<string, bool>
 
     /// <summary>The auto-converge parameters.</summary>
     public State.ThrottleParameters Throttle { get; init; } = State.ThrottleParameters.Default;
+
+    /// <summary>xbzrle-cache-size in bytes.</summary>
+    public ulong XbzrleCacheSize { get; init; } = 64UL << 20;
 }

@@ -20,6 +20,12 @@ public sealed class MigrationStats
     private long _dirtySyncCount;
     private long _postcopyRequests;
     private long _preemptPages;
+    private long _xbzrlePages;
+    private long _xbzrleBytes;
+    private long _xbzrleMisses;
+    private long _xbzrleOverflows;
+    private long _xbzrleUnchanged;
+    private long _xbzrleCacheSize = -1;
     private long _setupMs = -1;
     private long _totalMs = -1;
     private long _downtimeMs = -1;
@@ -64,6 +70,25 @@ public sealed class MigrationStats
     internal void AddNormal(int pages) => Interlocked.Add(ref _normalPages, pages);
 
     internal void AddDuplicate() => Interlocked.Increment(ref _duplicatePages);
+
+    /// <summary>Turns query-migrate's xbzrle-cache on, with the cache's size (the xbzrle capability).</summary>
+    internal void SetXbzrleCacheSize(ulong bytes) => Interlocked.Exchange(ref _xbzrleCacheSize, (long)bytes);
+
+    /// <summary>A page sent as an XBZRLE record of <paramref name="encodedBytes"/>.</summary>
+    internal void AddXbzrlePage(int encodedBytes)
+    {
+        Interlocked.Increment(ref _xbzrlePages);
+        Interlocked.Add(ref _xbzrleBytes, encodedBytes);
+    }
+
+    /// <summary>A dirty page not in the XBZRLE cache (sent whole).</summary>
+    internal void AddXbzrleMiss() => Interlocked.Increment(ref _xbzrleMisses);
+
+    /// <summary>A cached page whose difference was no smaller than the page (sent whole).</summary>
+    internal void AddXbzrleOverflow() => Interlocked.Increment(ref _xbzrleOverflows);
+
+    /// <summary>A dirty page whose bytes equal the cached copy (nothing sent).</summary>
+    internal void AddXbzrleUnchanged() => Interlocked.Increment(ref _xbzrleUnchanged);
 
     internal void AddPostcopyRequest() => Interlocked.Increment(ref _postcopyRequests);
 
@@ -141,6 +166,24 @@ public sealed class MigrationStats
                 ["multifd-bytes"] = MultifdBytes,
                 ["x-modular-preempt-pages"] = PreemptPages,
                 ["page-size"] = 4096,
+            };
+        }
+
+        long cacheSize = Interlocked.Read(ref _xbzrleCacheSize);
+        if (cacheSize >= 0)
+        {
+            long pages = Interlocked.Read(ref _xbzrlePages), bytes = Interlocked.Read(ref _xbzrleBytes), misses = Interlocked.Read(ref _xbzrleMisses);
+            long lookups = pages + misses + Interlocked.Read(ref _xbzrleOverflows) + Interlocked.Read(ref _xbzrleUnchanged);
+            reply["xbzrle-cache"] = new JsonObject
+            {
+                ["cache-size"] = cacheSize,
+                ["bytes"] = bytes,
+                ["pages"] = pages,
+                ["cache-miss"] = misses,
+                ["cache-miss-rate"] = lookups == 0 ? 0.0 : misses / (double)lookups,
+                ["encoding-rate"] = bytes == 0 ? 0.0 : pages * 4096.0 / bytes,
+                ["overflow"] = Interlocked.Read(ref _xbzrleOverflows),
+                ["x-modular-unchanged"] = Interlocked.Read(ref _xbzrleUnchanged),
             };
         }
 

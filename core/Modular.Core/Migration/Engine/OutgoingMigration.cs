@@ -194,6 +194,20 @@ public sealed partial class OutgoingMigration
                 }
             }
 
+            if (Settings.Has("xbzrle"))
+            {
+                if (multifd is not null || PostcopyEnabled)
+                {
+                    // As QEMU's multifd, which sends pages whole; and the destination places postcopy's pages whole.
+                    _logger.LogInformation("Migration to {Endpoint}: xbzrle is not used with {Other}; pages go whole", _endpoint, multifd is not null ? "multifd" : "postcopy-ram");
+                }
+                else
+                {
+                    ram.Xbzrle = new XbzrleCache(Settings.XbzrleCacheSize);
+                    Stats.SetXbzrleCacheSize(ram.Xbzrle.Size);
+                }
+            }
+
             const uint ramSectionId = 0;
             SectionHeader.Start(ramSectionId, RamSaver.SectionName, 0, RamSaver.SectionVersion).WriteTo(writer);
             ram.MarkAllDirty();
@@ -248,6 +262,11 @@ public sealed partial class OutgoingMigration
                     continue;
                 }
 
+                if (ram.Xbzrle is { Started: false } cache)
+                {
+                    cache.Started = true; // the first round is over: pages sent again may go as differences
+                }
+
                 long pending = ram.Sync() * 4096;
                 if (autoConverge?.OnSync(pending, Environment.TickCount64, Sent(), _machine.CpuThrottle.Percentage) is { } throttlePercent)
                 {
@@ -292,6 +311,7 @@ public sealed partial class OutgoingMigration
             await MaybePauseBeforeSwitchoverAsync(MigrationStatus.Device).ConfigureAwait(false);
             long stopped = Stopwatch.GetTimestamp();
             long lastPages = ram.Sync(final: true);
+            ram.FinalStage = true;
             long synced = Stopwatch.GetTimestamp();
             SectionHeader.End(ramSectionId).WriteTo(writer);
             await ram.SendDirtyAsync(writer, output, TimeSpan.MaxValue, AfterFlush, _cancel.Token).ConfigureAwait(false);

@@ -15,6 +15,7 @@ internal sealed class RamLoader
     private readonly MigrationStats _stats;
     private readonly byte[] _scratch = GC.AllocateUninitializedArray<byte>(RamBlock.TargetPageSize, pinned: true);
     private readonly byte[] _zero = GC.AllocateArray<byte>(RamBlock.TargetPageSize, pinned: true);
+    private readonly byte[] _xbzrle = GC.AllocateUninitializedArray<byte>(RamBlock.TargetPageSize, pinned: true);
     private RamBlock? _lastBlock;
     private Postcopy.PostcopyRam? _postcopy;
     private Postcopy.HostPageAssembler? _hostPages;
@@ -112,6 +113,14 @@ internal sealed class RamLoader
                     break;
                 }
 
+                case RamRecordFlags.Xbzrle:
+                {
+                    RamBlock block = Resolve(header, reader, at);
+                    ReadOnlySequence<byte> encoded = await reader.ReadRamXbzrleAsync().ConfigureAwait(false);
+                    LoadXbzrlePage(block, header.Offset, encoded, reader, at);
+                    break;
+                }
+
                 default:
                     throw reader.ErrorAt(at, $"unexpected RAM record {header.Kind}");
             }
@@ -170,6 +179,35 @@ internal sealed class RamLoader
             }
         }
 
+        _stats.AddNormal();
+    }
+
+    // The page as it is here, changed by the difference (QEMU's load_xbzrle), copied natively both ways.
+    private void LoadXbzrlePage(RamBlock block, ulong offset, ReadOnlySequence<byte> encoded, MigrationStreamReader reader, long at)
+    {
+        if (_hostPages is not null)
+        {
+            throw reader.ErrorAt(at, "an XBZRLE page in a postcopy migration; Modular's source does not send them with postcopy-ram");
+        }
+
+        ReadOnlySpan<byte> bytes;
+        if (encoded.IsSingleSegment)
+        {
+            bytes = encoded.FirstSpan;
+        }
+        else
+        {
+            encoded.CopyTo(_xbzrle);
+            bytes = _xbzrle.AsSpan(0, (int)encoded.Length);
+        }
+
+        block.CopyOut(offset, _scratch);
+        if (Xbzrle.Decode(bytes, _scratch) < 0)
+        {
+            throw reader.ErrorAt(at, $"XBZRLE page at 0x{offset:x} of RAM block '{block.Name}' does not decode (a run past the page or the data)");
+        }
+
+        block.CopyIn(offset, _scratch);
         _stats.AddNormal();
     }
 

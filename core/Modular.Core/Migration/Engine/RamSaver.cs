@@ -46,6 +46,12 @@ internal sealed class RamSaver : IDisposable
     /// </summary>
     internal Multifd.MultifdSender? Multifd { get; set; }
 
+    /// <summary>The XBZRLE cache (the xbzrle capability, precopy without multifd), or null.</summary>
+    internal XbzrleCache? Xbzrle { get; set; }
+
+    /// <summary>True for the last pass, with the guest stopped for good (QEMU's last_stage).</summary>
+    internal bool FinalStage { get; set; }
+
     /// <summary>Before a RAM section part's EOS: the multifd channels send what is queued and a SYNC each (nothing without multifd).</summary>
     internal void SyncMultifd() => Multifd?.Sync();
 
@@ -167,6 +173,11 @@ internal sealed class RamSaver : IDisposable
         RamBlock block = _ram.Blocks[blockIndex];
         ulong offset = (ulong)page * RamBlock.TargetPageSize;
         SentMap[blockIndex].Set(page);
+        if (Xbzrle is { Started: true } xbzrle)
+        {
+            xbzrle.Send(writer, block, blockIndex, page, FinalStage, _stats);
+            return;
+        }
 
         if (Multifd is not null || writer.WritesByReference)
         {

@@ -164,6 +164,23 @@ public sealed class MigrationStreamWriter
     /// <summary>Commits the page bytes written into the span from <see cref="BeginRamPage"/>.</summary>
     public void CommitRamPage() => Advance(StreamFormat.TargetPageSize);
 
+    /// <summary>Writes an XBZRLE record: the header, <see cref="Xbzrle.EncodingFlag"/>, the be16 length and the encoding (QEMU's save_xbzrle_page).</summary>
+    /// <param name="blockId">The RAM block.</param>
+    /// <param name="offset">Page-aligned offset in the block.</param>
+    /// <param name="encoded">1 to <see cref="StreamFormat.TargetPageSize"/> bytes from <see cref="Xbzrle.Encode"/>.</param>
+    public void WriteRamXbzrlePage(string blockId, ulong offset, ReadOnlySpan<byte> encoded)
+    {
+        if (encoded.IsEmpty || encoded.Length > StreamFormat.TargetPageSize)
+        {
+            throw new ArgumentException($"An XBZRLE encoding is 1 to {StreamFormat.TargetPageSize} bytes, not {encoded.Length}.", nameof(encoded));
+        }
+
+        WriteRamRecordHeader(RamRecordFlags.Xbzrle, blockId, offset);
+        WriteU8(Xbzrle.EncodingFlag);
+        WriteBe16((ushort)encoded.Length);
+        WriteBytes(encoded);
+    }
+
     /// <summary>Writes a PAGE record with the given page bytes.</summary>
     /// <param name="blockId">The RAM block.</param>
     /// <param name="offset">Page-aligned offset in the block.</param>

@@ -98,7 +98,7 @@ public sealed record RamBlockList(IReadOnlyList<RamBlockEntry> Blocks)
 public sealed partial class MigrationStreamReader
 {
     private const RamRecordFlags SupportedRamFlags =
-        RamRecordFlags.Zero | RamRecordFlags.MemSize | RamRecordFlags.Page | RamRecordFlags.Eos | RamRecordFlags.Continue;
+        RamRecordFlags.Zero | RamRecordFlags.MemSize | RamRecordFlags.Page | RamRecordFlags.Eos | RamRecordFlags.Continue | RamRecordFlags.Xbzrle;
 
     /// <summary>
     /// Forgets the RAM block of the previous record (a CONTINUE now is an error). Not called at section
@@ -119,7 +119,7 @@ public sealed partial class MigrationStreamReader
             ulong word = TakeBe64();
             var flags = (RamRecordFlags)(word & RamRecordHeader.FlagMask);
             ulong offset = word & ~RamRecordHeader.FlagMask;
-            if ((flags & RamRecordFlags.Continue) != 0 && (flags & ~RamRecordFlags.Continue) is RamRecordFlags.Page or RamRecordFlags.Zero && _lastRamBlockId is { } last)
+            if ((flags & RamRecordFlags.Continue) != 0 && (flags & ~RamRecordFlags.Continue) is RamRecordFlags.Page or RamRecordFlags.Zero or RamRecordFlags.Xbzrle && _lastRamBlockId is { } last)
             {
                 return new(new RamRecordHeader(flags, offset, last));
             }
@@ -143,7 +143,7 @@ public sealed partial class MigrationStreamReader
         RamRecordFlags unsupported = flags & ~SupportedRamFlags;
         if (unsupported != 0)
         {
-            throw Error($"flags 0x{(ulong)flags:x} include unsupported 0x{(ulong)unsupported:x} ({unsupported}); Modular reads only ZERO, MEM_SIZE, PAGE, EOS and CONTINUE (disable compression, xbzrle and multifd on the source)");
+            throw Error($"flags 0x{(ulong)flags:x} include unsupported 0x{(ulong)unsupported:x} ({unsupported}); Modular reads only ZERO, MEM_SIZE, PAGE, XBZRLE, EOS and CONTINUE (disable compression and multifd's main-stream flags on the source)");
         }
 
         RamRecordFlags kind = flags & ~RamRecordFlags.Continue;
@@ -156,7 +156,7 @@ public sealed partial class MigrationStreamReader
                 }
 
                 return new RamRecordHeader(flags, offset, null);
-            case RamRecordFlags.Page or RamRecordFlags.Zero:
+            case RamRecordFlags.Page or RamRecordFlags.Zero or RamRecordFlags.Xbzrle:
                 if ((flags & RamRecordFlags.Continue) != 0)
                 {
                     return new RamRecordHeader(flags, offset, _lastRamBlockId ?? throw Error("CONTINUE but no RAM block was named before on this stream"));
@@ -165,7 +165,7 @@ public sealed partial class MigrationStreamReader
                 _lastRamBlockId = await ReadRamBlockIdAsync().ConfigureAwait(false);
                 return new RamRecordHeader(flags, offset, _lastRamBlockId);
             default:
-                throw Error($"flags 0x{(ulong)flags:x} are not one record kind (exactly one of ZERO, MEM_SIZE, PAGE, EOS expected)");
+                throw Error($"flags 0x{(ulong)flags:x} are not one record kind (exactly one of ZERO, MEM_SIZE, PAGE, XBZRLE, EOS expected)");
         }
     }
 
@@ -182,6 +182,30 @@ public sealed partial class MigrationStreamReader
     /// this reader: copy it into guest RAM (native copy) before reading on. No allocation.
     /// </summary>
     public ValueTask<ReadOnlySequence<byte>> ReadRamPageAsync() => ReadBytesAsync(StreamFormat.TargetPageSize, "page data");
+
+    /// <summary>
+    /// Reads the body of an XBZRLE record: the encoding flag (must be <see cref="Xbzrle.EncodingFlag"/>),
+    /// the be16 length (at most one page) and the encoding, as a slice of the pipe's buffer valid
+    /// until the next call on this reader (QEMU's load_xbzrle checks).
+    /// </summary>
+    public async ValueTask<ReadOnlySequence<byte>> ReadRamXbzrleAsync()
+    {
+        long at = Position;
+        byte encoding = await ReadU8Async("XBZRLE encoding flag").ConfigureAwait(false);
+        if (encoding != Xbzrle.EncodingFlag)
+        {
+            throw ErrorAt(at, $"XBZRLE page with encoding flag 0x{encoding:x2}, not 0x{Xbzrle.EncodingFlag:x2} (wrong compression)");
+        }
+
+        at = Position;
+        ushort length = await ReadBe16Async("XBZRLE length").ConfigureAwait(false);
+        if (length > StreamFormat.TargetPageSize)
+        {
+            throw ErrorAt(at, $"XBZRLE page of {length} bytes, more than a page ({StreamFormat.TargetPageSize})");
+        }
+
+        return await ReadBytesAsync(length, "XBZRLE data").ConfigureAwait(false);
+    }
 
     /// <summary>Reads the fill byte of a ZERO record and checks it is 0, as QEMU's loader does.</summary>
     public async ValueTask ReadRamZeroFillAsync()

@@ -136,7 +136,7 @@ public enum RamRecordFlags : ulong
     /// <summary>Same RAM block as the previous record: no id string follows.</summary>
     Continue = 0x20,
 
-    /// <summary>RAM_SAVE_FLAG_XBZRLE: not supported by Modular.</summary>
+    /// <summary>RAM_SAVE_FLAG_XBZRLE: the page as a difference to the copy sent before (<see cref="Stream.Xbzrle"/>).</summary>
     Xbzrle = 0x40,
 
     /// <summary>RAM_SAVE_FLAG_HOOK (RDMA): not supported by Modular.</summary>

@@ -108,13 +108,13 @@ public sealed class BufferedRamRecordTests
         var ex = await Assert.ThrowsExactlyAsync<MigrationStreamException>(async () => await reader.ReadRamRecordHeaderAsync());
         StringAssert.Contains(ex.Message, "CONTINUE but no RAM block was named before on this stream");
 
-        byte[] xbzrle = new byte[8 + 1 + 6 + Page];
-        BinaryPrimitives.WriteUInt64BigEndian(xbzrle, 0x3000 | (ulong)RamRecordFlags.Page | 0x40);
-        reader = Reader(xbzrle);
+        byte[] compressed = new byte[8 + 1 + 6 + Page];
+        BinaryPrimitives.WriteUInt64BigEndian(compressed, 0x3000 | (ulong)RamRecordFlags.Page | (ulong)RamRecordFlags.CompressPage);
+        reader = Reader(compressed);
         await reader.PeekU8Async("first byte");
         Assert.IsFalse(reader.TryReadBufferedRamRecord(out _, out _));
         ex = await Assert.ThrowsExactlyAsync<MigrationStreamException>(async () => await reader.ReadRamRecordHeaderAsync());
-        StringAssert.Contains(ex.Message, "include unsupported 0x40");
+        StringAssert.Contains(ex.Message, "include unsupported 0x100");
     }
 
     [TestMethod]

@@ -123,8 +123,8 @@ public sealed class StreamErrorTests
         ex = await Assert.ThrowsExactlyAsync<MigrationStreamException>(async () => await Reader([0, 0, 0, 0, 0, 0, 0x10, 0x28]).ReadRamRecordHeaderAsync());
         Assert.AreEqual("Migration stream error at byte 0: ram record: CONTINUE but no RAM block was named before on this stream.", ex.Message);
 
-        ex = await Assert.ThrowsExactlyAsync<MigrationStreamException>(async () => await Reader([0, 0, 0, 0, 0, 0, 0x10, 0x48]).ReadRamRecordHeaderAsync());
-        StringAssert.Contains(ex.Message, "at byte 0: ram record: flags 0x48 include unsupported 0x40 (Xbzrle)");
+        ex = await Assert.ThrowsExactlyAsync<MigrationStreamException>(async () => await Reader([0, 0, 0, 0, 0, 0, 0x11, 0x08]).ReadRamRecordHeaderAsync());
+        StringAssert.Contains(ex.Message, "at byte 0: ram record: flags 0x108 include unsupported 0x100 (CompressPage)");
 
         MigrationStreamReader r = Reader([0, 0, 0, 0, 0, 0, 0x10, 0x02, 1, (byte)'a', 7]);
         await r.ReadRamRecordHeaderAsync();
