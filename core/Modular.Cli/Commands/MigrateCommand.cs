@@ -11,6 +11,7 @@ internal static class MigrateCommand
 {
     private static readonly Option<bool> MultifdOption = new("--multifd") { Description = "Set QEMU's multifd capability: pages travel on extra channels (the destination needs multifd and the same multifd-channels too; not with --postcopy)." };
     private static readonly Option<bool> AutoConvergeOption = new("--auto-converge") { Description = "Set QEMU's auto-converge capability: a guest that dirties memory faster than it is sent is slowed (its vCPUs throttled, in steps) until the migration converges." };
+    private static readonly Option<bool> XbzrleOption = new("--xbzrle") { Description = "Set QEMU's xbzrle capability: after the first round, a page sent again goes as its difference to the copy sent before (size the cache with migrate-set-parameters xbzrle-cache-size or the config)." };
     private static readonly Option<string?> MaxBandwidthOption = new("--max-bandwidth") { Description = "max-bandwidth: bytes per second, optionally with K, M, G (binary units); 0 for unlimited." };
 
     internal static Command Create()
@@ -25,6 +26,7 @@ internal static class MigrateCommand
         command.Options.Add(MultifdOption);
         command.Options.Add(downtimeOption);
         command.Options.Add(AutoConvergeOption);
+        command.Options.Add(XbzrleOption);
         command.Options.Add(MaxBandwidthOption);
         command.Arguments.Add(uriArgument);
         command.SetAction(async (parse, cancellationToken) =>
@@ -76,12 +78,15 @@ internal static class MigrateCommand
                         }, cancellationToken);
                     }
 
-                    if (parse.GetValue(AutoConvergeOption))
+                    foreach ((Option<bool> option, string capability) in new[] { (AutoConvergeOption, "auto-converge"), (XbzrleOption, "xbzrle") })
                     {
-                        await client.ExecuteAsync("migrate-set-capabilities", new JsonObject
+                        if (parse.GetValue(option))
                         {
-                            ["capabilities"] = new JsonArray { new JsonObject { ["capability"] = "auto-converge", ["state"] = true } },
-                        }, cancellationToken);
+                            await client.ExecuteAsync("migrate-set-capabilities", new JsonObject
+                            {
+                                ["capabilities"] = new JsonArray { new JsonObject { ["capability"] = capability, ["state"] = true } },
+                            }, cancellationToken);
+                        }
                     }
 
                     var parameters = new JsonObject();

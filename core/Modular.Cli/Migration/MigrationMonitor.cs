@@ -118,6 +118,11 @@ internal static class MigrationMonitor
             }
         }
 
+        if (reply["xbzrle-cache"] is JsonObject xbzrle)
+        {
+            output.WriteLine($"  xbzrle:       {xbzrle["pages"]} pages sent as differences in {xbzrle["bytes"]} bytes, {xbzrle["cache-miss"]} cache misses, {xbzrle["overflow"]} overflows");
+        }
+
         if (reply["cpu-throttle-percentage"] is not null)
         {
             output.WriteLine(watch is { HighestThrottle: > 0 } seen

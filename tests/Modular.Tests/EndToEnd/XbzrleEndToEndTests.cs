@@ -33,4 +33,20 @@ public sealed class XbzrleEndToEndTests
         Console.WriteLine($"{scheme}: {result["total-time"]} ms, downtime {result["downtime"]} ms, {result["ram"]!["transferred"]} bytes, xbzrle {cache.ToJsonString()}");
         await PrecopyEndToEndTests.AssertGuestContinuesAsync(pair.Destination);
     }
+
+    /// <summary>The same through <c>modular migrate --xbzrle --max-bandwidth</c>: its summary says what xbzrle sent.</summary>
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    public async Task ModularMigrate_Xbzrle_SaysWhatItSent()
+    {
+        await using MigrationPair pair = await MigrationPair.StartAsync("unix");
+        await pair.SetSourceParametersAsync(JsonNode.Parse("""{ "xbzrle-cache-size": 268435456 }""")!.AsObject());
+
+        CliProcess.Result result = await Task.Run(() => CliProcess.Run(TimeSpan.FromMinutes(4), "migrate", "--qmp", pair.Source.QmpSocket, "--xbzrle", "--max-bandwidth", "50M", pair.DestinationUri));
+
+        Assert.AreEqual(0, result.ExitCode, result.StdOut + result.StdErr);
+        StringAssert.Contains(result.StdOut, "status:       completed");
+        StringAssert.Matches(result.StdOut, new System.Text.RegularExpressions.Regex(@"xbzrle: +[1-9][0-9]{4,} pages sent as differences in [0-9]+ bytes, [0-9]+ cache misses, 0 overflows"));
+        await PrecopyEndToEndTests.AssertGuestContinuesAsync(pair.Destination);
+    }
 }
