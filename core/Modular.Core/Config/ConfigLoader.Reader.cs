@@ -55,7 +55,7 @@ public static partial class ConfigLoader
                     TailSlow: Boolean("migration.parameters.cpu-throttle-tailslow")),
                 XbzrleCacheSize = Size("migration.parameters.xbzrle-cache-size"),
             };
-            if (migration.XbzrleCacheSize < 4096 || !ulong.IsPow2(migration.XbzrleCacheSize))
+            if (!MigrationConfig.IsValidXbzrleCacheSize(migration.XbzrleCacheSize))
             {
                 errors.Add($"migration.parameters.xbzrle-cache-size: {ByteSize.Format(migration.XbzrleCacheSize)} is not a power of two of at least 4K; choose a size such as 64M.");
             }

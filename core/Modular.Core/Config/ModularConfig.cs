@@ -41,6 +41,12 @@ public sealed record MigrationConfig(IReadOnlyDictionary<string, bool> Capabilit
     /// <summary>The auto-converge parameters (cpu-throttle-initial and the rest); QEMU's defaults unless the config sets them.</summary>
     public Migration.State.ThrottleParameters Throttle { get; init; } = Migration.State.ThrottleParameters.Default;
 
-    /// <summary>xbzrle-cache-size in bytes (QEMU's default, 64 MiB, unless the config sets it).</summary>
-    public ulong XbzrleCacheSize { get; init; } = 64UL << 20;
+    /// <summary>QEMU's default xbzrle-cache-size: 64 MiB.</summary>
+    public const ulong DefaultXbzrleCacheSize = 64UL << 20;
+
+    /// <summary>xbzrle-cache-size in bytes (QEMU's default unless the config sets it).</summary>
+    public ulong XbzrleCacheSize { get; init; } = DefaultXbzrleCacheSize;
+
+    /// <summary>QEMU's rule for xbzrle-cache-size: a power of two no less than the target page (4 KiB).</summary>
+    public static bool IsValidXbzrleCacheSize(ulong bytes) => bytes >= 4096 && ulong.IsPow2(bytes);
 }

@@ -80,36 +80,21 @@ public sealed class MigrationSettings
         }
     }
 
-    /// <summary>Sets downtime-limit, max-bandwidth and/or multifd-channels.</summary>
-    /// <param name="downtimeLimitMs">New downtime-limit in ms, or null to keep.</param>
-    /// <param name="maxBandwidth">New max-bandwidth in bytes/s, or null to keep.</param>
-    /// <param name="multifdChannels">New multifd-channels, or null to keep.</param>
-    /// <exception cref="ArgumentOutOfRangeException">A value out of QEMU's range.</exception>
-    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth, long? multifdChannels = null) =>
-        SetParameters(downtimeLimitMs, maxBandwidth, multifdChannels, throttle: null);
-
     /// <summary>
-    /// Sets downtime-limit, max-bandwidth, multifd-channels and the auto-converge parameters given
-    /// (null keeps a value); all or nothing: every value is checked before any is set, as QEMU's
-    /// migrate_params_check does. A migration takes them when it starts.
+    /// Sets the parameters given (null keeps a value): downtime-limit, max-bandwidth,
+    /// multifd-channels, the auto-converge parameters and xbzrle-cache-size; all or nothing: every
+    /// value is checked before any is set, as QEMU's migrate_params_check does. A migration takes
+    /// them when it starts.
     /// </summary>
     /// <param name="downtimeLimitMs">New downtime-limit in ms, or null to keep.</param>
     /// <param name="maxBandwidth">New max-bandwidth in bytes/s, or null to keep.</param>
     /// <param name="multifdChannels">New multifd-channels, or null to keep.</param>
     /// <param name="throttle">Makes the new auto-converge parameters from the current ones, or null to keep them.</param>
-    /// <exception cref="ArgumentOutOfRangeException">A value out of QEMU's range (the message names it).</exception>
-    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth, long? multifdChannels, Func<State.ThrottleParameters, State.ThrottleParameters>? throttle) =>
-        SetParameters(downtimeLimitMs, maxBandwidth, multifdChannels, throttle, xbzrleCacheSize: null);
-
-    /// <inheritdoc cref="SetParameters(long?, ulong?, long?, Func{State.ThrottleParameters, State.ThrottleParameters}?)"/>
-    /// <param name="downtimeLimitMs">New downtime-limit in ms, or null to keep.</param>
-    /// <param name="maxBandwidth">New max-bandwidth in bytes/s, or null to keep.</param>
-    /// <param name="multifdChannels">New multifd-channels, or null to keep.</param>
-    /// <param name="throttle">Makes the new auto-converge parameters from the current ones, or null to keep them.</param>
     /// <param name="xbzrleCacheSize">New xbzrle-cache-size, or null to keep.</param>
-    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth, long? multifdChannels, Func<State.ThrottleParameters, State.ThrottleParameters>? throttle, ulong? xbzrleCacheSize)
+    /// <exception cref="ArgumentOutOfRangeException">A value out of QEMU's range (the message names it).</exception>
+    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth, long? multifdChannels = null, Func<State.ThrottleParameters, State.ThrottleParameters>? throttle = null, ulong? xbzrleCacheSize = null)
     {
-        if (xbzrleCacheSize is { } cache && (cache < 4096 || !ulong.IsPow2(cache)))
+        if (xbzrleCacheSize is { } cache && !MigrationConfig.IsValidXbzrleCacheSize(cache))
         {
             throw new ArgumentOutOfRangeException(nameof(xbzrleCacheSize), "Parameter 'xbzrle_cache_size' expects a power of two no less than the target page size");
         }
@@ -158,5 +143,5 @@ public sealed record MigrationSettingsSnapshot(IReadOnlyDictionary<string, bool>
     public State.ThrottleParameters Throttle { get; init; } = State.ThrottleParameters.Default;
 
     /// <summary>xbzrle-cache-size in bytes.</summary>
-    public ulong XbzrleCacheSize { get; init; } = 64UL << 20;
+    public ulong XbzrleCacheSize { get; init; } = MigrationConfig.DefaultXbzrleCacheSize;
 }
