@@ -49,4 +49,10 @@ public sealed record MigrationConfig(IReadOnlyDictionary<string, bool> Capabilit
 
     /// <summary>QEMU's rule for xbzrle-cache-size: a power of two no less than the target page (4 KiB).</summary>
     public static bool IsValidXbzrleCacheSize(ulong bytes) => bytes >= 4096 && ulong.IsPow2(bytes);
+
+    /// <summary>tls-creds: the id of an object in the config's objects list (a tls-creds-x509); empty for none.</summary>
+    public string TlsCreds { get; init; } = string.Empty;
+
+    /// <summary>tls-hostname: the name the source checks the destination's certificate against; empty for the host of a tcp URI.</summary>
+    public string TlsHostname { get; init; } = string.Empty;
 }

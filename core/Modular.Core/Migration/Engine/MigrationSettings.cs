@@ -16,6 +16,8 @@ public sealed class MigrationSettings
     private int _multifdChannels;
     private State.ThrottleParameters _throttle;
     private ulong _xbzrleCacheSize;
+    private string _tlsCreds = string.Empty;
+    private string _tlsHostname = string.Empty;
 
     /// <summary>Starts from the config's migration section.</summary>
     /// <param name="config">The validated migration section.</param>
@@ -28,9 +30,14 @@ public sealed class MigrationSettings
         _multifdChannels = config.MultifdChannels;
         _throttle = config.Throttle;
         _xbzrleCacheSize = config.XbzrleCacheSize;
+        _tlsCreds = config.TlsCreds;
+        _tlsHostname = config.TlsHostname;
         FaultBackend = config.FaultBackend;
         PostcopyListenNice = config.PostcopyListenNice;
     }
+
+    /// <summary>The machine's TLS credentials objects, which the tls-creds parameter names.</summary>
+    public Tls.TlsCredentialsRegistry TlsCredentials { get; } = new();
 
     /// <summary>The fault backend a postcopy destination uses.</summary>
     public string FaultBackend { get; }
@@ -46,7 +53,7 @@ public sealed class MigrationSettings
     {
         lock (_gate)
         {
-            return new MigrationSettingsSnapshot(new Dictionary<string, bool>(_capabilities, StringComparer.Ordinal), _downtimeLimitMs, _maxBandwidth) { MultifdChannels = _multifdChannels, Throttle = _throttle, XbzrleCacheSize = _xbzrleCacheSize };
+            return new MigrationSettingsSnapshot(new Dictionary<string, bool>(_capabilities, StringComparer.Ordinal), _downtimeLimitMs, _maxBandwidth) { MultifdChannels = _multifdChannels, Throttle = _throttle, XbzrleCacheSize = _xbzrleCacheSize, TlsCreds = _tlsCreds, TlsHostname = _tlsHostname };
         }
     }
 
@@ -91,8 +98,10 @@ public sealed class MigrationSettings
     /// <param name="multifdChannels">New multifd-channels, or null to keep.</param>
     /// <param name="throttle">Makes the new auto-converge parameters from the current ones, or null to keep them.</param>
     /// <param name="xbzrleCacheSize">New xbzrle-cache-size, or null to keep.</param>
+    /// <param name="tlsCreds">New tls-creds (an object id, or empty for none), or null to keep.</param>
+    /// <param name="tlsHostname">New tls-hostname (empty for the URI's host), or null to keep.</param>
     /// <exception cref="ArgumentOutOfRangeException">A value out of QEMU's range (the message names it).</exception>
-    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth, long? multifdChannels = null, Func<State.ThrottleParameters, State.ThrottleParameters>? throttle = null, ulong? xbzrleCacheSize = null)
+    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth, long? multifdChannels = null, Func<State.ThrottleParameters, State.ThrottleParameters>? throttle = null, ulong? xbzrleCacheSize = null, string? tlsCreds = null, string? tlsHostname = null)
     {
         if (xbzrleCacheSize is { } cache && !MigrationConfig.IsValidXbzrleCacheSize(cache))
         {
@@ -122,6 +131,8 @@ public sealed class MigrationSettings
             _multifdChannels = (int?)multifdChannels ?? _multifdChannels;
             _throttle = nextThrottle;
             _xbzrleCacheSize = xbzrleCacheSize ?? _xbzrleCacheSize;
+            _tlsCreds = tlsCreds ?? _tlsCreds;
+            _tlsHostname = tlsHostname ?? _tlsHostname;
         }
     }
 }
@@ -144,4 +155,10 @@ public sealed record MigrationSettingsSnapshot(IReadOnlyDictionary<string, bool>
 
     /// <summary>xbzrle-cache-size in bytes.</summary>
     public ulong XbzrleCacheSize { get; init; } = MigrationConfig.DefaultXbzrleCacheSize;
+
+    /// <summary>tls-creds: the id of the TLS credentials the migration's channels use; empty for none (plain).</summary>
+    public string TlsCreds { get; init; } = string.Empty;
+
+    /// <summary>tls-hostname: the name the source checks the destination's certificate against; empty for the host of a tcp URI.</summary>
+    public string TlsHostname { get; init; } = string.Empty;
 }
