@@ -72,6 +72,9 @@ public sealed partial class IncomingMigration
     /// <summary>Counters for query-migrate.</summary>
     public MigrationStats Stats { get; } = new();
 
+    /// <summary>TLS for every channel (the tls-creds parameter when migrate-incoming ran), or null for plain channels.</summary>
+    public Tls.TlsSession? Tls { get; init; }
+
     /// <summary>Why the migration failed, once it has.</summary>
     public string? Error => _error;
 
@@ -193,6 +196,13 @@ public sealed partial class IncomingMigration
         try
         {
             connection = await _listener!.AcceptAsync(_cancel.Token).ConfigureAwait(false);
+            if (Tls is { } tls)
+            {
+                IMigrationConnection accepted = connection;
+                connection = null;
+                connection = await tls.WrapAsync(accepted, _cancel.Token).ConfigureAwait(false);
+            }
+
             Status.MoveTo(MigrationStatus.Setup);
             _logger.LogDebug("Incoming migration: {Connection} connected", connection.RemoteDescription);
             _connection = connection;

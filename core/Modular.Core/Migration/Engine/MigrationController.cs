@@ -125,6 +125,20 @@ public sealed class MigrationController
     /// <summary>Raised for MIGRATION and MIGRATION_PASS events (name, data). Any thread.</summary>
     public event Action<string, JsonObject?>? EventRaised;
 
+    /// <summary>The TLS settings for a migration from tls-creds and tls-hostname; null without tls-creds.</summary>
+    /// <exception cref="QmpException">The credentials are missing or for the other end, or TLS cannot run on the URI.</exception>
+    private Tls.TlsSession? ResolveTls(MigrationSettingsSnapshot settings, TransportEndpoint endpoint, bool outgoing)
+    {
+        try
+        {
+            return Tls.TlsSession.For(Settings.TlsCredentials, settings.TlsCreds, settings.TlsHostname, endpoint, outgoing);
+        }
+        catch (ArgumentException ex)
+        {
+            throw QmpException.Generic(ex.Message);
+        }
+    }
+
     /// <summary>Starts an outgoing migration to <paramref name="uri"/>.</summary>
     /// <param name="uri">A migration URI such as tcp:127.0.0.1:4444.</param>
     /// <exception cref="QmpException">A migration is already running, or the URI or its plugin is wrong.</exception>
@@ -148,7 +162,11 @@ public sealed class MigrationController
             }
 
             (IMigrationTransport transport, TransportEndpoint endpoint) = ResolveTransport(uri);
-            var migration = new OutgoingMigration(_machine, transport, endpoint, Settings.Snapshot(), _loggers.CreateLogger("migration"));
+            MigrationSettingsSnapshot settings = Settings.Snapshot();
+            var migration = new OutgoingMigration(_machine, transport, endpoint, settings, _loggers.CreateLogger("migration"))
+            {
+                Tls = ResolveTls(settings, endpoint, outgoing: true),
+            };
             Wire(migration.Status, migration.Settings);
             migration.PassStarted += pass => EmitIf(migration.Settings, "MIGRATION_PASS", new JsonObject { ["pass"] = pass });
             _outgoing = migration;
@@ -198,7 +216,10 @@ public sealed class MigrationController
             }
 
             (IMigrationTransport transport, TransportEndpoint endpoint) = ResolveTransport(uri);
-            migration = new IncomingMigration(_machine, transport, endpoint, Settings, _loggers.CreateLogger("migration"), () => _plugins.GetFaultBackend(Settings.FaultBackend));
+            migration = new IncomingMigration(_machine, transport, endpoint, Settings, _loggers.CreateLogger("migration"), () => _plugins.GetFaultBackend(Settings.FaultBackend))
+            {
+                Tls = ResolveTls(Settings.Snapshot(), endpoint, outgoing: false),
+            };
             Wire(migration.Status, Settings.Snapshot());
             _incoming = migration;
         }

@@ -66,6 +66,9 @@ public sealed partial class OutgoingMigration
     /// <summary>The capabilities and parameters in force.</summary>
     public MigrationSettingsSnapshot Settings { get; }
 
+    /// <summary>TLS for every channel (the tls-creds parameter), or null for plain channels.</summary>
+    public Tls.TlsSession? Tls { get; init; }
+
     /// <summary>Why the migration failed, once it has.</summary>
     public string? Error => _error;
 
@@ -155,7 +158,8 @@ public sealed partial class OutgoingMigration
             IReadOnlyList<ISaveVmSection> sections = _machine.StateSections();
             Task<TimeSpan> warmUp = SwitchWarmUp.StartAsync(sections, incoming: false);
             RamSaver ram = ramSaver = new RamSaver(_machine.Ram, Stats);
-            _connection = await _transport.ConnectAsync(_endpoint, _cancel.Token).ConfigureAwait(false);
+            IMigrationConnection connected = await _transport.ConnectAsync(_endpoint, _cancel.Token).ConfigureAwait(false);
+            _connection = Tls is { } tls ? await tls.WrapAsync(connected, _cancel.Token).ConfigureAwait(false) : connected;
             _logger.LogDebug("Migration to {Endpoint}: connected at {Ms} ms", _endpoint, Stats.ElapsedMs);
             PipeWriter output = _connection.Transport.Output;
             var writer = new MigrationStreamWriter(output);

@@ -1,0 +1,266 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net.Security;
+using Modular.Abstractions.Transports;
+
+namespace Modular.Core.Migration.Tls;
+
+/// <summary>
+/// A migration connection with every channel in TLS: the main connection (forward and return path),
+/// and each extra channel (postcopy preempt) and raw channel (multifd), each with its own handshake
+/// when it opens. Raw channels are made from the transport's extra channels, since TLS needs a byte
+/// stream under it. The transport's faster paths (sends by reference, receives straight into guest
+/// RAM) do not apply: every byte is encrypted and decrypted in a buffer.
+/// </summary>
+internal sealed class TlsMigrationConnection : IMigrationConnection, IExtraChannels, IRawChannels
+{
+    private const int WriterBufferSize = 64 * 1024;
+    private readonly TlsSession _session;
+    private readonly IMigrationConnection _inner;
+    private readonly List<IAsyncDisposable> _owned = [];
+    private readonly TlsPipe _pipe;
+
+    internal TlsMigrationConnection(TlsSession session, IMigrationConnection inner, SslStream ssl)
+    {
+        _session = session;
+        _inner = inner;
+        _pipe = new TlsPipe(ssl, inner.Transport);
+        _owned.Add(ssl);
+        RemoteDescription = inner.RemoteDescription + " (TLS)";
+    }
+
+    public IDuplexPipe Transport => _pipe;
+
+    public CancellationToken Closed => _inner.Closed;
+
+    public string RemoteDescription { get; }
+
+    public void Abort(Exception? reason = null) => _inner.Abort(reason);
+
+    public async ValueTask<IDuplexPipe> OpenChannelAsync(int index, CancellationToken cancellationToken = default)
+    {
+        (SslStream ssl, IDuplexPipe inner) = await OpenAsync(index, cancellationToken).ConfigureAwait(false);
+        return new TlsPipe(ssl, inner);
+    }
+
+    public async ValueTask<IRawChannel> OpenRawChannelAsync(int index, CancellationToken cancellationToken = default)
+    {
+        (SslStream ssl, IDuplexPipe inner) = await OpenAsync(index, cancellationToken).ConfigureAwait(false);
+        return new TlsRawChannel(ssl, inner, $"{RemoteDescription} (channel {index})");
+    }
+
+    private async ValueTask<(SslStream Ssl, IDuplexPipe Inner)> OpenAsync(int index, CancellationToken cancellationToken)
+    {
+        if (_inner is not IExtraChannels extra)
+        {
+            throw new TransportException($"{_inner.RemoteDescription} cannot open channel {index} with TLS: its transport offers no extra byte channels (IExtraChannels). Turn off the capabilities that need more channels (multifd, postcopy-preempt), or unset tls-creds.");
+        }
+
+        IDuplexPipe pipe = await extra.OpenChannelAsync(index, cancellationToken).ConfigureAwait(false);
+        SslStream ssl = await _session.HandshakeAsync(pipe, $"{_inner.RemoteDescription} (channel {index})", cancellationToken).ConfigureAwait(false);
+        lock (_owned)
+        {
+            _owned.Add(ssl);
+        }
+
+        return (ssl, pipe);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        IAsyncDisposable[] owned;
+        lock (_owned)
+        {
+            owned = [.. _owned];
+            _owned.Clear();
+        }
+
+        try
+        {
+            await _inner.DisposeAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            foreach (IAsyncDisposable ssl in owned)
+            {
+                try
+                {
+                    await ssl.DisposeAsync().ConfigureAwait(false);
+                }
+                catch (Exception ex) when (ex is IOException or ObjectDisposedException or InvalidOperationException)
+                {
+                    // The channel under it has gone already.
+                }
+            }
+        }
+    }
+
+    /// <summary>A pipe over an SslStream; completing its output ends the channel's sending side after the bytes written.</summary>
+    private sealed class TlsPipe : IDuplexPipe
+    {
+        internal TlsPipe(SslStream ssl, IDuplexPipe inner)
+        {
+            Input = PipeReader.Create(ssl, new StreamPipeReaderOptions(bufferSize: WriterBufferSize, minimumReadSize: 4096, leaveOpen: true));
+            Output = new CompletingWriter(PipeWriter.Create(ssl, new StreamPipeWriterOptions(minimumBufferSize: WriterBufferSize, leaveOpen: true)), inner.Output);
+        }
+
+        public PipeReader Input { get; }
+
+        public PipeWriter Output { get; }
+    }
+
+    /// <summary>Writes through the TLS writer; its completion also completes the transport's output (the peer reads the end).</summary>
+    private sealed class CompletingWriter(PipeWriter tls, PipeWriter transport) : PipeWriter
+    {
+        public override bool CanGetUnflushedBytes => tls.CanGetUnflushedBytes;
+
+        public override long UnflushedBytes => tls.UnflushedBytes;
+
+        public override void Advance(int bytes) => tls.Advance(bytes);
+
+        public override void CancelPendingFlush() => tls.CancelPendingFlush();
+
+        public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default) => tls.FlushAsync(cancellationToken);
+
+        public override Memory<byte> GetMemory(int sizeHint = 0) => tls.GetMemory(sizeHint);
+
+        public override Span<byte> GetSpan(int sizeHint = 0) => tls.GetSpan(sizeHint);
+
+        public override void Complete(Exception? exception = null)
+        {
+            try
+            {
+                tls.Complete(exception);
+            }
+            finally
+            {
+                transport.Complete(exception);
+            }
+        }
+
+        public override async ValueTask CompleteAsync(Exception? exception = null)
+        {
+            try
+            {
+                await tls.CompleteAsync(exception).ConfigureAwait(false);
+            }
+            finally
+            {
+                await transport.CompleteAsync(exception).ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>
+    /// A multifd channel in TLS: sends gather their segments into one buffer before encrypting (one
+    /// TLS write per <see cref="SendBufferSize"/>, not one per page); receives decrypt straight into
+    /// the segments. <see cref="Abort"/> fails this side's blocked calls; the peer sees the
+    /// connection's own abort, which the migration does on any channel error.
+    /// </summary>
+    private sealed unsafe class TlsRawChannel(SslStream ssl, IDuplexPipe inner, string description) : IRawChannel
+    {
+        private const int SendBufferSize = 256 * 1024;
+        private byte[]? _sendBuffer;
+        private volatile bool _aborted;
+
+        public string Description { get; } = description;
+
+        public void Send(ReadOnlySpan<RawSegment> segments)
+        {
+            byte[] buffer = _sendBuffer ??= ArrayPool<byte>.Shared.Rent(SendBufferSize);
+            int used = 0;
+            try
+            {
+                foreach (RawSegment segment in segments)
+                {
+                    var source = new ReadOnlySpan<byte>((void*)segment.Address, segment.Length);
+                    while (!source.IsEmpty)
+                    {
+                        int n = Math.Min(source.Length, buffer.Length - used);
+                        source[..n].CopyTo(buffer.AsSpan(used));
+                        used += n;
+                        source = source[n..];
+                        if (used == buffer.Length)
+                        {
+                            ssl.Write(buffer, 0, used);
+                            used = 0;
+                        }
+                    }
+                }
+
+                if (used > 0)
+                {
+                    ssl.Write(buffer, 0, used);
+                }
+            }
+            catch (Exception ex) when (ex is not IOException)
+            {
+                throw Failed("sending", ex);
+            }
+            catch (IOException ex) when (_aborted)
+            {
+                throw Failed("sending", ex);
+            }
+        }
+
+        public bool Receive(ReadOnlySpan<RawSegment> segments)
+        {
+            try
+            {
+                bool first = true;
+                foreach (RawSegment segment in segments)
+                {
+                    var target = new Span<byte>((void*)segment.Address, segment.Length);
+                    if (first)
+                    {
+                        first = false;
+                        int got = ssl.ReadAtLeast(target, target.Length, throwOnEndOfStream: false);
+                        if (got == 0)
+                        {
+                            return false;
+                        }
+
+                        if (got < target.Length)
+                        {
+                            throw new EndOfStreamException($"{Description} ended part-way through a packet ({got} of {target.Length} bytes).");
+                        }
+
+                        continue;
+                    }
+
+                    ssl.ReadExactly(target);
+                }
+
+                return true;
+            }
+            catch (EndOfStreamException)
+            {
+                throw;
+            }
+            catch (Exception ex) when (ex is not IOException || _aborted)
+            {
+                throw Failed("receiving", ex);
+            }
+        }
+
+        public void CompleteSend() => inner.Output.Complete();
+
+        public void Abort()
+        {
+            _aborted = true;
+            inner.Input.CancelPendingRead();
+            inner.Output.CancelPendingFlush();
+        }
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _sendBuffer, null) is { } buffer)
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+
+        private IOException Failed(string what, Exception ex) =>
+            new($"{what} on {Description} failed: {(_aborted ? "the channel was aborted" : ex.Message)}", ex);
+    }
+}
