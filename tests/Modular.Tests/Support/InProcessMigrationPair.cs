@@ -95,7 +95,9 @@ internal sealed class InProcessMigrationPair : IAsyncDisposable
     /// <param name="destination">The destination machine's config.</param>
     /// <param name="startPostcopy">migrate-start-postcopy right after the start.</param>
     /// <param name="configureSource">Runs on the source's controller before the migration starts (parameters).</param>
-    public static async Task<InProcessMigrationPair> StartAsync(ModularConfig source, ModularConfig destination, bool startPostcopy = false, Action<MigrationController>? configureSource = null)
+    /// <param name="configureDestination">Runs on the destination's controller before it listens.</param>
+    /// <param name="listenUri">Where the destination listens.</param>
+    public static async Task<InProcessMigrationPair> StartAsync(ModularConfig source, ModularConfig destination, bool startPostcopy = false, Action<MigrationController>? configureSource = null, Action<MigrationController>? configureDestination = null, string listenUri = "tcp:127.0.0.1:0")
     {
         PluginCatalog catalog = PluginCatalog.Load([PluginCatalog.DefaultDirectory]);
         var pair = new InProcessMigrationPair(catalog, VirtualMachine.Create(source, catalog, MachineStartMode.Boot), VirtualMachine.Create(destination, catalog, MachineStartMode.Incoming));
@@ -104,7 +106,8 @@ internal sealed class InProcessMigrationPair : IAsyncDisposable
         var destinationMigration = new MigrationController(pair.Destination, catalog);
         MigrationQmpCommands.Register(pair._commands, pair.SourceMigration);
         configureSource?.Invoke(pair.SourceMigration);
-        pair.Incoming = await destinationMigration.StartIncomingAsync("tcp:127.0.0.1:0");
+        configureDestination?.Invoke(destinationMigration);
+        pair.Incoming = await destinationMigration.StartIncomingAsync(listenUri);
         pair.Outgoing = pair.SourceMigration.StartOutgoing(pair.Incoming.BoundEndpoint!.ToString());
         pair.Outgoing.Status.Changed += pair.Statuses.Enqueue;
         if (startPostcopy)
