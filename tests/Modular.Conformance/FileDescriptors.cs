@@ -6,6 +6,29 @@ public static class FileDescriptors
     /// <summary>The number of open file descriptors now.</summary>
     public static int Count() => Directory.GetFileSystemEntries("/proc/self/fd").Length;
 
+    /// <summary>
+    /// The count once it has stopped changing (two counts 100 ms apart agree; 2 s at most): handles
+    /// of earlier work (another test's sockets, the runtime's) can still be closing on other threads,
+    /// and a baseline taken while they close makes a later count look short or long.
+    /// </summary>
+    public static int CountStable()
+    {
+        int count = Count();
+        for (int i = 0; i < 20; i++)
+        {
+            Thread.Sleep(100);
+            int again = Count();
+            if (again == count)
+            {
+                return count;
+            }
+
+            count = again;
+        }
+
+        return count;
+    }
+
     /// <summary>Counts again for up to 2 s until the count drops to <paramref name="expected"/> (closing can finish on another thread).</summary>
     /// <param name="expected">The count before the test.</param>
     public static int CountSettled(int expected)

@@ -213,7 +213,7 @@ public abstract class FaultBackendConformanceTests
     public void DisarmAndDisposeReleaseEverything()
     {
         OpenUsable().Dispose(); // warm up lazily opened runtime handles
-        int before = FileDescriptors.Count();
+        int before = FileDescriptors.CountStable();
         using (var scope = new FaultTestScope(OpenUsable()))
         {
             IFaultBackend backend = scope.Backend;
@@ -235,7 +235,7 @@ public abstract class FaultBackendConformanceTests
         } // the scope disposes the backend
 
         int after = FileDescriptors.CountSettled(before);
-        Expect.That(before == after, $"{Name}: {after - before} file descriptor(s) are still open after Dispose; {FileDescriptors.Describe()}. Dispose must close everything Open() created.");
+        Expect.That(after <= before, $"{Name}: {after - before} file descriptor(s) are still open after Dispose; {FileDescriptors.Describe()}. Dispose must close everything Open() created.");
     }
 
     /// <summary>Opens the backend, or fails the test when the probe said it was usable but Open threw.</summary>

@@ -85,14 +85,15 @@ public abstract partial class TransportConformanceTests
     {
         RequireUsable();
         await RoundTrip().ConfigureAwait(false); // warm up lazily created runtime handles (epoll, thread pool)
-        int before = FileDescriptors.Count();
+        int before = FileDescriptors.CountStable();
         for (int i = 0; i < 5; i++)
         {
             await RoundTrip().ConfigureAwait(false);
         }
 
         int after = FileDescriptors.CountSettled(before);
-        Expect.That(before == after,
+        // Fewer than before is no leak: handles of earlier work closed meanwhile.
+        Expect.That(after <= before,
             $"{Name}: after 5 connections and listeners were disposed, {after - before} more file descriptor(s) are open than before ({FileDescriptors.Describe()}). " +
             "DisposeAsync of a connection and of a listener must close every socket, file and handle they opened.");
 
