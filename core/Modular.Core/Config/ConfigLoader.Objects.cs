@@ -83,6 +83,11 @@ public static partial class ConfigLoader
                     errors.Add($"{path}.id: missing; every object needs an id (migration.parameters.tls-creds names it).");
                     ok = false;
                 }
+                else if (!TlsCredentialsRegistry.IsWellFormedId(id))
+                {
+                    errors.Add($"{path}.id: '{id}' is not an identifier; ids consist of letters, digits, '-', '.', '_', starting with a letter (as QEMU's).");
+                    ok = false;
+                }
                 else if (ids.TryGetValue(id, out string? other))
                 {
                     errors.Add($"{path}.id: '{id}' is already used by {other}; object ids must be unique.");

@@ -110,6 +110,14 @@ public sealed class ConfigObjectsTests
     }
 
     [TestMethod]
+    public void AnIdMustBeAnIdentifier()
+    {
+        ConfigException ex = Fails(Write("""{ "objects": [ { "qom-type": "tls-creds-x509", "id": "tls 0", "dir": "a" } ] }"""));
+
+        Assert.AreEqual("objects[0].id: 'tls 0' is not an identifier; ids consist of letters, digits, '-', '.', '_', starting with a letter (as QEMU's).", ex.Errors.Single());
+    }
+
+    [TestMethod]
     public void UnknownKeysAreNamedWithTheNearestKnownKey()
     {
         ConfigException ex = Fails(Write("""{ "objects": [ { "qom-type": "tls-creds-x509", "id": "a", "dir": "d", "verify_peer": true, "priority": "NORMAL", "dir-x": { "a": 1 } } ] }"""));
