@@ -42,6 +42,7 @@ internal static class CliApp
         root.Subcommands.Add(MigrateCommand.Create());
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
+        root.Subcommands.Add(TlsCredsCommand.Create());
         return root;
     }
 

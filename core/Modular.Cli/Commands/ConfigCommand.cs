@@ -20,7 +20,8 @@ internal static class ConfigCommand
                 Console.WriteLine($"{config.Source}: valid.");
                 Console.WriteLine($"  machine: {config.Machine.Accelerator}, {ByteSize.Format(config.Machine.MemoryBytes)} RAM, {config.Machine.Vcpus} vCPU(s), kernel {config.Machine.Kernel ?? "(none)"}");
                 Console.WriteLine($"  devices: {string.Join(", ", config.Devices.Select(d => $"{d.Id} ({d.Type})"))}");
-                Console.WriteLine($"  migration: capabilities on: {string.Join(", ", config.Migration.Capabilities.Where(c => c.Value).Select(c => c.Key).DefaultIfEmpty("none"))}; downtime-limit {config.Migration.DowntimeLimitMs} ms");
+                Console.WriteLine($"  migration: capabilities on: {string.Join(", ", config.Migration.Capabilities.Where(c => c.Value).Select(c => c.Key).DefaultIfEmpty("none"))}; downtime-limit {config.Migration.DowntimeLimitMs} ms; tls-creds {(config.Migration.TlsCreds.Length > 0 ? config.Migration.TlsCreds : "(none)")}");
+                Console.WriteLine($"  objects: {string.Join(", ", config.Migration.TlsObjects.Select(o => $"{o.Id} (tls-creds-x509, endpoint {(o.Endpoint == Core.Migration.Tls.TlsEndpoint.Server ? "server" : "client")}, dir {o.Dir})").DefaultIfEmpty("none"))}");
                 Console.WriteLine($"  qmp: {config.QmpSocket ?? "(none)"}");
                 return ExitCodes.Success;
             }

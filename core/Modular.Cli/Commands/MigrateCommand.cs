@@ -12,6 +12,8 @@ internal static class MigrateCommand
     private static readonly Option<bool> MultifdOption = new("--multifd") { Description = "Set QEMU's multifd capability: pages travel on extra channels (the destination needs multifd and the same multifd-channels too; not with --postcopy)." };
     private static readonly Option<bool> AutoConvergeOption = new("--auto-converge") { Description = "Set QEMU's auto-converge capability: a guest that dirties memory faster than it is sent is slowed (its vCPUs throttled, in steps) until the migration converges." };
     private static readonly Option<bool> XbzrleOption = new("--xbzrle") { Description = "Set QEMU's xbzrle capability: after the first round, a page sent again goes as its difference to the copy sent before (size the cache with migrate-set-parameters xbzrle-cache-size or the config)." };
+    private static readonly Option<string?> TlsCredsOption = new("--tls-creds") { Description = "tls-creds: the id of a tls-creds-x509 object of the source (endpoint client; from its config's objects or QMP object-add); the channels then use TLS (the destination needs tls-creds too, endpoint server)." };
+    private static readonly Option<string?> TlsHostnameOption = new("--tls-hostname") { Description = "tls-hostname: the name to check the destination's certificate against, instead of the URI's host." };
     private static readonly Option<string?> MaxBandwidthOption = new("--max-bandwidth") { Description = "max-bandwidth: bytes per second, optionally with K, M, G (binary units); 0 for unlimited." };
 
     internal static Command Create()
@@ -28,6 +30,8 @@ internal static class MigrateCommand
         command.Options.Add(AutoConvergeOption);
         command.Options.Add(XbzrleOption);
         command.Options.Add(MaxBandwidthOption);
+        command.Options.Add(TlsCredsOption);
+        command.Options.Add(TlsHostnameOption);
         command.Arguments.Add(uriArgument);
         command.SetAction(async (parse, cancellationToken) =>
         {
@@ -98,6 +102,16 @@ internal static class MigrateCommand
                     if (maxBandwidth is { } cap)
                     {
                         parameters["max-bandwidth"] = cap;
+                    }
+
+                    if (parse.GetValue(TlsCredsOption) is { } tlsCreds)
+                    {
+                        parameters["tls-creds"] = tlsCreds;
+                    }
+
+                    if (parse.GetValue(TlsHostnameOption) is { } tlsHostname)
+                    {
+                        parameters["tls-hostname"] = tlsHostname;
                     }
 
                     if (parameters.Count > 0)

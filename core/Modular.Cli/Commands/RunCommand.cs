@@ -106,7 +106,18 @@ internal static partial class RunCommand
 
         using (machine)
         {
-            var migration = new MigrationController(machine, plugins, loggers);
+            MigrationController migration;
+            try
+            {
+                migration = new MigrationController(machine, plugins, loggers);
+            }
+            catch (ConfigException ex)
+            {
+                // An object of the config (tls-creds-x509) names files that cannot be read.
+                await Console.Error.WriteLineAsync("modular: " + ex.Message);
+                return ExitCodes.Usage;
+            }
+
             QmpServer? qmp = null;
             try
             {

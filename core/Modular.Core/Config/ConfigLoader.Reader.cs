@@ -7,7 +7,7 @@ namespace Modular.Core.Config;
 /// <summary>Validation and typing of the configuration tree.</summary>
 public static partial class ConfigLoader
 {
-    private sealed class Reader(IConfigurationRoot root, string baseDirectory, List<string> errors)
+    private sealed partial class Reader(IConfigurationRoot root, string baseDirectory, List<string> errors)
     {
         internal ModularConfig Read(string source)
         {
@@ -54,10 +54,19 @@ public static partial class ConfigLoader
                     TriggerThreshold: (int)Integer("migration.parameters.throttle-trigger-threshold", 1, 100),
                     TailSlow: Boolean("migration.parameters.cpu-throttle-tailslow")),
                 XbzrleCacheSize = Size("migration.parameters.xbzrle-cache-size"),
+                TlsCreds = Text("migration.parameters.tls-creds") ?? string.Empty,
+                TlsHostname = Text("migration.parameters.tls-hostname") ?? string.Empty,
+                TlsObjects = ReadObjects(),
             };
             if (!MigrationConfig.IsValidXbzrleCacheSize(migration.XbzrleCacheSize))
             {
                 errors.Add($"migration.parameters.xbzrle-cache-size: {ByteSize.Format(migration.XbzrleCacheSize)} is not a power of two of at least 4K; choose a size such as 64M.");
+            }
+
+            if (migration.TlsCreds.Length > 0 && !_objectIds.Contains(migration.TlsCreds))
+            {
+                string ids = _objectIds.Count == 0 ? "objects has none" : "objects has " + string.Join(", ", _objectIds.Order(StringComparer.Ordinal).Select(id => $"'{id}'"));
+                errors.Add($"migration.parameters.tls-creds: '{migration.TlsCreds}' is not the id of an object in objects ({ids}); add {{\"qom-type\": \"{Migration.Tls.TlsCredentials.QomType}\", \"id\": \"{migration.TlsCreds}\", \"dir\": ...}} to objects or name one of its ids.");
             }
 
             var pluginDirectories = new List<string>();

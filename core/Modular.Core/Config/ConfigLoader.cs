@@ -138,7 +138,7 @@ public static partial class ConfigLoader
             using JsonDocument doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
             {
-                throw new ConfigException(file, [$"the top level must be a JSON object with the sections machine, devices, migration, plugins and qmp; found {doc.RootElement.ValueKind}."]);
+                throw new ConfigException(file, [$"the top level must be a JSON object with the sections machine, devices, objects, migration, plugins and qmp; found {doc.RootElement.ValueKind}."]);
             }
 
             return doc.RootElement.EnumerateObject().Any(p => p.Name.Equals("devices", StringComparison.OrdinalIgnoreCase));

@@ -26,6 +26,9 @@ public enum ConfigValueKind
 
     /// <summary>A list of device objects.</summary>
     DeviceList = 7,
+
+    /// <summary>A list of QOM objects in QEMU's object-add shape (<c>qom-type</c>, <c>id</c> and the type's own keys).</summary>
+    ObjectList = 8,
 }
 
 /// <summary>One documented config key (docs/config.md lists exactly these).</summary>
@@ -66,6 +69,7 @@ public static class ConfigSchema
         new("machine.synthetic", ConfigValueKind.Section, "", "The synthetic accelerator's workload."),
         new("machine.synthetic.pages-per-second", ConfigValueKind.Integer, "20000", "Pages the workload dirties per second (0 = as fast as it can)."),
         new("devices", ConfigValueKind.DeviceList, "[{\"id\": \"com1\", \"type\": \"serial\"}]", "The devices: a list of objects with type (a device type a plugin offers), an optional id, and the device's own keys (see docs/devices.md)."),
+        new("objects", ConfigValueKind.ObjectList, "[]", "Objects, as QEMU's -object / object-add: a list of {\"qom-type\": \"tls-creds-x509\", \"id\": ID, \"dir\": DIR, \"endpoint\": \"client\" or \"server\", \"verify-peer\": true or false}, x509 credentials for migration TLS (the only type Modular knows). dir holds QEMU's files (ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem) and is relative to the config file; endpoint defaults to client (a source), verify-peer to true. The files are read when the machine starts; modular tls-creds writes a set."),
         new("migration", ConfigValueKind.Section, "", "Live migration."),
         new("migration.capabilities", ConfigValueKind.Section, "", "QEMU migration capabilities, each true or false (as migrate-set-capabilities)."),
         .. Capabilities.Select(c => new ConfigKey("migration.capabilities." + c, ConfigValueKind.Boolean, "false", $"The '{c}' capability (QEMU semantics).")),
@@ -74,6 +78,8 @@ public static class ConfigSchema
         new("migration.parameters.max-bandwidth", ConfigValueKind.Size, "0", "Bandwidth cap in bytes per second; 0 means unlimited (QEMU's default is 128M)."),
         new("migration.parameters.multifd-channels", ConfigValueKind.Integer, "2", "Channels the multifd capability opens (1 to 255); both sides must use the same number."),
         new("migration.parameters.xbzrle-cache-size", ConfigValueKind.Size, "64M", "xbzrle: the source's cache of pages as last sent, in bytes; a power of two of at least 4K."),
+        new("migration.parameters.tls-creds", ConfigValueKind.String, "(none)", "The id of a tls-creds-x509 object in objects: the migration's channels use TLS with these credentials (endpoint client on the source, server on the destination); none means plain channels."),
+        new("migration.parameters.tls-hostname", ConfigValueKind.String, "(none)", "The name the source checks the destination's certificate against; none means the host of the tcp URI."),
         new("migration.parameters.cpu-throttle-initial", ConfigValueKind.Integer, "20", "auto-converge: the first CPU throttle, in percent (1 to 99)."),
         new("migration.parameters.cpu-throttle-increment", ConfigValueKind.Integer, "10", "auto-converge: how much each later step adds, in percent (1 to 99)."),
         new("migration.parameters.max-cpu-throttle", ConfigValueKind.Integer, "99", "auto-converge: the highest CPU throttle, in percent (1 to 99)."),

@@ -55,4 +55,36 @@ public sealed record MigrationConfig(IReadOnlyDictionary<string, bool> Capabilit
 
     /// <summary>tls-hostname: the name the source checks the destination's certificate against; empty for the host of a tcp URI.</summary>
     public string TlsHostname { get; init; } = string.Empty;
+
+    /// <summary>
+    /// The tls-creds-x509 objects of the config's top-level objects list, in config order. Their
+    /// files are read when the machine's <see cref="Migration.Engine.MigrationSettings"/> is made.
+    /// </summary>
+    public IReadOnlyList<TlsCredentialsConfig> TlsObjects { get; init; } = [];
+}
+
+/// <summary>
+/// One tls-creds-x509 object of the config's objects list, in QEMU's object-add shape:
+/// <c>{"qom-type": "tls-creds-x509", "id": "tls0", "dir": "certs", "endpoint": "server", "verify-peer": true}</c>.
+/// </summary>
+/// <param name="Id">The object id, which the tls-creds parameter names.</param>
+/// <param name="Dir">The directory of the PEM files, absolute (the config gives it relative to itself).</param>
+/// <param name="Endpoint">Client (a source) or server (a destination); QEMU's default is client.</param>
+/// <param name="VerifyPeer">Check the peer's certificate against the CA; QEMU's default is true.</param>
+/// <param name="ConfigPath">Where the object is in the config (<c>objects[0]</c>), for messages.</param>
+public sealed record TlsCredentialsConfig(string Id, string Dir, Migration.Tls.TlsEndpoint Endpoint, bool VerifyPeer, string ConfigPath)
+{
+    /// <summary>Reads the object's files (<see cref="Migration.Tls.TlsCredentials.Load"/>).</summary>
+    /// <exception cref="ConfigException">A file is missing or unreadable; the message names the object (<c>objects[N]</c>) and the file.</exception>
+    public Migration.Tls.TlsCredentials Load()
+    {
+        try
+        {
+            return Migration.Tls.TlsCredentials.Load(Id, Dir, Endpoint, VerifyPeer);
+        }
+        catch (ArgumentException ex)
+        {
+            throw new ConfigException($"{ConfigPath}: {ex.Message}", ex);
+        }
+    }
 }

@@ -105,6 +105,26 @@ public sealed class QmpArguments
     /// <param name="name">The argument name.</param>
     public string? GetOptionalString(string name) => Has(name) ? GetString(name) : null;
 
+    /// <summary>
+    /// An optional QAPI <c>StrOrNull</c>, as QEMU's tls-creds and tls-hostname: null when absent, and
+    /// the empty string for JSON null (QEMU's way of resetting such a parameter to none).
+    /// </summary>
+    /// <param name="name">The argument name.</param>
+    public string? GetOptionalStringOrNull(string name)
+    {
+        if (!_arguments.TryGetPropertyValue(name, out JsonNode? node))
+        {
+            return null;
+        }
+
+        return node switch
+        {
+            null => string.Empty,
+            _ when node.GetValueKind() == JsonValueKind.String => node.GetValue<string>(),
+            _ => throw TypeError(name, "StrOrNull"),
+        };
+    }
+
     /// <summary>A required QAPI enum member, given as a string that must be one of <paramref name="allowed"/>.</summary>
     /// <param name="name">The argument name.</param>
     /// <param name="allowed">The enum's members, as QEMU spells them.</param>

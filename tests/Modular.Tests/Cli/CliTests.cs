@@ -14,6 +14,7 @@ public sealed class CliTests
     [DataRow("run", "--help")]
     [DataRow("migrate", "--help")]
     [DataRow("demo", "--help")]
+    [DataRow("tls-creds", "--help")]
     public void EveryCommandHasHelp(params string[] args)
     {
         CliProcess.Result result = CliProcess.Run(args);

@@ -122,6 +122,24 @@ public sealed class RunCommandErrorTests
             "To run without KVM, set machine.accelerator: \"synthetic\" in the VM config");
     }
 
+    [TestMethod]
+    public void ATlsCredentialsObjectWithoutItsFilesStopsTheMachineAtStart()
+    {
+        string certs = Path.Combine(_dir, "certs");
+        Directory.CreateDirectory(certs);
+        string config = Path.Combine(_dir, "tls.json");
+        File.WriteAllText(config, """
+            { "machine": { "accelerator": "synthetic", "memory": "16M" },
+              "objects": [ { "qom-type": "tls-creds-x509", "id": "tls0", "dir": "certs", "endpoint": "server" } ],
+              "migration": { "incoming": "tcp:127.0.0.1:0", "parameters": { "tls-creds": "tls0" } } }
+            """);
+
+        CliProcess.Result result = CliProcess.Run("run", "--config", config);
+
+        AssertFailed(result, 2,
+            $"modular: objects[0]: TLS credentials 'tls0': {Path.Combine(certs, "ca-cert.pem")} does not exist; a server endpoint needs ca-cert.pem, server-cert.pem and server-key.pem in its dir (QEMU's layout).");
+    }
+
     private static void AssertFailed(CliProcess.Result result, int exitCode, string message)
     {
         Assert.AreEqual(exitCode, result.ExitCode, $"stdout: {result.StdOut}; stderr: {result.StdErr}");

@@ -30,6 +30,7 @@ public sealed class MigrationController
     /// <param name="machine">The machine.</param>
     /// <param name="plugins">Where transports are found.</param>
     /// <param name="loggers">Logging.</param>
+    /// <exception cref="Config.ConfigException">A tls-creds-x509 object of the config cannot be read (see <see cref="MigrationSettings(Config.MigrationConfig)"/>).</exception>
     public MigrationController(VirtualMachine machine, PluginCatalog plugins, ILoggerFactory? loggers = null)
     {
         _machine = machine;

@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using Modular.Core.Config;
 using Modular.Core.Migration.State;
+using Modular.Core.Migration.Tls;
 using Modular.Core.Qmp;
 
 namespace Modular.Core.Migration.Engine;
@@ -8,7 +9,7 @@ namespace Modular.Core.Migration.Engine;
 /// <summary>Registers the migration QMP commands of one <see cref="MigrationController"/>, with QEMU's argument names.</summary>
 public static class MigrationQmpCommands
 {
-    /// <summary>Adds migrate, migrate-incoming, migrate_cancel, migrate-continue, migrate-start-postcopy, capabilities, parameters and query-migrate to <paramref name="commands"/>.</summary>
+    /// <summary>Adds migrate, migrate-incoming, migrate_cancel, migrate-continue, migrate-start-postcopy, capabilities, parameters, query-migrate, and object-add / object-del for TLS credentials to <paramref name="commands"/>.</summary>
     /// <param name="commands">The QMP server's registry.</param>
     /// <param name="controller">The machine's migration controller.</param>
     public static void Register(QmpCommandRegistry commands, MigrationController controller)
@@ -113,8 +114,17 @@ public static class MigrationQmpCommands
             return ValueTask.FromResult<JsonNode?>(list);
         });
 
-        commands.Register("migrate-set-parameters", ["downtime-limit", "max-bandwidth", "multifd-channels", "cpu-throttle-initial", "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "cpu-throttle-tailslow", "xbzrle-cache-size"], (args, _) =>
+        commands.Register("migrate-set-parameters", ["downtime-limit", "max-bandwidth", "multifd-channels", "cpu-throttle-initial", "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "cpu-throttle-tailslow", "xbzrle-cache-size", "tls-creds", "tls-hostname", "tls-authz"], (args, _) =>
         {
+            // StrOrNull, as QEMU: JSON null sets "" (none). tls-creds may name an object that does
+            // not exist yet; the migration looks it up when it starts (QEMU checks it then too).
+            string? tlsCreds = args.GetOptionalStringOrNull("tls-creds");
+            string? tlsHostname = args.GetOptionalStringOrNull("tls-hostname");
+            if (args.GetOptionalStringOrNull("tls-authz") is { Length: > 0 } authz)
+            {
+                throw QmpException.Generic($"Parameter 'tls-authz' is not supported by Modular: '{authz}' would name an authorization object (QEMU's authz-simple and the like), which Modular does not have; only \"\" or null (no authorization) is accepted. With verify-peer, a destination accepts every client whose certificate its tls-creds' CA signed.");
+            }
+
             try
             {
                 static int Percent(long value) => (int)Math.Clamp(value, int.MinValue, int.MaxValue);
@@ -127,7 +137,7 @@ public static class MigrationQmpCommands
                     Max = max is { } m ? Percent(m) : current.Max,
                     TriggerThreshold = threshold is { } t ? Percent(t) : current.TriggerThreshold,
                     TailSlow = tailSlow ?? current.TailSlow,
-                }, args.GetOptionalUInt64("xbzrle-cache-size"));
+                }, args.GetOptionalUInt64("xbzrle-cache-size"), tlsCreds, tlsHostname);
             }
             catch (ArgumentOutOfRangeException ex)
             {
@@ -151,7 +161,12 @@ public static class MigrationQmpCommands
                 ["throttle-trigger-threshold"] = snapshot.Throttle.TriggerThreshold,
                 ["cpu-throttle-tailslow"] = snapshot.Throttle.TailSlow,
                 ["xbzrle-cache-size"] = snapshot.XbzrleCacheSize,
+                ["tls-creds"] = snapshot.TlsCreds,
+                ["tls-hostname"] = snapshot.TlsHostname,
+                ["tls-authz"] = string.Empty,
             });
         });
+
+        TlsObjectQmpCommands.Register(commands, controller.Settings.TlsCredentials);
     }
 }

@@ -19,8 +19,13 @@ public sealed class MigrationSettings
     private string _tlsCreds = string.Empty;
     private string _tlsHostname = string.Empty;
 
-    /// <summary>Starts from the config's migration section.</summary>
+    /// <summary>
+    /// Starts from the config's migration section, and reads the files of the config's tls-creds-x509
+    /// objects into <see cref="TlsCredentials"/> (as QEMU reads them at -object), so that a missing
+    /// or bad file stops the machine at start and not in the middle of a migration.
+    /// </summary>
     /// <param name="config">The validated migration section.</param>
+    /// <exception cref="ConfigException">An object's file is missing or unreadable; the message names the object (<c>objects[N]</c>) and the file.</exception>
     public MigrationSettings(MigrationConfig config)
     {
         ArgumentNullException.ThrowIfNull(config);
@@ -34,6 +39,10 @@ public sealed class MigrationSettings
         _tlsHostname = config.TlsHostname;
         FaultBackend = config.FaultBackend;
         PostcopyListenNice = config.PostcopyListenNice;
+        foreach (TlsCredentialsConfig tls in config.TlsObjects)
+        {
+            TlsCredentials.Add(tls.Load());
+        }
     }
 
     /// <summary>The machine's TLS credentials objects, which the tls-creds parameter names.</summary>

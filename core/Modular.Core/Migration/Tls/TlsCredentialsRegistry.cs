@@ -14,6 +14,11 @@ public sealed class TlsCredentialsRegistry
     /// <summary>The ids, sorted.</summary>
     public IReadOnlyList<string> Ids => [.. _byId.Keys.Order(StringComparer.Ordinal)];
 
+    /// <summary>QEMU's id_wellformed, which object ids must pass: letters, digits, '-', '.', '_', starting with a letter.</summary>
+    /// <param name="id">An object id.</param>
+    public static bool IsWellFormedId(string id) =>
+        !string.IsNullOrEmpty(id) && char.IsAsciiLetter(id[0]) && id.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '.' or '_');
+
     /// <summary>Adds credentials under their id.</summary>
     /// <param name="credentials">Loaded credentials.</param>
     /// <exception cref="ArgumentException">An object with that id exists (QEMU's message).</exception>

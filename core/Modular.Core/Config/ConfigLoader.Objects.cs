@@ -1,0 +1,136 @@
+using System.Globalization;
+using Microsoft.Extensions.Configuration;
+using Modular.Core.Migration.Tls;
+
+namespace Modular.Core.Config;
+
+/// <summary>The top-level objects list: QEMU's object-add shape, of which Modular knows tls-creds-x509.</summary>
+public static partial class ConfigLoader
+{
+    private sealed partial class Reader
+    {
+        /// <summary>The keys a tls-creds-x509 object takes in the objects list.</summary>
+        private static readonly string[] TlsObjectKeys = ["qom-type", "id", "dir", "endpoint", "verify-peer"];
+
+        /// <summary>Every id the objects list declares, even of an object with another problem (which is reported on its own).</summary>
+        private readonly HashSet<string> _objectIds = new(StringComparer.Ordinal);
+
+        private List<TlsCredentialsConfig> ReadObjects()
+        {
+            IConfigurationSection section = root.GetSection("objects");
+            if (section.Value is { Length: > 0 })
+            {
+                errors.Add($"objects: expected a list of objects like [{{\"qom-type\": \"{TlsCredentials.QomType}\", \"id\": \"tls0\", \"dir\": \"certs\"}}], found a single value.");
+                return [];
+            }
+
+            var objects = new List<TlsCredentialsConfig>();
+            var ids = new Dictionary<string, string>(StringComparer.Ordinal);
+            foreach (IConfigurationSection item in section.GetChildren().OrderBy(c => int.TryParse(c.Key, out int i) ? i : int.MaxValue))
+            {
+                string path = ToJsonPath(item.Path);
+                if (!int.TryParse(item.Key, NumberStyles.None, CultureInfo.InvariantCulture, out _))
+                {
+                    errors.Add($"objects: expected a list of objects, found the key '{item.Key}'; write objects as [{{\"qom-type\": ..., \"id\": ...}}, ...].");
+                    continue;
+                }
+
+                var fields = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
+                bool ok = true;
+                foreach (IConfigurationSection field in item.GetChildren())
+                {
+                    if (field.GetChildren().Any())
+                    {
+                        errors.Add($"{path}.{field.Key}: expected a string or boolean, found an object or list.");
+                        ok = false;
+                    }
+                    else
+                    {
+                        fields[field.Key] = field.Value ?? string.Empty;
+                    }
+                }
+
+                string id = fields.GetValueOrDefault("id", string.Empty);
+                if (id.Length > 0)
+                {
+                    _objectIds.Add(id);
+                }
+
+                string type = fields.GetValueOrDefault("qom-type", string.Empty);
+                if (type.Length == 0)
+                {
+                    errors.Add($"{path}.qom-type: missing; every object needs a qom-type, and Modular supports: {TlsCredentials.QomType}.");
+                    continue;
+                }
+
+                if (type != TlsCredentials.QomType)
+                {
+                    errors.Add($"{path}.qom-type: object type '{type}' is not supported by Modular; supported: {TlsCredentials.QomType}.");
+                    continue;
+                }
+
+                foreach (string key in fields.Keys.Where(k => !TlsObjectKeys.Contains(k, StringComparer.OrdinalIgnoreCase)))
+                {
+                    string? nearest = Nearest(key, TlsObjectKeys);
+                    errors.Add(nearest is not null
+                        ? $"{path}.{key}: unknown key '{key}' in a {type} object; did you mean '{nearest}'?"
+                        : $"{path}.{key}: unknown key '{key}' in a {type} object; known keys: {string.Join(", ", TlsObjectKeys)}.");
+                    ok = false;
+                }
+
+                if (id.Length == 0)
+                {
+                    errors.Add($"{path}.id: missing; every object needs an id (migration.parameters.tls-creds names it).");
+                    ok = false;
+                }
+                else if (!TlsCredentialsRegistry.IsWellFormedId(id))
+                {
+                    errors.Add($"{path}.id: '{id}' is not an identifier; ids consist of letters, digits, '-', '.', '_', starting with a letter (as QEMU's).");
+                    ok = false;
+                }
+                else if (ids.TryGetValue(id, out string? other))
+                {
+                    errors.Add($"{path}.id: '{id}' is already used by {other}; object ids must be unique.");
+                    ok = false;
+                }
+                else
+                {
+                    ids[id] = path;
+                }
+
+                string dir = fields.GetValueOrDefault("dir", string.Empty);
+                if (dir.Length == 0)
+                {
+                    errors.Add($"{path}.dir: missing; give the directory of the credentials' PEM files ({TlsCredentials.CaCertFile}, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem), relative to the config file.");
+                    ok = false;
+                }
+
+                string endpointText = fields.GetValueOrDefault("endpoint", "client");
+                TlsEndpoint endpoint = TlsEndpoint.Client;
+                switch (endpointText)
+                {
+                    case "client": break;
+                    case "server": endpoint = TlsEndpoint.Server; break;
+                    default:
+                        errors.Add($"{path}.endpoint: expected one of client, server, found '{endpointText}' (client on the migration source, server on the destination).");
+                        ok = false;
+                        break;
+                }
+
+                string verifyText = fields.GetValueOrDefault("verify-peer", "true");
+                if (!bool.TryParse(verifyText, out bool verifyPeer))
+                {
+                    errors.Add($"{path}.verify-peer: expected true or false, found '{verifyText}'.");
+                    ok = false;
+                }
+
+                if (ok)
+                {
+                    objects.Add(new TlsCredentialsConfig(id, Path.GetFullPath(dir, baseDirectory), endpoint, verifyPeer, path));
+                }
+            }
+
+            return objects;
+        }
+    }
+}

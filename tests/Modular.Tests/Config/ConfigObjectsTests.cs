@@ -1,0 +1,194 @@
+using Modular.Core.Config;
+using Modular.Core.Migration.Engine;
+using Modular.Core.Migration.Tls;
+using Modular.Tests.Support;
+
+namespace Modular.Tests.Config;
+
+/// <summary>
+/// The config's top-level objects list (QEMU's object-add shape; tls-creds-x509 only), the
+/// tls-creds and tls-hostname parameters, and the credentials' files read when the machine's
+/// migration settings are made.
+/// </summary>
+[TestClass]
+public sealed class ConfigObjectsTests
+{
+    private string _dir = null!;
+
+    [TestInitialize]
+    public void Setup() => _dir = TestPluginCompiler.TempDirectory("config-objects");
+
+    [TestCleanup]
+    public void Cleanup() => Directory.Delete(_dir, recursive: true);
+
+    private string Write(string json)
+    {
+        string path = Path.Combine(_dir, "vm.json");
+        File.WriteAllText(path, json);
+        return path;
+    }
+
+    private static ConfigException Fails(string path, params KeyValuePair<string, string>[] overrides) =>
+        Assert.ThrowsExactly<ConfigException>(() => ConfigLoader.Load(path, overrides));
+
+    [TestMethod]
+    public void ObjectsAreReadWithQemusDefaults_AndDirRelativeToTheConfigFile()
+    {
+        string path = Write("""
+            {
+              "objects": [
+                { "qom-type": "tls-creds-x509", "id": "tls0", "dir": "certs/server", "endpoint": "server", "verify-peer": false },
+                { "qom-type": "tls-creds-x509", "id": "tls1", "dir": "/etc/pki/qemu" }
+              ],
+              "migration": { "parameters": { "tls-creds": "tls0", "tls-hostname": "dest.example" } }
+            }
+            """);
+
+        MigrationConfig migration = ConfigLoader.Load(path).Migration;
+
+        Assert.HasCount(2, migration.TlsObjects);
+        Assert.AreEqual(new TlsCredentialsConfig("tls0", Path.Combine(_dir, "certs", "server"), TlsEndpoint.Server, VerifyPeer: false, "objects[0]"), migration.TlsObjects[0]);
+        Assert.AreEqual(new TlsCredentialsConfig("tls1", "/etc/pki/qemu", TlsEndpoint.Client, VerifyPeer: true, "objects[1]"), migration.TlsObjects[1], "endpoint client and verify-peer true by default, as QEMU");
+        Assert.AreEqual("tls0", migration.TlsCreds);
+        Assert.AreEqual("dest.example", migration.TlsHostname);
+    }
+
+    [TestMethod]
+    public void WithoutObjectsOrTlsParameters_ThereAreNone()
+    {
+        MigrationConfig migration = ConfigLoader.Load(Write("""{ "objects": [] }""")).Migration;
+
+        Assert.IsEmpty(migration.TlsObjects);
+        Assert.AreEqual(string.Empty, migration.TlsCreds);
+        Assert.AreEqual(string.Empty, migration.TlsHostname);
+        Assert.IsEmpty(ConfigLoader.Load(null).Migration.TlsObjects);
+    }
+
+    [TestMethod]
+    public void AnUnknownQomTypeListsTheSupportedOne()
+    {
+        ConfigException ex = Fails(Write("""{ "objects": [ { "qom-type": "secret", "id": "s0", "data": "x" } ] }"""));
+
+        Assert.AreEqual("objects[0].qom-type: object type 'secret' is not supported by Modular; supported: tls-creds-x509.", ex.Errors.Single());
+    }
+
+    [TestMethod]
+    public void MissingQomTypeIdAndDirAreNamed()
+    {
+        ConfigException ex = Fails(Write("""{ "objects": [ { "id": "a", "dir": "d" }, { "qom-type": "tls-creds-x509" } ] }"""));
+
+        CollectionAssert.AreEquivalent(
+            new[]
+            {
+                "objects[0].qom-type: missing; every object needs a qom-type, and Modular supports: tls-creds-x509.",
+                "objects[1].id: missing; every object needs an id (migration.parameters.tls-creds names it).",
+                "objects[1].dir: missing; give the directory of the credentials' PEM files (ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem), relative to the config file.",
+            },
+            ex.Errors.ToList());
+    }
+
+    [TestMethod]
+    public void ABadEndpointOrVerifyPeerIsNamed()
+    {
+        ConfigException ex = Fails(Write("""{ "objects": [ { "qom-type": "tls-creds-x509", "id": "a", "dir": "d", "endpoint": "both", "verify-peer": "maybe" } ] }"""));
+
+        CollectionAssert.AreEquivalent(
+            new[]
+            {
+                "objects[0].endpoint: expected one of client, server, found 'both' (client on the migration source, server on the destination).",
+                "objects[0].verify-peer: expected true or false, found 'maybe'.",
+            },
+            ex.Errors.ToList());
+    }
+
+    [TestMethod]
+    public void ADuplicateIdNamesTheFirstObject()
+    {
+        ConfigException ex = Fails(Write("""{ "objects": [ { "qom-type": "tls-creds-x509", "id": "tls0", "dir": "a" }, { "qom-type": "tls-creds-x509", "id": "tls0", "dir": "b" } ] }"""));
+
+        Assert.AreEqual("objects[1].id: 'tls0' is already used by objects[0]; object ids must be unique.", ex.Errors.Single());
+    }
+
+    [TestMethod]
+    public void AnIdMustBeAnIdentifier()
+    {
+        ConfigException ex = Fails(Write("""{ "objects": [ { "qom-type": "tls-creds-x509", "id": "tls 0", "dir": "a" } ] }"""));
+
+        Assert.AreEqual("objects[0].id: 'tls 0' is not an identifier; ids consist of letters, digits, '-', '.', '_', starting with a letter (as QEMU's).", ex.Errors.Single());
+    }
+
+    [TestMethod]
+    public void UnknownKeysAreNamedWithTheNearestKnownKey()
+    {
+        ConfigException ex = Fails(Write("""{ "objects": [ { "qom-type": "tls-creds-x509", "id": "a", "dir": "d", "verify_peer": true, "priority": "NORMAL", "dir-x": { "a": 1 } } ] }"""));
+
+        CollectionAssert.AreEquivalent(
+            new[]
+            {
+                "objects[0].verify_peer: unknown key 'verify_peer' in a tls-creds-x509 object; did you mean 'verify-peer'?",
+                "objects[0].priority: unknown key 'priority' in a tls-creds-x509 object; known keys: qom-type, id, dir, endpoint, verify-peer.",
+                "objects[0].dir-x: expected a string or boolean, found an object or list.",
+            },
+            ex.Errors.ToList());
+    }
+
+    [TestMethod]
+    public void ObjectsMustBeAList()
+    {
+        ConfigException single = Fails(Write("""{ "objects": "tls0" }"""));
+        ConfigException keyed = Fails(Write("""{ "objects": { "tls0": { "qom-type": "tls-creds-x509" } } }"""));
+
+        Assert.AreEqual("objects: expected a list of objects like [{\"qom-type\": \"tls-creds-x509\", \"id\": \"tls0\", \"dir\": \"certs\"}], found a single value.", single.Errors.Single());
+        Assert.AreEqual("objects: expected a list of objects, found the key 'tls0'; write objects as [{\"qom-type\": ..., \"id\": ...}, ...].", keyed.Errors.Single());
+    }
+
+    [TestMethod]
+    public void TlsCredsMustNameAnObject()
+    {
+        ConfigException none = Fails(Write("""{ "migration": { "parameters": { "tls-creds": "tls0" } } }"""));
+        ConfigException other = Fails(Write("""{ "objects": [ { "qom-type": "tls-creds-x509", "id": "tlsA", "dir": "d" } ], "migration": { "parameters": { "tls-creds": "tls0" } } }"""));
+
+        Assert.AreEqual("migration.parameters.tls-creds: 'tls0' is not the id of an object in objects (objects has none); add {\"qom-type\": \"tls-creds-x509\", \"id\": \"tls0\", \"dir\": ...} to objects or name one of its ids.", none.Errors.Single());
+        Assert.AreEqual("migration.parameters.tls-creds: 'tls0' is not the id of an object in objects (objects has 'tlsA'); add {\"qom-type\": \"tls-creds-x509\", \"id\": \"tls0\", \"dir\": ...} to objects or name one of its ids.", other.Errors.Single());
+    }
+
+    [TestMethod]
+    public void OverridesCanAddAnObject()
+    {
+        MigrationConfig migration = ConfigLoader.Load(Write("{}"), [new("objects[0].qom-type", "tls-creds-x509"), new("objects[0].id", "tls0"), new("objects[0].dir", "/certs"), new("migration.parameters.tls-creds", "tls0")]).Migration;
+
+        Assert.AreEqual("/certs", migration.TlsObjects.Single().Dir);
+        Assert.AreEqual("tls0", migration.TlsCreds);
+    }
+
+    [TestMethod]
+    public void TheSettingsReadTheObjectsFiles_IntoTheRegistry()
+    {
+        TlsCredentialsWriter.Write(Path.Combine(_dir, "certs"), ["localhost"], TimeSpan.FromDays(1));
+        string path = Write("""
+            { "objects": [ { "qom-type": "tls-creds-x509", "id": "src", "dir": "certs" }, { "qom-type": "tls-creds-x509", "id": "dst", "dir": "certs", "endpoint": "server" } ],
+              "migration": { "parameters": { "tls-creds": "src", "tls-hostname": "localhost" } } }
+            """);
+
+        var settings = new MigrationSettings(ConfigLoader.Load(path).Migration);
+
+        CollectionAssert.AreEqual(new[] { "dst", "src" }, settings.TlsCredentials.Ids.ToArray());
+        Assert.IsNotNull(settings.TlsCredentials.Resolve("dst", TlsEndpoint.Server).Certificate);
+        Assert.AreEqual(Path.Combine(_dir, "certs"), settings.TlsCredentials.Resolve("src", TlsEndpoint.Client).Directory);
+        Assert.AreEqual("src", settings.Snapshot().TlsCreds);
+        Assert.AreEqual("localhost", settings.Snapshot().TlsHostname);
+    }
+
+    [TestMethod]
+    public void AMissingFileFailsTheSettings_NamingTheObjectAndTheFile()
+    {
+        Directory.CreateDirectory(Path.Combine(_dir, "empty"));
+        string path = Write("""{ "objects": [ { "qom-type": "tls-creds-x509", "id": "tls0", "dir": "empty", "endpoint": "server" } ] }""");
+        MigrationConfig migration = ConfigLoader.Load(path).Migration;
+
+        ConfigException ex = Assert.ThrowsExactly<ConfigException>(() => new MigrationSettings(migration));
+
+        string ca = Path.Combine(_dir, "empty", "ca-cert.pem");
+        Assert.AreEqual($"objects[0]: TLS credentials 'tls0': {ca} does not exist; a server endpoint needs ca-cert.pem, server-cert.pem and server-key.pem in its dir (QEMU's layout).", ex.Message);
+    }
+}
