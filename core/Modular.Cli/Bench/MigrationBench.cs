@@ -6,6 +6,7 @@ using System.Net.Sockets;
 using System.Text.Json.Nodes;
 using Modular.Core.Config;
 using Modular.Core.Memory;
+using Modular.Core.Migration.Tls;
 using Modular.Core.Qmp;
 
 namespace Modular.Cli.Bench;
@@ -27,11 +28,14 @@ internal static class MigrationBench
 
     private const int SocketRounds = 3;
 
-    private sealed record Scenario(string Key, string Name, string Kernel, char Ready, bool Postcopy = false, bool Multifd = false)
+    private sealed record Scenario(string Key, string Name, string Kernel, char Ready, bool Postcopy = false, bool Multifd = false, bool Tls = false)
     {
         /// <summary>An idle guest in precopy: every page is sent once, so the row's figure is throughput.</summary>
         public bool MeasuresThroughput => Kernel == "fill-halt.elf" && !Postcopy;
     }
+
+    /// <summary>The id both sides give their TLS credentials in the tls row (endpoint client on the source, server on the destination).</summary>
+    private const string TlsCredsId = "tls0";
 
     private sealed record Outcome(string Status, double TotalMs, double DowntimeMs, double SetupMs, double Transferred, int Syncs, string? Error, long Requests = 0, JsonObject? Incoming = null, TimeSpan SourceCpu = default, TimeSpan DestinationCpu = default, TimeSpan SourceVcpuCpu = default, TimeSpan DestinationVcpuCpu = default, double DowntimeLimitMs = 0, double MaxBandwidth = 0, string Program = "Modular")
     {
@@ -58,7 +62,40 @@ internal static class MigrationBench
         new("dirtying", "dirtying (A/B)", "ab-guest.elf", 'A'),
         new("multifd", "idle, multifd", "fill-halt.elf", 'F', Multifd: true),
         new("postcopy", "postcopy A/B", "ab-guest.elf", 'A', Postcopy: true),
+        new("tls", "idle, TLS", "fill-halt.elf", 'F', Tls: true),
     ];
+
+    /// <summary>A PKI in QEMU's tls-creds-x509 layout for the tls row, written once per run; both programs read it.</summary>
+    private static string TlsDirectory(string directory)
+    {
+        string pki = Path.Combine(directory, "pki");
+        if (!File.Exists(Path.Combine(pki, TlsCredentials.CaCertFile)))
+        {
+            TlsCredentialsWriter.Write(pki, ["localhost", "127.0.0.1"], TimeSpan.FromDays(1));
+        }
+
+        return pki;
+    }
+
+    /// <summary>QMP object-add and migrate-set-parameters for the tls row: QEMU's commands, which Modular answers too.</summary>
+    private static async Task SetTlsAsync(GuestChild child, string pki, bool server, string transport)
+    {
+        await child.Qmp.ExecuteAsync("object-add", new JsonObject
+        {
+            ["qom-type"] = TlsCredentials.QomType,
+            ["id"] = TlsCredsId,
+            ["dir"] = pki,
+            ["endpoint"] = server ? "server" : "client",
+        });
+        var parameters = new JsonObject { ["tls-creds"] = TlsCredsId };
+        if (!server && transport == "unix")
+        {
+            // A unix URI names no host for the certificate check (QEMU's rule too).
+            parameters["tls-hostname"] = "localhost";
+        }
+
+        await child.Qmp.ExecuteAsync("migrate-set-parameters", parameters);
+    }
 
     /// <summary>Runs the whole benchmark and writes the figures to <paramref name="output"/>; 0 when every migration completed.</summary>
     public static async Task<int> RunAsync(BenchOptions options, TextWriter output)
@@ -240,6 +277,20 @@ internal static class MigrationBench
         string[] destinationArguments = scenario.Postcopy
             ? [.. common, "--set", "migration.capabilities.postcopy-ram=true", "--set", "migration.capabilities.postcopy-preempt=true", "--set", "migration.capabilities.postcopy-blocktime=true"]
             : common;
+        if (scenario.Tls)
+        {
+            // The destination listens from the start (--incoming), so its credentials come from the config.
+            destinationArguments =
+            [
+                .. destinationArguments,
+                "--set", "objects[0].qom-type=" + TlsCredentials.QomType,
+                "--set", "objects[0].id=" + TlsCredsId,
+                "--set", "objects[0].dir=" + TlsDirectory(directory),
+                "--set", "objects[0].endpoint=server",
+                "--set", "migration.parameters.tls-creds=" + TlsCredsId,
+            ];
+        }
+
         await using ModularChild destination = await ModularChild.StartAsync(directory, $"dst{n}", scenario.Kernel, memory, listen, destinationArguments);
         string uri = await destination.WaitForStdErrAsync("modular: listening for an incoming migration on ", TimeSpan.FromMinutes(1));
         await using ModularChild source = await ModularChild.StartAsync(directory, $"src{n}", scenario.Kernel, memory, incoming: null, common);
@@ -255,6 +306,11 @@ internal static class MigrationBench
                     new JsonObject { ["capability"] = "postcopy-preempt", ["state"] = true },
                 },
             });
+        }
+
+        if (scenario.Tls)
+        {
+            await SetTlsAsync(source, TlsDirectory(directory), server: false, transport);
         }
 
         JsonNode? parameters = await source.Qmp.ExecuteAsync("query-migrate-parameters");
@@ -273,9 +329,19 @@ internal static class MigrationBench
         await using QemuChild source = await QemuChild.StartAsync(qemu, directory, $"qsrc{n}", scenario.Kernel, options.MemoryBytes, incomingDefer: false);
         using var keepLogs = new LogKeeper(options.LogDirectory, $"{transport}-{scenario.Key}-qemu", source, destination);
         await destination.Qmp.ExecuteAsync("migrate-set-capabilities", Capabilities(scenario, destination: true));
+        if (scenario.Tls)
+        {
+            await SetTlsAsync(destination, TlsDirectory(directory), server: true, transport);
+        }
+
         await destination.Qmp.ExecuteAsync("migrate-incoming", new JsonObject { ["uri"] = uri });
         await source.WaitForSerialAsync(scenario.Ready, GuestReadyTimeout);
         await source.Qmp.ExecuteAsync("migrate-set-capabilities", Capabilities(scenario, destination: false));
+        if (scenario.Tls)
+        {
+            await SetTlsAsync(source, TlsDirectory(directory), server: false, transport);
+        }
+
         await source.Qmp.ExecuteAsync("migrate-set-parameters", new JsonObject
         {
             ["downtime-limit"] = (long)modular.DowntimeLimitMs,

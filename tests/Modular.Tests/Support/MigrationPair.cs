@@ -56,9 +56,13 @@ internal sealed class MigrationPair : IAsyncDisposable
     }
 
     /// <summary>Starts the destination with <c>--incoming <paramref name="listen"/></c> and reads the endpoint it bound.</summary>
-    public async Task StartDestinationAsync(string listen, ulong memory = DefaultMemory, string kernel = "ab-guest.elf")
+    /// <param name="listen">The incoming URI.</param>
+    /// <param name="memory">Guest RAM.</param>
+    /// <param name="kernel">The guest image.</param>
+    /// <param name="extra">More arguments for <c>modular run</c> (for example <c>--set</c> overrides).</param>
+    public async Task StartDestinationAsync(string listen, ulong memory = DefaultMemory, string kernel = "ab-guest.elf", string[]? extra = null)
     {
-        Destination = await ModularProcess.StartAsync("destination", Directory, kernel, memory, "--incoming", listen);
+        Destination = await ModularProcess.StartAsync("destination", Directory, kernel, memory, ["--incoming", listen, .. extra ?? []]);
         DestinationUri = (await Destination.WaitForStdErrAsync("modular: listening for an incoming migration on ", TimeSpan.FromSeconds(60))).Trim();
     }
 

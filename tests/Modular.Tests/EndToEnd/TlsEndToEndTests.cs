@@ -1,0 +1,50 @@
+using System.Text.Json.Nodes;
+using Modular.Core.Migration.Tls;
+using Modular.Tests.Support;
+
+namespace Modular.Tests.EndToEnd;
+
+/// <summary>
+/// Two real <c>modular</c> processes migrating the KVM A/B guest (256 MiB) in TLS, set up as QEMU
+/// users set it up: the destination's credentials from its config (an objects entry and the
+/// tls-creds parameter), the source's with QMP object-add and migrate-set-parameters.
+/// </summary>
+[TestClass]
+public sealed class TlsEndToEndTests
+{
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    [DataRow("tcp")]
+    [DataRow("unix")]
+    public async Task Tls_MigrationCompletes_RamChecks_GuestContinuesOnDestination(string scheme)
+    {
+        await using MigrationPair pair = MigrationPair.Create();
+        string pki = pair.PathFor("pki");
+        TlsCredentialsWriter.Write(pki, ["localhost", "127.0.0.1"], TimeSpan.FromDays(1));
+        string listen = scheme == "tcp" ? "tcp:127.0.0.1:0" : "unix:" + pair.PathFor("mig.sock");
+        await pair.StartDestinationAsync(listen, extra:
+        [
+            "--set", "objects[0].qom-type=tls-creds-x509",
+            "--set", "objects[0].id=tls0",
+            "--set", "objects[0].dir=" + pki,
+            "--set", "objects[0].endpoint=server",
+            "--set", "migration.parameters.tls-creds=tls0",
+        ]);
+        await pair.StartSourceAsync();
+        await pair.Source.Qmp.ExecuteAsync("object-add", new JsonObject
+        {
+            ["qom-type"] = "tls-creds-x509",
+            ["id"] = "tls0",
+            ["dir"] = pki,
+            ["endpoint"] = "client",
+        });
+        await pair.SetSourceParametersAsync(new JsonObject { ["tls-creds"] = "tls0", ["tls-hostname"] = scheme == "unix" ? "localhost" : "" });
+        JsonNode? parameters = await pair.Source.Qmp.ExecuteAsync("query-migrate-parameters");
+        Assert.AreEqual("tls0", parameters?["tls-creds"]?.GetValue<string>(), parameters?.ToJsonString());
+
+        JsonObject result = await pair.MigrateToEndAsync();
+        Assert.AreEqual("completed", result["status"]?.GetValue<string>(), result.ToJsonString());
+        Assert.AreEqual("postmigrate", await pair.Source.RunStateAsync());
+        await PrecopyEndToEndTests.AssertGuestContinuesAsync(pair.Destination);
+    }
+}
