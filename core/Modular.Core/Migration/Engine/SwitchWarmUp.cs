@@ -106,6 +106,10 @@ internal static class SwitchWarmUp
 
                 Exercise();
                 CpuTime = ThreadCpuTime() - cpuBefore;
+                // Then, on its own and waited for by nobody, the first TLS handshake's cost (OpenSSL,
+                // SslStream, X509Chain): a source is usually given its credentials by object-add just
+                // before migrate, too late to warm up then (measured: 200-240 ms of the setup).
+                Tls.TlsWarmUp.Start();
                 return System.Diagnostics.Stopwatch.GetElapsedTime(started);
             };
             if (!lowPriority)

@@ -29,6 +29,8 @@ public sealed class TlsCredentialsRegistry
         {
             throw new ArgumentException($"attempt to add duplicate property '{credentials.Id}' to object (type 'container')");
         }
+
+        TlsWarmUp.Start();
     }
 
     /// <summary>Removes the credentials with that id; false when there are none.</summary>

@@ -96,7 +96,7 @@ internal sealed class TlsMigrationConnection : IMigrationConnection, IExtraChann
     }
 
     /// <summary>A pipe over an SslStream; completing its output ends the channel's sending side after the bytes written.</summary>
-    private sealed class TlsPipe : IDuplexPipe
+    internal sealed class TlsPipe : IDuplexPipe
     {
         internal TlsPipe(SslStream ssl, IDuplexPipe inner)
         {
@@ -192,6 +192,8 @@ internal sealed class TlsMigrationConnection : IMigrationConnection, IExtraChann
                 {
                     ssl.Write(buffer, 0, used);
                 }
+
+                ssl.Flush();
             }
             catch (Exception ex) when (ex is not IOException)
             {

@@ -17,6 +17,9 @@ public sealed class TlsSession
     /// <summary>How long a TLS handshake may take before the channel is given up.</summary>
     internal static readonly TimeSpan HandshakeTimeout = TimeSpan.FromSeconds(10);
 
+    /// <summary>A session for the warm-up's in-memory handshake.</summary>
+    internal static TlsSession ForWarmUp(TlsCredentials credentials, string? hostname) => new(credentials, hostname);
+
     private TlsSession(TlsCredentials credentials, string? hostname)
     {
         Credentials = credentials;
@@ -105,7 +108,8 @@ public sealed class TlsSession
     internal async ValueTask<SslStream> HandshakeAsync(IDuplexPipe pipe, string description, CancellationToken cancellationToken)
     {
         string? problem = null;
-        var ssl = new SslStream(new PipeDuplexStream(pipe), leaveInnerStreamOpen: false);
+        var stream = new PipeDuplexStream(pipe);
+        var ssl = new SslStream(stream, leaveInnerStreamOpen: false);
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeout.CancelAfter(HandshakeTimeout);
         try
@@ -130,7 +134,7 @@ public sealed class TlsSession
             {
                 var options = new SslServerAuthenticationOptions
                 {
-                    ServerCertificateContext = SslStreamCertificateContext.Create(Credentials.Certificate!, additionalCertificates: null, offline: true),
+                    ServerCertificateContext = Credentials.ServerContext,
                     ClientCertificateRequired = Credentials.VerifyPeer,
                     CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
                     RemoteCertificateValidationCallback = (_, certificate, _, _) => (problem = CheckClient(certificate)) is null,
@@ -138,6 +142,7 @@ public sealed class TlsSession
                 await ssl.AuthenticateAsServerAsync(options, timeout.Token).ConfigureAwait(false);
             }
 
+            stream.CoalesceWrites = true;
             return ssl;
         }
         catch (Exception ex) when (ex is AuthenticationException or IOException or OperationCanceledException or TransportException)

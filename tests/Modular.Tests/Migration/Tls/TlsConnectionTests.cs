@@ -270,6 +270,16 @@ public sealed class TlsConnectionTests
     }
 
     [TestMethod]
+    public async Task WarmUp_HandshakesInMemory_AndMovesItsBytes()
+    {
+        // What the registry starts on its first credentials: a whole handshake (the server checking
+        // the client's certificate and the client the server's name) and 64 KiB through the wrappers.
+        Assert.AreEqual(64L * 1024, await TlsWarmUp.ExerciseAsync().WaitAsync(TimeSpan.FromSeconds(30)));
+        _ = Pki(_dir);
+        await TlsWarmUp.Completion.WaitAsync(TimeSpan.FromSeconds(30));
+    }
+
+    [TestMethod]
     public void SessionFor_RefusesWhatTlsCannotDo_WithQemusMessages()
     {
         (TlsCredentialsRegistry registry, _) = Pki(_dir);
