@@ -15,6 +15,7 @@ internal static class MigrateCommand
     private static readonly Option<string?> TlsCredsOption = new("--tls-creds") { Description = "tls-creds: the id of a tls-creds-x509 object of the source (endpoint client; from its config's objects or QMP object-add); the channels then use TLS (the destination needs tls-creds too, endpoint server)." };
     private static readonly Option<string?> TlsHostnameOption = new("--tls-hostname") { Description = "tls-hostname: the name to check the destination's certificate against, instead of the URI's host." };
     private static readonly Option<string?> MaxBandwidthOption = new("--max-bandwidth") { Description = "max-bandwidth: bytes per second, optionally with K, M, G (binary units); 0 for unlimited." };
+    private static readonly Option<string?> MaxPostcopyBandwidthOption = new("--max-postcopy-bandwidth") { Description = "max-postcopy-bandwidth: the cap on postcopy's background pages from the switch on, bytes per second as --max-bandwidth; 0 (the default) for unlimited. Requested pages are not held back." };
 
     internal static Command Create()
     {
@@ -30,21 +31,34 @@ internal static class MigrateCommand
         command.Options.Add(AutoConvergeOption);
         command.Options.Add(XbzrleOption);
         command.Options.Add(MaxBandwidthOption);
+        command.Options.Add(MaxPostcopyBandwidthOption);
         command.Options.Add(TlsCredsOption);
         command.Options.Add(TlsHostnameOption);
         command.Arguments.Add(uriArgument);
         command.SetAction(async (parse, cancellationToken) =>
         {
-            ulong? maxBandwidth = null;
-            if (parse.GetValue(MaxBandwidthOption) is { } bandwidthText)
+            ulong? maxBandwidth = null, maxPostcopyBandwidth = null;
+            foreach ((Option<string?> option, bool postcopyCap) in new[] { (MaxBandwidthOption, false), (MaxPostcopyBandwidthOption, true) })
             {
+                if (parse.GetValue(option) is not { } bandwidthText)
+                {
+                    continue;
+                }
+
                 if (!ByteSize.TryParse(bandwidthText, out ulong bandwidth))
                 {
-                    await Console.Error.WriteLineAsync($"--max-bandwidth '{bandwidthText}': expected bytes per second such as 100M or 1G, or 0 for unlimited.");
+                    await Console.Error.WriteLineAsync($"{option.Name} '{bandwidthText}': expected bytes per second such as 100M or 1G, or 0 for unlimited.");
                     return ExitCodes.Usage;
                 }
 
-                maxBandwidth = bandwidth;
+                if (postcopyCap)
+                {
+                    maxPostcopyBandwidth = bandwidth;
+                }
+                else
+                {
+                    maxBandwidth = bandwidth;
+                }
             }
 
             QmpClient client;
@@ -102,6 +116,11 @@ internal static class MigrateCommand
                     if (maxBandwidth is { } cap)
                     {
                         parameters["max-bandwidth"] = cap;
+                    }
+
+                    if (maxPostcopyBandwidth is { } postcopyCap)
+                    {
+                        parameters["max-postcopy-bandwidth"] = postcopyCap;
                     }
 
                     if (parse.GetValue(TlsCredsOption) is { } tlsCreds)

@@ -76,6 +76,7 @@ public static class ConfigSchema
         new("migration.parameters", ConfigValueKind.Section, "", "QEMU migration parameters (as migrate-set-parameters)."),
         new("migration.parameters.downtime-limit", ConfigValueKind.Integer, "300", "Largest acceptable downtime in milliseconds."),
         new("migration.parameters.max-bandwidth", ConfigValueKind.Size, "0", "Bandwidth cap in bytes per second; 0 means unlimited (QEMU's default is 128M)."),
+        new("migration.parameters.max-postcopy-bandwidth", ConfigValueKind.Size, "0", "Bandwidth cap of postcopy's background pages in bytes per second, from the switch to postcopy on (max-bandwidth applies before it); 0 means unlimited, as in QEMU. Requested pages are never held back by it."),
         new("migration.parameters.multifd-channels", ConfigValueKind.Integer, "2", "Channels the multifd capability opens (1 to 255); both sides must use the same number."),
         new("migration.parameters.xbzrle-cache-size", ConfigValueKind.Size, "64M", "xbzrle: the source's cache of pages as last sent, in bytes; a power of two of at least 4K."),
         new("migration.parameters.tls-creds", ConfigValueKind.String, "(none)", "The id of a tls-creds-x509 object in objects: the migration's channels use TLS with these credentials (endpoint client on the source, server on the destination); none means plain channels."),

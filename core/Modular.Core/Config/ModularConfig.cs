@@ -44,6 +44,9 @@ public sealed record MigrationConfig(IReadOnlyDictionary<string, bool> Capabilit
     /// <summary>QEMU's default xbzrle-cache-size: 64 MiB.</summary>
     public const ulong DefaultXbzrleCacheSize = 64UL << 20;
 
+    /// <summary>max-postcopy-bandwidth in bytes per second (0 = unlimited, QEMU's default).</summary>
+    public ulong MaxPostcopyBandwidth { get; init; }
+
     /// <summary>xbzrle-cache-size in bytes (QEMU's default unless the config sets it).</summary>
     public ulong XbzrleCacheSize { get; init; } = DefaultXbzrleCacheSize;
 

@@ -94,7 +94,7 @@ public sealed class TlsCredsCommandTests
 
     [TestMethod]
     [Timeout(120_000, CooperativeCancellation = true)]
-    public async Task MigrateSetsTlsCredsAndTlsHostname_OnTheSource()
+    public async Task MigrateSetsTlsCredsTlsHostnameAndPostcopyBandwidth_OnTheSource()
     {
         await using ModularProcess source = await ModularProcess.StartAsync("source", _dir, "ab-guest.elf", 32UL << 20, "--set", "machine.accelerator=synthetic");
         int port;
@@ -105,11 +105,20 @@ public sealed class TlsCredsCommandTests
         }
 
         // Nobody listens there: the migration fails, but only after the parameters were set.
-        CliProcess.Result result = await Task.Run(() => CliProcess.Run("migrate", "--qmp", source.QmpSocket, "--tls-creds", "tls0", "--tls-hostname", "dest.example", $"tcp:127.0.0.1:{port}"));
+        CliProcess.Result result = await Task.Run(() => CliProcess.Run("migrate", "--qmp", source.QmpSocket, "--tls-creds", "tls0", "--tls-hostname", "dest.example", "--max-postcopy-bandwidth", "8M", $"tcp:127.0.0.1:{port}"));
 
         Assert.AreEqual(1, result.ExitCode, result.StdOut + result.StdErr);
         var parameters = (JsonObject)(await source.Qmp.ExecuteAsync("query-migrate-parameters"))!;
         Assert.AreEqual("tls0", parameters["tls-creds"]!.GetValue<string>());
         Assert.AreEqual("dest.example", parameters["tls-hostname"]!.GetValue<string>());
+        Assert.AreEqual(8UL << 20, parameters["max-postcopy-bandwidth"]!.GetValue<ulong>());
+    }
+
+    [TestMethod]
+    public void MigrateRefusesAPostcopyBandwidthThatIsNotASize()
+    {
+        CliProcess.Result result = CliProcess.Run("migrate", "--qmp", "/nonexistent.sock", "--max-postcopy-bandwidth", "fast", "unix:/tmp/x.sock");
+        Assert.AreEqual(2, result.ExitCode, result.StdErr);
+        StringAssert.Contains(result.StdErr, "--max-postcopy-bandwidth 'fast': expected bytes per second such as 100M or 1G, or 0 for unlimited.");
     }
 }

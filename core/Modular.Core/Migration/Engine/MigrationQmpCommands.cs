@@ -114,7 +114,7 @@ public static class MigrationQmpCommands
             return ValueTask.FromResult<JsonNode?>(list);
         });
 
-        commands.Register("migrate-set-parameters", ["downtime-limit", "max-bandwidth", "multifd-channels", "cpu-throttle-initial", "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "cpu-throttle-tailslow", "xbzrle-cache-size", "tls-creds", "tls-hostname", "tls-authz"], (args, _) =>
+        commands.Register("migrate-set-parameters", ["downtime-limit", "max-bandwidth", "multifd-channels", "cpu-throttle-initial", "cpu-throttle-increment", "max-cpu-throttle", "throttle-trigger-threshold", "cpu-throttle-tailslow", "xbzrle-cache-size", "max-postcopy-bandwidth", "tls-creds", "tls-hostname", "tls-authz"], (args, _) =>
         {
             // StrOrNull, as QEMU: JSON null sets "" (none). tls-creds may name an object that does
             // not exist yet; the migration looks it up when it starts (QEMU checks it then too).
@@ -137,7 +137,7 @@ public static class MigrationQmpCommands
                     Max = max is { } m ? Percent(m) : current.Max,
                     TriggerThreshold = threshold is { } t ? Percent(t) : current.TriggerThreshold,
                     TailSlow = tailSlow ?? current.TailSlow,
-                }, args.GetOptionalUInt64("xbzrle-cache-size"), tlsCreds, tlsHostname);
+                }, args.GetOptionalUInt64("xbzrle-cache-size"), tlsCreds, tlsHostname, args.GetOptionalUInt64("max-postcopy-bandwidth"));
             }
             catch (ArgumentOutOfRangeException ex)
             {
@@ -161,6 +161,7 @@ public static class MigrationQmpCommands
                 ["throttle-trigger-threshold"] = snapshot.Throttle.TriggerThreshold,
                 ["cpu-throttle-tailslow"] = snapshot.Throttle.TailSlow,
                 ["xbzrle-cache-size"] = snapshot.XbzrleCacheSize,
+                ["max-postcopy-bandwidth"] = snapshot.MaxPostcopyBandwidth,
                 ["tls-creds"] = snapshot.TlsCreds,
                 ["tls-hostname"] = snapshot.TlsHostname,
                 ["tls-authz"] = string.Empty,

@@ -13,6 +13,7 @@ public sealed class MigrationSettings
     private readonly Dictionary<string, bool> _capabilities;
     private long _downtimeLimitMs;
     private ulong _maxBandwidth;
+    private ulong _maxPostcopyBandwidth;
     private int _multifdChannels;
     private State.ThrottleParameters _throttle;
     private ulong _xbzrleCacheSize;
@@ -32,6 +33,7 @@ public sealed class MigrationSettings
         _capabilities = new Dictionary<string, bool>(config.Capabilities, StringComparer.Ordinal);
         _downtimeLimitMs = config.DowntimeLimitMs;
         _maxBandwidth = config.MaxBandwidth;
+        _maxPostcopyBandwidth = config.MaxPostcopyBandwidth;
         _multifdChannels = config.MultifdChannels;
         _throttle = config.Throttle;
         _xbzrleCacheSize = config.XbzrleCacheSize;
@@ -62,7 +64,7 @@ public sealed class MigrationSettings
     {
         lock (_gate)
         {
-            return new MigrationSettingsSnapshot(new Dictionary<string, bool>(_capabilities, StringComparer.Ordinal), _downtimeLimitMs, _maxBandwidth) { MultifdChannels = _multifdChannels, Throttle = _throttle, XbzrleCacheSize = _xbzrleCacheSize, TlsCreds = _tlsCreds, TlsHostname = _tlsHostname };
+            return new MigrationSettingsSnapshot(new Dictionary<string, bool>(_capabilities, StringComparer.Ordinal), _downtimeLimitMs, _maxBandwidth) { MultifdChannels = _multifdChannels, Throttle = _throttle, XbzrleCacheSize = _xbzrleCacheSize, MaxPostcopyBandwidth = _maxPostcopyBandwidth, TlsCreds = _tlsCreds, TlsHostname = _tlsHostname };
         }
     }
 
@@ -109,8 +111,9 @@ public sealed class MigrationSettings
     /// <param name="xbzrleCacheSize">New xbzrle-cache-size, or null to keep.</param>
     /// <param name="tlsCreds">New tls-creds (an object id, or empty for none), or null to keep.</param>
     /// <param name="tlsHostname">New tls-hostname (empty for the URI's host), or null to keep.</param>
+    /// <param name="maxPostcopyBandwidth">New max-postcopy-bandwidth in bytes/s, or null to keep.</param>
     /// <exception cref="ArgumentOutOfRangeException">A value out of QEMU's range (the message names it).</exception>
-    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth, long? multifdChannels = null, Func<State.ThrottleParameters, State.ThrottleParameters>? throttle = null, ulong? xbzrleCacheSize = null, string? tlsCreds = null, string? tlsHostname = null)
+    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth, long? multifdChannels = null, Func<State.ThrottleParameters, State.ThrottleParameters>? throttle = null, ulong? xbzrleCacheSize = null, string? tlsCreds = null, string? tlsHostname = null, ulong? maxPostcopyBandwidth = null)
     {
         if (xbzrleCacheSize is { } cache && !MigrationConfig.IsValidXbzrleCacheSize(cache))
         {
@@ -137,6 +140,7 @@ public sealed class MigrationSettings
 
             _downtimeLimitMs = downtimeLimitMs ?? _downtimeLimitMs;
             _maxBandwidth = maxBandwidth ?? _maxBandwidth;
+            _maxPostcopyBandwidth = maxPostcopyBandwidth ?? _maxPostcopyBandwidth;
             _multifdChannels = (int?)multifdChannels ?? _multifdChannels;
             _throttle = nextThrottle;
             _xbzrleCacheSize = xbzrleCacheSize ?? _xbzrleCacheSize;
@@ -161,6 +165,9 @@ public sealed record MigrationSettingsSnapshot(IReadOnlyDictionary<string, bool>
 
     /// <summary>The auto-converge parameters.</summary>
     public State.ThrottleParameters Throttle { get; init; } = State.ThrottleParameters.Default;
+
+    /// <summary>max-postcopy-bandwidth in bytes/s (0 = unlimited): the rate limit from the switch to postcopy on.</summary>
+    public ulong MaxPostcopyBandwidth { get; init; }
 
     /// <summary>xbzrle-cache-size in bytes.</summary>
     public ulong XbzrleCacheSize { get; init; } = MigrationConfig.DefaultXbzrleCacheSize;

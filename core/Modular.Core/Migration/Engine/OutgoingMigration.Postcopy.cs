@@ -30,6 +30,15 @@ public sealed partial class OutgoingMigration
     private const int PreemptBackgroundBatchPages = 256;
 
     private readonly ConcurrentQueue<PageRequest> _requests = new();
+
+    // Released for each request queued for the migration task (no preempt channel), which may be
+    // waiting on max-postcopy-bandwidth (ThrottleAsync).
+    private readonly SemaphoreSlim _requestArrived = new(0);
+
+    // The rate limit in force (ThrottleAsync): max-bandwidth, then max-postcopy-bandwidth.
+    private readonly Stopwatch _rateClock = new();
+    private ulong _rateLimit;
+    private long _rateBase;
     private volatile bool _postcopyRequested;
     private volatile bool _inPostcopy;
     private int _lastRequestedBlock = -1;
@@ -95,6 +104,11 @@ public sealed partial class OutgoingMigration
         Stats.AddPostcopyRequest();
         var request = new PageRequest(_lastRequestedBlock, (long)(message.Start / RamBlock.TargetPageSize), (int)((message.Length + RamBlock.TargetPageSize - 1) / RamBlock.TargetPageSize), Sent: _preempt is not null);
         _requests.Enqueue(request);
+        if (_preempt is null)
+        {
+            _requestArrived.Release();
+        }
+
         return _preempt is { } preempt ? preempt.SendAsync(request.Block, request.Page, request.Count, _cancel.Token) : ValueTask.CompletedTask;
     }
 
@@ -162,6 +176,7 @@ public sealed partial class OutgoingMigration
             Stopwatch.GetElapsedTime(discarded, built).TotalMilliseconds,
             Stopwatch.GetElapsedTime(built, flushed).TotalMilliseconds);
         Status.MoveTo(MigrationStatus.PostcopyActive);
+        SetRateLimit(Settings.MaxPostcopyBandwidth, writer.Position);
 
         PassStarted?.Invoke(++_pass);
 

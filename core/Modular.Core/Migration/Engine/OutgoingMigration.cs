@@ -225,10 +225,9 @@ public sealed partial class OutgoingMigration
             Status.MoveTo(MigrationStatus.Active);
 
             var bandwidth = new BandwidthEstimator();
-            var throttle = Stopwatch.StartNew();
             // Bytes out so far: the main stream's, and the multifd channels' (headers and pages).
             long Sent() => writer.Position + (multifd?.BytesSent ?? 0);
-            long throttleBase = Sent();
+            SetRateLimit(Settings.MaxBandwidth, Sent());
             long accounted = 0;
             async ValueTask AfterFlush(long _)
             {
@@ -237,7 +236,7 @@ public sealed partial class OutgoingMigration
                 Stats.AddTransferred(position - accounted);
                 bandwidth.Add((ulong)(position - accounted));
                 accounted = position;
-                await ThrottleAsync(position - throttleBase, throttle).ConfigureAwait(false);
+                await ThrottleAsync(position).ConfigureAwait(false);
             }
 
             PassStarted?.Invoke(++_pass);
@@ -445,19 +444,52 @@ public sealed partial class OutgoingMigration
         }
     }
 
-    private async ValueTask ThrottleAsync(long bytesSent, Stopwatch clock)
+    /// <summary>
+    /// Starts pacing at <paramref name="bytesPerSecond"/> (0: none) from <paramref name="position"/>
+    /// bytes sent, now: max-bandwidth from the start, max-postcopy-bandwidth from the switch to
+    /// postcopy (QEMU's migration_rate_set at postcopy_start). Migration task.
+    /// </summary>
+    private void SetRateLimit(ulong bytesPerSecond, long position)
     {
-        ulong max = Settings.MaxBandwidth;
+        _rateLimit = bytesPerSecond;
+        _rateBase = position;
+        _rateClock.Restart();
+    }
+
+    /// <summary>
+    /// Waits while <paramref name="position"/> bytes sent are ahead of the rate limit. In postcopy
+    /// without a preempt channel a page request ends the wait, so that requested pages are never
+    /// held back (QEMU's migration thread is woken for an urgent request the same way). Migration task.
+    /// </summary>
+    private async ValueTask ThrottleAsync(long position)
+    {
+        ulong max = _rateLimit;
         if (max == 0)
         {
             return;
         }
 
-        double due = bytesSent / (double)max;
-        double ahead = due - clock.Elapsed.TotalSeconds;
-        if (ahead > 0.001)
+        double due = (position - _rateBase) / (double)max;
+        double ahead = due - _rateClock.Elapsed.TotalSeconds;
+        if (ahead <= 0.001)
+        {
+            return;
+        }
+
+        if (!_inPostcopy || _preempt is not null)
         {
             await Task.Delay(TimeSpan.FromSeconds(ahead), _cancel.Token).ConfigureAwait(false);
+            return;
+        }
+
+        while (_requestArrived.CurrentCount > 0)
+        {
+            _requestArrived.Wait(0);
+        }
+
+        if (_requests.IsEmpty)
+        {
+            _ = await _requestArrived.WaitAsync(TimeSpan.FromSeconds(ahead), _cancel.Token).ConfigureAwait(false);
         }
     }
 }

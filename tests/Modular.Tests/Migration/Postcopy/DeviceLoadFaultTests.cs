@@ -32,10 +32,10 @@ public sealed class DeviceLoadFaultTests
             {
               "machine": { "accelerator": "synthetic", "memory": "64M", "synthetic": { "pages-per-second": 2000 } },
               "devices": [ { "type": "dma-ring" } ],
-              "migration": { "capabilities": { "postcopy-ram": true }, "parameters": { "max-bandwidth": "32M" } }
+              "migration": { "capabilities": { "postcopy-ram": true }, "parameters": { "max-bandwidth": "32M", "max-postcopy-bandwidth": "32M" } }
             }
             """);
-        // The bandwidth cap keeps the background stream from bringing the ring page (48 MiB in, so
+        // The bandwidth caps (max-postcopy-bandwidth from the switch on) keep the background stream from bringing the ring page (48 MiB in, so
         // about 1.5 s) before the device load reads it right after LISTEN: the load must fault.
         using PluginCatalog catalog = PluginCatalog.Load([PluginCatalog.DefaultDirectory]);
         PluginAvailability uffd = catalog.GetFaultBackend("userfaultfd").Probe();

@@ -92,10 +92,10 @@ public sealed class PageChannelTests
             {
               "machine": { "accelerator": "synthetic", "memory": "32M", "synthetic": { "pages-per-second": 2000 } },
               "devices": [ { "type": "dma-ring" } ],
-              "migration": { "capabilities": { "postcopy-ram": true }, "parameters": { "max-bandwidth": "32M" } }
+              "migration": { "capabilities": { "postcopy-ram": true }, "parameters": { "max-bandwidth": "32M", "max-postcopy-bandwidth": "32M" } }
             }
             """);
-        // The bandwidth cap keeps the background stream from bringing the ring page (24 MiB in, so
+        // The bandwidth caps (max-postcopy-bandwidth from the switch on) keep the background stream from bringing the ring page (24 MiB in, so
         // about 0.75 s) before the device load, on the main thread right after LISTEN, reads it: the
         // load must fault. Uncapped, a fast placement could win that race on a busy host.
         PluginCatalog catalog = PluginCatalog.Load([PluginCatalog.DefaultDirectory]);

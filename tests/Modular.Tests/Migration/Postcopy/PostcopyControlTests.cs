@@ -69,7 +69,7 @@ public sealed class PostcopyControlTests
         // 32 MiB at 16 MB/s: postcopy lasts about two seconds, long enough to try a cancel in it.
         await using InProcessMigrationPair pair = await InProcessMigrationPair.StartAsync(
             Config(postcopy: true, preempt: true), Config(postcopy: true), startPostcopy: true,
-            configureSource: migration => migration.Settings.SetParameters(null, 16_000_000));
+            configureSource: migration => migration.Settings.SetParameters(null, null, maxPostcopyBandwidth: 16_000_000));
         OutgoingMigration outgoing = pair.Outgoing;
         IncomingMigration incoming = pair.Incoming;
         await pair.WaitForStatusAsync(MigrationStatus.PostcopyActive);

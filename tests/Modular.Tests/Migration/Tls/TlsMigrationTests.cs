@@ -66,7 +66,7 @@ public sealed class TlsMigrationTests
             configureSource: c =>
             {
                 ClientSide(c);
-                c.Settings.SetParameters(null, 16_000_000);
+                c.Settings.SetParameters(null, null, maxPostcopyBandwidth: 16_000_000);
             },
             configureDestination: ServerSide);
         await pair.WaitForStatusAsync(MigrationStatus.PostcopyActive);
