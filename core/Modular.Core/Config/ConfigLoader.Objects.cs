@@ -12,6 +12,19 @@ public static partial class ConfigLoader
         /// <summary>The keys a tls-creds-x509 object takes in the objects list.</summary>
         private static readonly string[] TlsObjectKeys = ["qom-type", "id", "dir", "endpoint", "verify-peer"];
 
+        /// <summary>The keys each authorization type takes in the objects list.</summary>
+        private static readonly Dictionary<string, string[]> AuthzObjectKeys = new(StringComparer.Ordinal)
+        {
+            [TlsAuthorization.SimpleType] = ["qom-type", "id", "identity"],
+            [TlsAuthorization.ListFileType] = ["qom-type", "id", "filename", "refresh"],
+        };
+
+        /// <summary>The authorization objects of the objects list (read by <see cref="ReadObjects"/>).</summary>
+        private readonly List<AuthzObjectConfig> _authzObjects = [];
+
+        /// <summary>The ids of the authorization objects, for tls-authz.</summary>
+        private readonly HashSet<string> _authzIds = new(StringComparer.Ordinal);
+
         /// <summary>Every id the objects list declares, even of an object with another problem (which is reported on its own).</summary>
         private readonly HashSet<string> _objectIds = new(StringComparer.Ordinal);
 
@@ -63,9 +76,15 @@ public static partial class ConfigLoader
                     continue;
                 }
 
+                if (AuthzObjectKeys.TryGetValue(type, out string[]? authzKeys))
+                {
+                    ReadAuthorization(path, type, id, fields, authzKeys, ids, ok);
+                    continue;
+                }
+
                 if (type != TlsCredentials.QomType)
                 {
-                    errors.Add($"{path}.qom-type: object type '{type}' is not supported by Modular; supported: {TlsCredentials.QomType}.");
+                    errors.Add($"{path}.qom-type: object type '{type}' is not supported by Modular; supported: {TlsCredentials.QomType}, {string.Join(", ", TlsAuthorization.Types)}.");
                     continue;
                 }
 
@@ -78,25 +97,7 @@ public static partial class ConfigLoader
                     ok = false;
                 }
 
-                if (id.Length == 0)
-                {
-                    errors.Add($"{path}.id: missing; every object needs an id (migration.parameters.tls-creds names it).");
-                    ok = false;
-                }
-                else if (!TlsCredentialsRegistry.IsWellFormedId(id))
-                {
-                    errors.Add($"{path}.id: '{id}' is not an identifier; ids consist of letters, digits, '-', '.', '_', starting with a letter (as QEMU's).");
-                    ok = false;
-                }
-                else if (ids.TryGetValue(id, out string? other))
-                {
-                    errors.Add($"{path}.id: '{id}' is already used by {other}; object ids must be unique.");
-                    ok = false;
-                }
-                else
-                {
-                    ids[id] = path;
-                }
+                ok &= CheckId(path, id, "migration.parameters.tls-creds", ids);
 
                 string dir = fields.GetValueOrDefault("dir", string.Empty);
                 if (dir.Length == 0)
@@ -131,6 +132,87 @@ public static partial class ConfigLoader
             }
 
             return objects;
+        }
+
+        /// <summary>An object's id: present, an identifier, unique; records it in <paramref name="ids"/>.</summary>
+        private bool CheckId(string path, string id, string namedBy, Dictionary<string, string> ids)
+        {
+            if (id.Length == 0)
+            {
+                errors.Add($"{path}.id: missing; every object needs an id ({namedBy} names it).");
+                return false;
+            }
+
+            if (!TlsCredentialsRegistry.IsWellFormedId(id))
+            {
+                errors.Add($"{path}.id: '{id}' is not an identifier; ids consist of letters, digits, '-', '.', '_', starting with a letter (as QEMU's).");
+                return false;
+            }
+
+            if (ids.TryGetValue(id, out string? other))
+            {
+                errors.Add($"{path}.id: '{id}' is already used by {other}; object ids must be unique.");
+                return false;
+            }
+
+            ids[id] = path;
+            return true;
+        }
+
+        /// <summary>An authz-simple (identity) or authz-listfile (filename, refresh) object.</summary>
+        private void ReadAuthorization(string path, string type, string id, Dictionary<string, string> fields, string[] keys, Dictionary<string, string> ids, bool ok)
+        {
+            foreach (string key in fields.Keys.Where(k => !keys.Contains(k, StringComparer.OrdinalIgnoreCase)))
+            {
+                string? nearest = Nearest(key, keys);
+                errors.Add(nearest is not null
+                    ? $"{path}.{key}: unknown key '{key}' in a {type} object; did you mean '{nearest}'?"
+                    : $"{path}.{key}: unknown key '{key}' in a {type} object; known keys: {string.Join(", ", keys)}.");
+                ok = false;
+            }
+
+            ok &= CheckId(path, id, "migration.parameters.tls-authz", ids);
+            if (id.Length > 0)
+            {
+                _authzIds.Add(id);
+            }
+
+            string value;
+            bool refresh = true;
+            if (type == TlsAuthorization.SimpleType)
+            {
+                value = fields.GetValueOrDefault("identity", string.Empty);
+                if (value.Length == 0)
+                {
+                    errors.Add($"{path}.identity: missing; give the source certificate's subject as QEMU writes it, e.g. \"CN=src.example,O=Example,C=GB\".");
+                    ok = false;
+                }
+            }
+            else
+            {
+                value = fields.GetValueOrDefault("filename", string.Empty);
+                if (value.Length == 0)
+                {
+                    errors.Add($"{path}.filename: missing; give the JSON rules file (relative to the config file).");
+                    ok = false;
+                }
+                else
+                {
+                    value = Path.GetFullPath(value, baseDirectory);
+                }
+
+                string refreshText = fields.GetValueOrDefault("refresh", "true");
+                if (!bool.TryParse(refreshText, out refresh))
+                {
+                    errors.Add($"{path}.refresh: expected true or false, found '{refreshText}'.");
+                    ok = false;
+                }
+            }
+
+            if (ok)
+            {
+                _authzObjects.Add(new AuthzObjectConfig(id, type, value, refresh, path));
+            }
         }
     }
 }

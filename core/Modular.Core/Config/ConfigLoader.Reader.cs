@@ -57,8 +57,15 @@ public static partial class ConfigLoader
                 MaxPostcopyBandwidth = Size("migration.parameters.max-postcopy-bandwidth"),
                 TlsCreds = Text("migration.parameters.tls-creds") ?? string.Empty,
                 TlsHostname = Text("migration.parameters.tls-hostname") ?? string.Empty,
+                TlsAuthz = Text("migration.parameters.tls-authz") ?? string.Empty,
                 TlsObjects = ReadObjects(),
             };
+            migration = migration with { AuthzObjects = _authzObjects };
+            if (migration.TlsAuthz.Length > 0 && !_authzIds.Contains(migration.TlsAuthz))
+            {
+                errors.Add($"migration.parameters.tls-authz: '{migration.TlsAuthz}' is not the id of an authorization object in objects (an {Migration.Tls.TlsAuthorization.SimpleType} or {Migration.Tls.TlsAuthorization.ListFileType}); add one with that id or name one of theirs.");
+            }
+
             if (!MigrationConfig.IsValidXbzrleCacheSize(migration.XbzrleCacheSize))
             {
                 errors.Add($"migration.parameters.xbzrle-cache-size: {ByteSize.Format(migration.XbzrleCacheSize)} is not a power of two of at least 4K; choose a size such as 64M.");

@@ -59,11 +59,46 @@ public sealed record MigrationConfig(IReadOnlyDictionary<string, bool> Capabilit
     /// <summary>tls-hostname: the name the source checks the destination's certificate against; empty for the host of a tcp URI.</summary>
     public string TlsHostname { get; init; } = string.Empty;
 
+    /// <summary>tls-authz: the id of an authorization object (authz-simple, authz-listfile) in the objects list; empty for none.</summary>
+    public string TlsAuthz { get; init; } = string.Empty;
+
     /// <summary>
     /// The tls-creds-x509 objects of the config's top-level objects list, in config order. Their
     /// files are read when the machine's <see cref="Migration.Engine.MigrationSettings"/> is made.
     /// </summary>
     public IReadOnlyList<TlsCredentialsConfig> TlsObjects { get; init; } = [];
+
+    /// <summary>The authorization objects (authz-simple, authz-listfile) of the config's objects list, in config order.</summary>
+    public IReadOnlyList<AuthzObjectConfig> AuthzObjects { get; init; } = [];
+}
+
+/// <summary>
+/// One authorization object of the config's objects list, in QEMU's object-add shape:
+/// <c>{"qom-type": "authz-simple", "id": "auth0", "identity": "CN=src.example"}</c> or
+/// <c>{"qom-type": "authz-listfile", "id": "auth0", "filename": "allowed.json", "refresh": true}</c>.
+/// </summary>
+/// <param name="Id">The object id, which the tls-authz parameter names.</param>
+/// <param name="Type">authz-simple or authz-listfile.</param>
+/// <param name="Value">The identity (authz-simple) or the rules file, absolute (authz-listfile).</param>
+/// <param name="Refresh">authz-listfile: read the file again at each check.</param>
+/// <param name="ConfigPath">Where the object is in the config (<c>objects[0]</c>), for messages.</param>
+public sealed record AuthzObjectConfig(string Id, string Type, string Value, bool Refresh, string ConfigPath)
+{
+    /// <summary>Makes the authorization (an authz-listfile's file is read now).</summary>
+    /// <exception cref="ConfigException">The rules file is missing or malformed; the message names the object and the file.</exception>
+    public Migration.Tls.TlsAuthorization Load()
+    {
+        try
+        {
+            return Type == Migration.Tls.TlsAuthorization.SimpleType
+                ? new Migration.Tls.SimpleAuthorization(Id, Value)
+                : Migration.Tls.ListFileAuthorization.Load(Id, Value, Refresh);
+        }
+        catch (ArgumentException ex)
+        {
+            throw new ConfigException($"{ConfigPath}: {ex.Message}", ex);
+        }
+    }
 }
 
 /// <summary>

@@ -69,7 +69,7 @@ public sealed class ConfigObjectsTests
     {
         ConfigException ex = Fails(Write("""{ "objects": [ { "qom-type": "secret", "id": "s0", "data": "x" } ] }"""));
 
-        Assert.AreEqual("objects[0].qom-type: object type 'secret' is not supported by Modular; supported: tls-creds-x509.", ex.Errors.Single());
+        Assert.AreEqual("objects[0].qom-type: object type 'secret' is not supported by Modular; supported: tls-creds-x509, authz-simple, authz-listfile.", ex.Errors.Single());
     }
 
     [TestMethod]
@@ -190,5 +190,56 @@ public sealed class ConfigObjectsTests
 
         string ca = Path.Combine(_dir, "empty", "ca-cert.pem");
         Assert.AreEqual($"objects[0]: TLS credentials 'tls0': {ca} does not exist; a server endpoint needs ca-cert.pem, server-cert.pem and server-key.pem in its dir (QEMU's layout).", ex.Message);
+    }
+    [TestMethod]
+    public void AuthorizationObjects_AreRead_AndTlsAuthzMustNameOne()
+    {
+        File.WriteAllText(Path.Combine(_dir, "sources.json"), """{ "rules": [ { "match": "CN=*.example", "policy": "allow", "format": "glob" } ] }""");
+        string path = Write("""
+            {
+              "objects": [
+                { "qom-type": "authz-simple", "id": "auth0", "identity": "CN=src.example,O=Example" },
+                { "qom-type": "authz-listfile", "id": "auth1", "filename": "sources.json", "refresh": false }
+              ],
+              "migration": { "parameters": { "tls-authz": "auth1" } }
+            }
+            """);
+
+        MigrationConfig migration = ConfigLoader.Load(path).Migration;
+
+        Assert.AreEqual("auth1", migration.TlsAuthz);
+        Assert.AreEqual(new AuthzObjectConfig("auth0", "authz-simple", "CN=src.example,O=Example", true, "objects[0]"), migration.AuthzObjects[0]);
+        Assert.AreEqual(new AuthzObjectConfig("auth1", "authz-listfile", Path.Combine(_dir, "sources.json"), false, "objects[1]"), migration.AuthzObjects[1]);
+        var settings = new MigrationSettings(migration);
+        Assert.IsTrue(settings.TlsCredentials.ResolveAuthorization("auth1").IsAllowed("CN=src.example", out _), "the list file was read");
+        Assert.AreEqual("auth1", settings.Snapshot().TlsAuthz);
+    }
+
+    [TestMethod]
+    public void BadAuthorizationObjects_AreNamed()
+    {
+        ConfigException ex = Fails(Write("""
+            {
+              "objects": [
+                { "qom-type": "authz-simple", "id": "auth0" },
+                { "qom-type": "authz-listfile", "id": "auth1", "filename": "f.json", "refersh": true },
+                { "qom-type": "tls-creds-x509", "id": "tls0", "dir": "certs" }
+              ],
+              "migration": { "parameters": { "tls-authz": "tls0" } }
+            }
+            """));
+
+        CollectionAssert.Contains(ex.Errors.ToList(), "objects[0].identity: missing; give the source certificate's subject as QEMU writes it, e.g. \"CN=src.example,O=Example,C=GB\".");
+        CollectionAssert.Contains(ex.Errors.ToList(), "objects[1].refersh: unknown key 'refersh' in a authz-listfile object; did you mean 'refresh'?");
+        Assert.IsTrue(ex.Errors.Any(e => e.StartsWith("migration.parameters.tls-authz: 'tls0' is not the id of an authorization object", StringComparison.Ordinal)), string.Join("\n", ex.Errors));
+    }
+
+    [TestMethod]
+    public void AMissingRulesFile_StopsTheMachineAtStart_NamingTheObject()
+    {
+        MigrationConfig migration = ConfigLoader.Load(Write("""{ "objects": [ { "qom-type": "authz-listfile", "id": "auth0", "filename": "missing.json" } ] }""")).Migration;
+
+        ConfigException ex = Assert.ThrowsExactly<ConfigException>(() => new MigrationSettings(migration));
+        StringAssert.StartsWith(ex.Message, "objects[0]: authz-listfile 'auth0': " + Path.Combine(_dir, "missing.json") + " cannot be read");
     }
 }

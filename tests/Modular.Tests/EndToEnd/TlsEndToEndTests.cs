@@ -7,7 +7,8 @@ namespace Modular.Tests.EndToEnd;
 /// <summary>
 /// Two real <c>modular</c> processes migrating the KVM A/B guest (256 MiB) in TLS, set up as QEMU
 /// users set it up: the destination's credentials from its config (an objects entry and the
-/// tls-creds parameter), the source's with QMP object-add and migrate-set-parameters.
+/// tls-creds parameter, and an authz-simple that tls-authz names), the source's with QMP object-add
+/// and migrate-set-parameters.
 /// </summary>
 [TestClass]
 public sealed class TlsEndToEndTests
@@ -29,6 +30,11 @@ public sealed class TlsEndToEndTests
             "--set", "objects[0].dir=" + pki,
             "--set", "objects[0].endpoint=server",
             "--set", "migration.parameters.tls-creds=tls0",
+            // Only the source certificate TlsCredentialsWriter issues may come in (tls-authz).
+            "--set", "objects[1].qom-type=authz-simple",
+            "--set", "objects[1].id=auth0",
+            "--set", "objects[1].identity=CN=Modular migration source",
+            "--set", "migration.parameters.tls-authz=auth0",
         ]);
         await pair.StartSourceAsync();
         await pair.Source.Qmp.ExecuteAsync("object-add", new JsonObject

@@ -98,14 +98,32 @@ public sealed class TlsQmpCommandsTests
     }
 
     [TestMethod]
-    public async Task TlsAuthz_IsRefusedUnlessEmpty_AndNothingIsSet()
+    public async Task TlsAuthz_IsSetAndShown_AndNullResetsIt()
     {
-        QmpErrorException error = await RefusedAsync("migrate-set-parameters", """{ "tls-creds": "tls0", "downtime-limit": 123, "tls-authz": "authz0" }""");
+        // Like tls-creds, an id no object has yet is accepted: an incoming migration looks it up.
+        await _client.ExecuteAsync("migrate-set-parameters", JsonNode.Parse("""{ "tls-authz": "authz0" }""")!.AsObject());
+        Assert.AreEqual("authz0", (await ParametersAsync())["tls-authz"]!.GetValue<string>());
+        await _client.ExecuteAsync("migrate-set-parameters", JsonNode.Parse("""{ "tls-authz": null }""")!.AsObject());
+        Assert.AreEqual(string.Empty, (await ParametersAsync())["tls-authz"]!.GetValue<string>());
+    }
 
-        Assert.AreEqual("Parameter 'tls-authz' is not supported by Modular: 'authz0' would name an authorization object (QEMU's authz-simple and the like), which Modular does not have; only \"\" or null (no authorization) is accepted. With verify-peer, a destination accepts every client whose certificate its tls-creds' CA signed.", error.Description);
-        JsonObject shown = await ParametersAsync();
-        Assert.AreEqual(string.Empty, shown["tls-creds"]!.GetValue<string>());
-        Assert.AreNotEqual(123, shown["downtime-limit"]!.GetValue<long>());
+    [TestMethod]
+    public async Task ObjectAdd_AuthzObjects_WithQemusErrors()
+    {
+        await _client.ExecuteAsync("object-add", new JsonObject { ["qom-type"] = "authz-simple", ["id"] = "auth0", ["identity"] = "CN=src.example" });
+        string rules = Path.Combine(_dir, "rules.json");
+        File.WriteAllText(rules, """{ "rules": [ { "match": "CN=*.example", "policy": "allow", "format": "glob" } ], "policy": "deny" }""");
+        await _client.ExecuteAsync("object-add", new JsonObject { ["qom-type"] = "authz-listfile", ["id"] = "auth1", ["filename"] = rules });
+
+        Assert.AreEqual("attempt to add duplicate property 'auth0' to object (type 'container')", (await RefusedAsync("object-add", """{ "qom-type": "authz-simple", "id": "auth0", "identity": "x" }""")).Description);
+        Assert.AreEqual("Missing 'identity' property value", (await RefusedAsync("object-add", """{ "qom-type": "authz-simple", "id": "auth2" }""")).Description);
+        Assert.AreEqual("Property 'authz-simple.dir' not found", (await RefusedAsync("object-add", """{ "qom-type": "authz-simple", "id": "auth2", "identity": "x", "dir": "/tmp" }""")).Description);
+        File.WriteAllText(rules + ".bad", """{ "rules": [ { "match": "x", "policy": "maybe" } ] }""");
+        StringAssert.Contains((await RefusedAsync("object-add", $$"""{ "qom-type": "authz-listfile", "id": "auth3", "filename": "{{rules}}.bad" }""")).Description, "has rules[0].policy 'maybe' (expected allow or deny)");
+        StringAssert.Contains((await RefusedAsync("object-add", """{ "qom-type": "authz-listfile", "id": "auth3", "filename": "/nonexistent/rules.json" }""")).Description, "/nonexistent/rules.json cannot be read");
+
+        await _client.ExecuteAsync("object-del", new JsonObject { ["id"] = "auth1" });
+        Assert.AreEqual("object 'auth1' not found", (await RefusedAsync("object-del", """{ "id": "auth1" }""")).Description);
     }
 
     [TestMethod]
@@ -157,7 +175,7 @@ public sealed class TlsQmpCommandsTests
     }
 
     [TestMethod]
-    [DataRow("""{ "qom-type": "secret", "id": "sec0" }""", "Object type 'secret' is not supported by Modular; supported: tls-creds-x509")]
+    [DataRow("""{ "qom-type": "secret", "id": "sec0" }""", "Object type 'secret' is not supported by Modular; supported: tls-creds-x509, authz-simple, authz-listfile")]
     [DataRow("""{ "qom-type": "tls-creds-x509", "id": "tls0" }""", "Missing 'dir' property value")]
     [DataRow("""{ "qom-type": "tls-creds-x509", "id": "tls0", "dir": "/x", "endpoint": "both" }""", "Parameter 'endpoint' does not accept value 'both'")]
     [DataRow("""{ "qom-type": "tls-creds-x509", "id": "0tls", "dir": "/x" }""", "Parameter 'id' expects an identifier (identifiers consist of letters, digits, '-', '.', '_', starting with a letter)")]

@@ -132,7 +132,7 @@ public sealed class MigrationController
     {
         try
         {
-            return Tls.TlsSession.For(Settings.TlsCredentials, settings.TlsCreds, settings.TlsHostname, endpoint, outgoing);
+            return Tls.TlsSession.For(Settings.TlsCredentials, settings.TlsCreds, settings.TlsHostname, endpoint, outgoing, settings.TlsAuthz);
         }
         catch (ArgumentException ex)
         {

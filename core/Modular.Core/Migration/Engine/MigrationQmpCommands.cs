@@ -120,10 +120,9 @@ public static class MigrationQmpCommands
             // not exist yet; the migration looks it up when it starts (QEMU checks it then too).
             string? tlsCreds = args.GetOptionalStringOrNull("tls-creds");
             string? tlsHostname = args.GetOptionalStringOrNull("tls-hostname");
-            if (args.GetOptionalStringOrNull("tls-authz") is { Length: > 0 } authz)
-            {
-                throw QmpException.Generic($"Parameter 'tls-authz' is not supported by Modular: '{authz}' would name an authorization object (QEMU's authz-simple and the like), which Modular does not have; only \"\" or null (no authorization) is accepted. With verify-peer, a destination accepts every client whose certificate its tls-creds' CA signed.");
-            }
+            // tls-authz names an authz-simple or authz-listfile object; like tls-creds, it is looked up
+            // when an incoming migration starts.
+            string? tlsAuthz = args.GetOptionalStringOrNull("tls-authz");
 
             try
             {
@@ -137,7 +136,7 @@ public static class MigrationQmpCommands
                     Max = max is { } m ? Percent(m) : current.Max,
                     TriggerThreshold = threshold is { } t ? Percent(t) : current.TriggerThreshold,
                     TailSlow = tailSlow ?? current.TailSlow,
-                }, args.GetOptionalUInt64("xbzrle-cache-size"), tlsCreds, tlsHostname, args.GetOptionalUInt64("max-postcopy-bandwidth"));
+                }, args.GetOptionalUInt64("xbzrle-cache-size"), tlsCreds, tlsHostname, args.GetOptionalUInt64("max-postcopy-bandwidth"), tlsAuthz);
             }
             catch (ArgumentOutOfRangeException ex)
             {
@@ -164,7 +163,7 @@ public static class MigrationQmpCommands
                 ["max-postcopy-bandwidth"] = snapshot.MaxPostcopyBandwidth,
                 ["tls-creds"] = snapshot.TlsCreds,
                 ["tls-hostname"] = snapshot.TlsHostname,
-                ["tls-authz"] = string.Empty,
+                ["tls-authz"] = snapshot.TlsAuthz,
             });
         });
 

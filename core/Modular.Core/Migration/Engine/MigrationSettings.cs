@@ -19,6 +19,7 @@ public sealed class MigrationSettings
     private ulong _xbzrleCacheSize;
     private string _tlsCreds = string.Empty;
     private string _tlsHostname = string.Empty;
+    private string _tlsAuthz = string.Empty;
 
     /// <summary>
     /// Starts from the config's migration section, and reads the files of the config's tls-creds-x509
@@ -39,11 +40,17 @@ public sealed class MigrationSettings
         _xbzrleCacheSize = config.XbzrleCacheSize;
         _tlsCreds = config.TlsCreds;
         _tlsHostname = config.TlsHostname;
+        _tlsAuthz = config.TlsAuthz;
         FaultBackend = config.FaultBackend;
         PostcopyListenNice = config.PostcopyListenNice;
         foreach (TlsCredentialsConfig tls in config.TlsObjects)
         {
             TlsCredentials.Add(tls.Load());
+        }
+
+        foreach (AuthzObjectConfig authz in config.AuthzObjects)
+        {
+            TlsCredentials.Add(authz.Load());
         }
     }
 
@@ -64,7 +71,7 @@ public sealed class MigrationSettings
     {
         lock (_gate)
         {
-            return new MigrationSettingsSnapshot(new Dictionary<string, bool>(_capabilities, StringComparer.Ordinal), _downtimeLimitMs, _maxBandwidth) { MultifdChannels = _multifdChannels, Throttle = _throttle, XbzrleCacheSize = _xbzrleCacheSize, MaxPostcopyBandwidth = _maxPostcopyBandwidth, TlsCreds = _tlsCreds, TlsHostname = _tlsHostname };
+            return new MigrationSettingsSnapshot(new Dictionary<string, bool>(_capabilities, StringComparer.Ordinal), _downtimeLimitMs, _maxBandwidth) { MultifdChannels = _multifdChannels, Throttle = _throttle, XbzrleCacheSize = _xbzrleCacheSize, MaxPostcopyBandwidth = _maxPostcopyBandwidth, TlsCreds = _tlsCreds, TlsHostname = _tlsHostname, TlsAuthz = _tlsAuthz };
         }
     }
 
@@ -112,8 +119,9 @@ public sealed class MigrationSettings
     /// <param name="tlsCreds">New tls-creds (an object id, or empty for none), or null to keep.</param>
     /// <param name="tlsHostname">New tls-hostname (empty for the URI's host), or null to keep.</param>
     /// <param name="maxPostcopyBandwidth">New max-postcopy-bandwidth in bytes/s, or null to keep.</param>
+    /// <param name="tlsAuthz">New tls-authz (an authorization object's id, or empty for none), or null to keep.</param>
     /// <exception cref="ArgumentOutOfRangeException">A value out of QEMU's range (the message names it).</exception>
-    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth, long? multifdChannels = null, Func<State.ThrottleParameters, State.ThrottleParameters>? throttle = null, ulong? xbzrleCacheSize = null, string? tlsCreds = null, string? tlsHostname = null, ulong? maxPostcopyBandwidth = null)
+    public void SetParameters(long? downtimeLimitMs, ulong? maxBandwidth, long? multifdChannels = null, Func<State.ThrottleParameters, State.ThrottleParameters>? throttle = null, ulong? xbzrleCacheSize = null, string? tlsCreds = null, string? tlsHostname = null, ulong? maxPostcopyBandwidth = null, string? tlsAuthz = null)
     {
         if (xbzrleCacheSize is { } cache && !MigrationConfig.IsValidXbzrleCacheSize(cache))
         {
@@ -146,6 +154,7 @@ public sealed class MigrationSettings
             _xbzrleCacheSize = xbzrleCacheSize ?? _xbzrleCacheSize;
             _tlsCreds = tlsCreds ?? _tlsCreds;
             _tlsHostname = tlsHostname ?? _tlsHostname;
+            _tlsAuthz = tlsAuthz ?? _tlsAuthz;
         }
     }
 }
@@ -177,4 +186,7 @@ public sealed record MigrationSettingsSnapshot(IReadOnlyDictionary<string, bool>
 
     /// <summary>tls-hostname: the name the source checks the destination's certificate against; empty for the host of a tcp URI.</summary>
     public string TlsHostname { get; init; } = string.Empty;
+
+    /// <summary>tls-authz: the id of the authorization a destination checks the source's certificate against; empty for none (any certificate its CA signed).</summary>
+    public string TlsAuthz { get; init; } = string.Empty;
 }

@@ -4,14 +4,16 @@ using Modular.Core.Qmp;
 namespace Modular.Core.Migration.Tls;
 
 /// <summary>
-/// QEMU's object-add and object-del for the one object type Modular has, tls-creds-x509, with
-/// QEMU's flat arguments (<c>{"qom-type": "tls-creds-x509", "id": "tls0", "dir": "/path",
-/// "endpoint": "server", "verify-peer": true}</c>) and QEMU's error texts where QEMU has them.
+/// QEMU's object-add and object-del for the object types Modular has: tls-creds-x509, authz-simple
+/// and authz-listfile, with QEMU's flat arguments (<c>{"qom-type": "tls-creds-x509", "id": "tls0",
+/// "dir": "/path", "endpoint": "server", "verify-peer": true}</c>, <c>{"qom-type": "authz-simple",
+/// "id": "auth0", "identity": "CN=src.example"}</c>, <c>{"qom-type": "authz-listfile", "id":
+/// "auth0", "filename": "/path/rules.json", "refresh": true}</c>) and QEMU's error texts where QEMU has them.
 /// </summary>
 public static class TlsObjectQmpCommands
 {
-    /// <summary>The arguments object-add takes: qom-type, id and tls-creds-x509's properties.</summary>
-    private static readonly string[] ObjectAddParameters = ["qom-type", "id", "dir", "endpoint", "verify-peer"];
+    /// <summary>The arguments object-add takes: qom-type, id and the properties of each type.</summary>
+    private static readonly string[] ObjectAddParameters = ["qom-type", "id", "dir", "endpoint", "verify-peer", "identity", "filename", "refresh"];
 
     /// <summary>Adds object-add and object-del, which add to and remove from <paramref name="credentials"/>.</summary>
     /// <param name="commands">The QMP server's registry.</param>
@@ -23,9 +25,21 @@ public static class TlsObjectQmpCommands
         commands.Register("object-add", ObjectAddParameters, (args, _) =>
         {
             string type = args.GetString("qom-type");
-            if (type != TlsCredentials.QomType)
+            if (type != TlsCredentials.QomType && !TlsAuthorization.Types.Contains(type))
             {
-                throw QmpException.Generic($"Object type '{type}' is not supported by Modular; supported: {TlsCredentials.QomType}");
+                throw QmpException.Generic($"Object type '{type}' is not supported by Modular; supported: {TlsCredentials.QomType}, {string.Join(", ", TlsAuthorization.Types)}");
+            }
+
+            string[] foreign = type switch
+            {
+                TlsAuthorization.SimpleType => ["dir", "endpoint", "verify-peer", "filename", "refresh"],
+                TlsAuthorization.ListFileType => ["dir", "endpoint", "verify-peer", "identity"],
+                _ => ["identity", "filename", "refresh"],
+            };
+            if (foreign.FirstOrDefault(args.Has) is { } unexpected)
+            {
+                // QEMU's words for a property the type does not have.
+                throw QmpException.Generic($"Property '{type}.{unexpected}' not found");
             }
 
             string id = args.GetString("id");
@@ -38,13 +52,19 @@ public static class TlsObjectQmpCommands
                 throw QmpException.Generic("Parameter 'id' expects an identifier (identifiers consist of letters, digits, '-', '.', '_', starting with a letter)");
             }
 
+            if (type != TlsCredentials.QomType)
+            {
+                AddAuthorization(credentials, type, id, args);
+                return ValueTask.FromResult<JsonNode?>(new JsonObject());
+            }
+
             if (string.IsNullOrEmpty(dir))
             {
                 // QEMU's qcrypto_tls_creds_x509_load.
                 throw QmpException.Generic("Missing 'dir' property value");
             }
 
-            if (credentials.Ids.Contains(id, StringComparer.Ordinal))
+            if (credentials.Contains(id))
             {
                 throw QmpException.Generic($"attempt to add duplicate property '{id}' to object (type 'container')");
             }
@@ -72,5 +92,41 @@ public static class TlsObjectQmpCommands
 
             return ValueTask.FromResult<JsonNode?>(new JsonObject());
         });
+    }
+
+    /// <summary>object-add of authz-simple (identity) or authz-listfile (filename, refresh: the file is read now).</summary>
+    private static void AddAuthorization(TlsCredentialsRegistry registry, string type, string id, QmpArguments args)
+    {
+        TlsAuthorization authorization;
+        if (type == TlsAuthorization.SimpleType)
+        {
+            string identity = args.GetOptionalString("identity") is { Length: > 0 } given
+                ? given
+                : throw QmpException.Generic("Missing 'identity' property value"); // as QEMU's authz-simple
+            authorization = new SimpleAuthorization(id, identity);
+        }
+        else
+        {
+            string filename = args.GetOptionalString("filename") is { Length: > 0 } given
+                ? given
+                : throw QmpException.Generic("Missing 'filename' property value");
+            try
+            {
+                authorization = ListFileAuthorization.Load(id, filename, args.GetOptionalBoolean("refresh") ?? true);
+            }
+            catch (ArgumentException ex)
+            {
+                throw QmpException.Generic(ex.Message);
+            }
+        }
+
+        try
+        {
+            registry.Add(authorization);
+        }
+        catch (ArgumentException ex)
+        {
+            throw QmpException.Generic(ex.Message);
+        }
     }
 }

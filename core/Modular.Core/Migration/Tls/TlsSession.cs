@@ -20,11 +20,15 @@ public sealed class TlsSession
     /// <summary>A session for the warm-up's in-memory handshake.</summary>
     internal static TlsSession ForWarmUp(TlsCredentials credentials, string? hostname) => new(credentials, hostname);
 
-    private TlsSession(TlsCredentials credentials, string? hostname)
+    private TlsSession(TlsCredentials credentials, string? hostname, TlsAuthorization? authorization = null)
     {
         Credentials = credentials;
         Hostname = hostname;
+        Authorization = authorization;
     }
+
+    /// <summary>On the destination: the tls-authz object the source's certificate must pass, or null.</summary>
+    public TlsAuthorization? Authorization { get; }
 
     /// <summary>The credentials.</summary>
     public TlsCredentials Credentials { get; }
@@ -44,8 +48,9 @@ public sealed class TlsSession
     /// <param name="tlsHostname">The tls-hostname parameter (source only; empty for the host of a tcp URI).</param>
     /// <param name="endpoint">The migration URI.</param>
     /// <param name="outgoing">True on the source.</param>
-    /// <exception cref="ArgumentException">No such credentials, credentials for the other end, a transport TLS cannot run on, or no hostname (QEMU's messages where it has them).</exception>
-    public static TlsSession? For(TlsCredentialsRegistry registry, string tlsCreds, string tlsHostname, TransportEndpoint endpoint, bool outgoing)
+    /// <param name="tlsAuthz">The tls-authz parameter (destination only; empty for none).</param>
+    /// <exception cref="ArgumentException">No such credentials or authorization, credentials for the other end, a transport TLS cannot run on, or no hostname (QEMU's messages where it has them).</exception>
+    public static TlsSession? For(TlsCredentialsRegistry registry, string tlsCreds, string tlsHostname, TransportEndpoint endpoint, bool outgoing, string tlsAuthz = "")
     {
         ArgumentNullException.ThrowIfNull(registry);
         ArgumentNullException.ThrowIfNull(endpoint);
@@ -62,7 +67,18 @@ public sealed class TlsSession
         TlsCredentials credentials = registry.Resolve(tlsCreds, outgoing ? TlsEndpoint.Client : TlsEndpoint.Server);
         if (!outgoing)
         {
-            return new TlsSession(credentials, hostname: null);
+            if (string.IsNullOrEmpty(tlsAuthz))
+            {
+                return new TlsSession(credentials, hostname: null);
+            }
+
+            TlsAuthorization authorization = registry.ResolveAuthorization(tlsAuthz);
+            if (!credentials.VerifyPeer)
+            {
+                throw new ArgumentException($"tls-authz '{tlsAuthz}' checks the source's certificate, but the credentials '{tlsCreds}' have verify-peer=false and do not ask for one; set verify-peer to true or tls-authz to \"\".");
+            }
+
+            return new TlsSession(credentials, hostname: null, authorization);
         }
 
         string? hostname = !string.IsNullOrEmpty(tlsHostname) ? tlsHostname : endpoint.Scheme == "tcp" ? TcpHost(endpoint.Address) : null;
@@ -205,6 +221,21 @@ public sealed class TlsSession
         }
 
         using var peer = new X509Certificate2(certificate);
-        return Credentials.CheckChain(peer);
+        if (Credentials.CheckChain(peer) is { } chainProblem)
+        {
+            return chainProblem;
+        }
+
+        if (Authorization is { } authorization)
+        {
+            string identity = TlsAuthorization.Identity(peer.SubjectName);
+            if (!authorization.IsAllowed(identity, out string why))
+            {
+                // QEMU's words, then which rule decided.
+                return $"TLS x509 authz check for {identity} is denied ({why})";
+            }
+        }
+
+        return null;
     }
 }

@@ -15,14 +15,20 @@ namespace Modular.Tests.Migration.Tls;
 [TestClass]
 public sealed class TlsConnectionTests
 {
-    private static PluginCatalog s_catalog = null!;
+    private static PluginCatalog? s_catalog;
     private string _dir = "";
 
     [ClassInitialize]
     public static void LoadPlugins(TestContext _) => s_catalog = PluginCatalog.Load([PluginCatalog.DefaultDirectory]);
 
+    private static PluginCatalog Catalog => s_catalog ??= PluginCatalog.Load([PluginCatalog.DefaultDirectory]);
+
     [ClassCleanup]
-    public static void UnloadPlugins() => s_catalog.Dispose();
+    public static void UnloadPlugins()
+    {
+        s_catalog?.Dispose();
+        s_catalog = null;
+    }
 
     [TestInitialize]
     public void Setup() => _dir = TestPluginCompiler.TempDirectory("tls");
@@ -58,7 +64,7 @@ public sealed class TlsConnectionTests
     /// <summary>Connects over <paramref name="scheme"/> and wraps both ends; a failing side's exception surfaces.</summary>
     private async Task<Pair> ConnectAsync(string scheme, TlsSession client, TlsSession server)
     {
-        IMigrationTransport transport = s_catalog.GetTransport(scheme);
+        IMigrationTransport transport = Catalog.GetTransport(scheme);
         string address = scheme == "tcp" ? "127.0.0.1:0" : Path.Combine(_dir, "s.sock");
         IMigrationListener listener = await transport.ListenAsync(new TransportEndpoint(scheme, address));
         Task<IMigrationConnection> accepted = listener.AcceptAsync().AsTask();
@@ -82,6 +88,22 @@ public sealed class TlsConnectionTests
         }
 
         return new Pair(listener, clientSide.Result, serverSide.Result);
+    }
+
+    /// <summary>Connects over tcp with the two sessions and sends a few bytes through; the handshake's failure surfaces.</summary>
+    internal static async Task HandshakeOverTcpAsync(TlsSession client, TlsSession server)
+    {
+        string dir = TestPluginCompiler.TempDirectory("tls-pair");
+        try
+        {
+            await using Pair pair = await new TlsConnectionTests { _dir = dir }.ConnectAsync("tcp", client, server);
+            await pair.Client.Transport.Output.WriteAsync("ok"u8.ToArray());
+            Assert.AreEqual("ok", System.Text.Encoding.ASCII.GetString(await ReadExactlyAsync(pair.Server.Transport.Input, 2).WaitAsync(TimeSpan.FromSeconds(30))));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
 
     private static TlsSession Client(TlsCredentialsRegistry registry, string uri, string hostname = "") =>
@@ -258,7 +280,7 @@ public sealed class TlsConnectionTests
     public async Task PlainSource_IsRefusedByATlsDestination_SayingToSetTlsCreds()
     {
         (TlsCredentialsRegistry registry, _) = Pki(_dir);
-        IMigrationTransport transport = s_catalog.GetTransport("tcp");
+        IMigrationTransport transport = Catalog.GetTransport("tcp");
         await using IMigrationListener listener = await transport.ListenAsync(new TransportEndpoint("tcp", "127.0.0.1:0"));
         Task<IMigrationConnection> accepted = listener.AcceptAsync().AsTask();
         await using IMigrationConnection plain = await transport.ConnectAsync(listener.Endpoint);
