@@ -14,12 +14,14 @@ internal static class DemoCommand
         transportOption.AcceptOnlyFromAmong("tcp", "unix");
         var postcopyOption = new Option<bool>("--postcopy") { Description = "Switch to postcopy right after the migration starts." };
         var multifdOption = new Option<bool>("--multifd") { Description = "Set QEMU's multifd capability on both sides: pages travel on extra channels (precopy; not with --postcopy)." };
+        var tlsOption = new Option<bool>("--tls") { Description = "Run every migration channel in TLS (QEMU's tls-creds), with a private CA and certificates made for the demo." };
         var syntheticOption = new Option<bool>("--synthetic") { Description = "Use the synthetic accelerator (no guest code) instead of KVM; chosen automatically when /dev/kvm is missing." };
         var command = new Command("demo", "Live-migrate the A/B test guest between two modular processes on this host and show that it kept running and lost nothing.");
         command.Options.Add(memoryOption);
         command.Options.Add(transportOption);
         command.Options.Add(postcopyOption);
         command.Options.Add(multifdOption);
+        command.Options.Add(tlsOption);
         command.Options.Add(syntheticOption);
         command.SetAction(async (parse, cancellationToken) =>
         {
@@ -44,7 +46,7 @@ internal static class DemoCommand
 
             try
             {
-                return await DemoRunner.RunAsync(new DemoOptions(memory, parse.GetValue(transportOption)!, parse.GetValue(postcopyOption), synthetic, parse.GetValue(multifdOption)), Console.Out, cancellationToken);
+                return await DemoRunner.RunAsync(new DemoOptions(memory, parse.GetValue(transportOption)!, parse.GetValue(postcopyOption), synthetic, parse.GetValue(multifdOption), parse.GetValue(tlsOption)), Console.Out, cancellationToken);
             }
             catch (Exception ex) when (ex is InvalidOperationException or TimeoutException or IOException or Core.Qmp.QmpErrorException or Core.Qmp.QmpConnectionException)
             {

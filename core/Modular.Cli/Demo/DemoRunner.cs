@@ -3,6 +3,7 @@ using Modular.Cli.Children;
 using Modular.Cli.Migration;
 using Modular.Core.Boot;
 using Modular.Core.Config;
+using Modular.Core.Migration.Tls;
 using Modular.Core.Qmp;
 using Modular.Core.Verification;
 
@@ -14,7 +15,7 @@ namespace Modular.Cli.Demo;
 /// <param name="Postcopy">Switch to postcopy right after the start.</param>
 /// <param name="Multifd">Both sides set the multifd capability (precopy only).</param>
 /// <param name="Synthetic">Use the synthetic accelerator (no guest code).</param>
-internal sealed record DemoOptions(ulong Memory, string Transport, bool Postcopy, bool Synthetic, bool Multifd = false);
+internal sealed record DemoOptions(ulong Memory, string Transport, bool Postcopy, bool Synthetic, bool Multifd = false, bool Tls = false);
 
 /// <summary>
 /// The main job on a built-in default: two <c>modular run</c> processes on this host, the A/B guest
@@ -54,12 +55,36 @@ internal static class DemoRunner
             extra.AddRange(["--set", "migration.capabilities.multifd=true"]);
         }
 
-        await output.WriteLineAsync($"Modular demo: live migration of the A/B guest ({ByteSize.Format(options.Memory)} RAM, {accel}) between two processes over {options.Transport}{(options.Postcopy ? ", postcopy" : options.Multifd ? ", precopy with multifd" : ", precopy")}.");
+        List<string> destinationExtra = [.. extra], sourceExtra = [.. extra];
+        if (options.Tls)
+        {
+            // QEMU's setup: a tls-creds-x509 object on each side (server on the destination, client on
+            // the source) and the tls-creds parameter naming it; here from a private CA made for the demo.
+            string pki = Path.Combine(work, "pki");
+            TlsCredentialsWriter.Write(pki, ["localhost", "127.0.0.1"], TimeSpan.FromDays(1));
+            foreach ((List<string> side, string endpoint) in new[] { (destinationExtra, "server"), (sourceExtra, "client") })
+            {
+                side.AddRange([
+                    "--set", "objects[0].qom-type=" + TlsCredentials.QomType, "--set", "objects[0].id=tls0", "--set", "objects[0].dir=" + pki,
+                    "--set", "objects[0].endpoint=" + endpoint, "--set", "migration.parameters.tls-creds=tls0",
+                ]);
+            }
+
+            // A unix URI names no host to check the destination's certificate against.
+            sourceExtra.AddRange(["--set", "migration.parameters.tls-hostname=localhost"]);
+        }
+
+        await output.WriteLineAsync($"Modular demo: live migration of the A/B guest ({ByteSize.Format(options.Memory)} RAM, {accel}) between two processes over {options.Transport}{(options.Tls ? " in TLS" : string.Empty)}{(options.Postcopy ? ", postcopy" : options.Multifd ? ", precopy with multifd" : ", precopy")}.");
         await output.WriteLineAsync($"  working directory: {work}");
-        await using ModularChild destination = await ModularChild.StartAsync(work, "dst", Kernel, options.Memory, incoming, extra);
+        if (options.Tls)
+        {
+            await output.WriteLineAsync($"  TLS: every channel, with a private CA and certificates written to {Path.Combine(work, "pki")} (docs/tls.md)");
+        }
+
+        await using ModularChild destination = await ModularChild.StartAsync(work, "dst", Kernel, options.Memory, incoming, destinationExtra);
         string uri = await destination.WaitForStdErrAsync("modular: listening for an incoming migration on ", TimeSpan.FromSeconds(30));
         await output.WriteLineAsync($"  destination: pid {destination.ProcessId}, waiting on {uri}");
-        await using ModularChild source = await ModularChild.StartAsync(work, "src", Kernel, options.Memory, incoming: null, extra);
+        await using ModularChild source = await ModularChild.StartAsync(work, "src", Kernel, options.Memory, incoming: null, sourceExtra);
         await output.WriteLineAsync($"  source:      pid {source.ProcessId}, booting {Kernel}");
         QmpClient src = source.Qmp, dst = destination.Qmp;
         string srcSerial = source.SerialPath, dstSerial = destination.SerialPath;

@@ -117,4 +117,23 @@ public sealed class DemoTests
         Assert.AreEqual(2, both.ExitCode, both.StdOut + both.StdErr);
         StringAssert.Contains(both.StdErr, "--multifd and --postcopy cannot be combined");
     }
+
+    [TestMethod]
+    public void TheDemoInTlsWithPostcopyMigratesAndTheRamCheckPasses()
+    {
+        if (!File.Exists("/dev/kvm"))
+        {
+            Assert.Inconclusive("/dev/kvm is missing: the demo would run on the synthetic accelerator; this test checks the KVM path.");
+        }
+
+        // Postcopy with its preempt channel: the main connection and the preempt channel both in TLS.
+        CliProcess.Result result = CliProcess.Run(TimeSpan.FromMinutes(3), "demo", "--memory", "128M", "--tls", "--postcopy");
+
+        Assert.AreEqual(0, result.ExitCode, result.StdOut + result.StdErr);
+        StringAssert.Contains(result.StdOut, "over tcp in TLS, postcopy");
+        StringAssert.Contains(result.StdOut, "TLS: every channel");
+        StringAssert.Contains(result.StdOut, "status:       completed");
+        StringAssert.Contains(result.StdOut, "guest on the destination: still running");
+        StringAssert.Contains(result.StdOut, "RAM check on the destination: passed");
+    }
 }
