@@ -21,7 +21,7 @@ internal static class ConfigCommand
                 Console.WriteLine($"  machine: {config.Machine.Accelerator}, {ByteSize.Format(config.Machine.MemoryBytes)} RAM, {config.Machine.Vcpus} vCPU(s), kernel {config.Machine.Kernel ?? "(none)"}");
                 Console.WriteLine($"  devices: {string.Join(", ", config.Devices.Select(d => $"{d.Id} ({d.Type})"))}");
                 Console.WriteLine($"  migration: capabilities on: {string.Join(", ", config.Migration.Capabilities.Where(c => c.Value).Select(c => c.Key).DefaultIfEmpty("none"))}; downtime-limit {config.Migration.DowntimeLimitMs} ms; tls-creds {(config.Migration.TlsCreds.Length > 0 ? config.Migration.TlsCreds : "(none)")}");
-                Console.WriteLine($"  objects: {string.Join(", ", config.Migration.TlsObjects.Select(o => $"{o.Id} (tls-creds-x509, endpoint {(o.Endpoint == Core.Migration.Tls.TlsEndpoint.Server ? "server" : "client")}, dir {o.Dir})").DefaultIfEmpty("none"))}");
+                Console.WriteLine($"  objects: {string.Join(", ", config.Migration.TlsObjects.Select(o => $"{o.Id} (tls-creds-x509, endpoint {(o.Endpoint == Core.Migration.Tls.TlsEndpoint.Server ? "server" : "client")}, dir {o.Dir})").Concat(config.Migration.AuthzObjects.Select(a => $"{a.Id} ({a.Type}, {(a.Type == Core.Migration.Tls.TlsAuthorization.SimpleType ? "identity" : "file")} {a.Value})")).DefaultIfEmpty("none"))}{(config.Migration.TlsAuthz.Length > 0 ? "; tls-authz " + config.Migration.TlsAuthz : string.Empty)}");
                 Console.WriteLine($"  qmp: {config.QmpSocket ?? "(none)"}");
                 return ExitCodes.Success;
             }
