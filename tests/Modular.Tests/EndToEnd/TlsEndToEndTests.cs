@@ -14,12 +14,36 @@ namespace Modular.Tests.EndToEnd;
 public sealed class TlsEndToEndTests
 {
     [TestMethod]
+    [Timeout(240_000, CooperativeCancellation = true)]
+    public async Task Tls_DestinationKilledMidMigration_SourceFailsClearly_GuestRunsOnSource()
+    {
+        await using MigrationPair pair = MigrationPair.Create();
+        await StartInTlsAsync(pair, "tcp");
+        string error = await PrecopyFailureTests.KillDestinationMidMigrationAsync(pair, 20_000_000);
+        StringAssert.Contains(error, $"the migration connection {pair.DestinationUri}");
+        Console.WriteLine(error);
+    }
+
+    [TestMethod]
     [Timeout(300_000, CooperativeCancellation = true)]
     [DataRow("tcp")]
     [DataRow("unix")]
     public async Task Tls_MigrationCompletes_RamChecks_GuestContinuesOnDestination(string scheme)
     {
         await using MigrationPair pair = MigrationPair.Create();
+        await StartInTlsAsync(pair, scheme);
+        JsonNode? parameters = await pair.Source.Qmp.ExecuteAsync("query-migrate-parameters");
+        Assert.AreEqual("tls0", parameters?["tls-creds"]?.GetValue<string>(), parameters?.ToJsonString());
+
+        JsonObject result = await pair.MigrateToEndAsync();
+        Assert.AreEqual("completed", result["status"]?.GetValue<string>(), result.ToJsonString());
+        Assert.AreEqual("postmigrate", await pair.Source.RunStateAsync());
+        await PrecopyEndToEndTests.AssertGuestContinuesAsync(pair.Destination);
+    }
+
+    /// <summary>Both processes, with TLS set up on each side, the source's guest running.</summary>
+    private static async Task StartInTlsAsync(MigrationPair pair, string scheme)
+    {
         string pki = pair.PathFor("pki");
         TlsCredentialsWriter.Write(pki, ["localhost", "127.0.0.1"], TimeSpan.FromDays(1));
         string listen = scheme == "tcp" ? "tcp:127.0.0.1:0" : "unix:" + pair.PathFor("mig.sock");
@@ -48,12 +72,5 @@ public sealed class TlsEndToEndTests
         // with both processes sharing the cores, so the default 300 ms would make convergence a matter of
         // luck. This test is about TLS carrying the migration intact, not about convergence.
         await pair.SetSourceParametersAsync(new JsonObject { ["tls-creds"] = "tls0", ["tls-hostname"] = scheme == "unix" ? "localhost" : "", ["downtime-limit"] = 5000 });
-        JsonNode? parameters = await pair.Source.Qmp.ExecuteAsync("query-migrate-parameters");
-        Assert.AreEqual("tls0", parameters?["tls-creds"]?.GetValue<string>(), parameters?.ToJsonString());
-
-        JsonObject result = await pair.MigrateToEndAsync();
-        Assert.AreEqual("completed", result["status"]?.GetValue<string>(), result.ToJsonString());
-        Assert.AreEqual("postmigrate", await pair.Source.RunStateAsync());
-        await PrecopyEndToEndTests.AssertGuestContinuesAsync(pair.Destination);
     }
 }

@@ -246,6 +246,7 @@ public sealed partial class IncomingMigration
         catch (Exception ex)
         {
             AbortPostcopy();
+            ex = Migration.Tls.TlsSession.Unwrap(ex);
             _error = ex is MigrationStreamException or DeviceStateException or TransportException
                 ? "Incoming migration failed: " + ex.Message
                 : "Incoming migration failed: " + ex.GetType().Name + ": " + ex.Message;

@@ -419,6 +419,7 @@ public sealed partial class OutgoingMigration
 
     private string Describe(Exception ex)
     {
+        ex = Migration.Tls.TlsSession.Unwrap(ex);
         string cause = ex switch
         {
             TransportException te => te.Message,

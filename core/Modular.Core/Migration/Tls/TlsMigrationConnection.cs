@@ -100,7 +100,7 @@ internal sealed class TlsMigrationConnection : IMigrationConnection, IExtraChann
     {
         internal TlsPipe(SslStream ssl, IDuplexPipe inner)
         {
-            Input = PipeReader.Create(ssl, new StreamPipeReaderOptions(bufferSize: WriterBufferSize, minimumReadSize: 4096, leaveOpen: true));
+            Input = new UnwrappingReader(PipeReader.Create(ssl, new StreamPipeReaderOptions(bufferSize: WriterBufferSize, minimumReadSize: 4096, leaveOpen: true)));
             Output = new CompletingWriter(PipeWriter.Create(ssl, new StreamPipeWriterOptions(minimumBufferSize: WriterBufferSize, leaveOpen: true)), inner.Output);
         }
 
@@ -120,7 +120,32 @@ internal sealed class TlsMigrationConnection : IMigrationConnection, IExtraChann
 
         public override void CancelPendingFlush() => tls.CancelPendingFlush();
 
-        public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default) => tls.FlushAsync(cancellationToken);
+        public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default)
+        {
+            ValueTask<FlushResult> flush;
+            try
+            {
+                flush = tls.FlushAsync(cancellationToken);
+            }
+            catch (IOException ex)
+            {
+                throw Rethrow(ex);
+            }
+
+            return flush.IsCompletedSuccessfully ? flush : Awaited(flush);
+
+            static async ValueTask<FlushResult> Awaited(ValueTask<FlushResult> pending)
+            {
+                try
+                {
+                    return await pending.ConfigureAwait(false);
+                }
+                catch (IOException ex)
+                {
+                    throw Rethrow(ex);
+                }
+            }
+        }
 
         public override Memory<byte> GetMemory(int sizeHint = 0) => tls.GetMemory(sizeHint);
 
@@ -149,6 +174,64 @@ internal sealed class TlsMigrationConnection : IMigrationConnection, IExtraChann
                 await transport.CompleteAsync(exception).ConfigureAwait(false);
             }
         }
+    }
+
+    /// <summary>
+    /// The transport's own error instead of SslStream's "see inner exception" wrapper (see
+    /// <see cref="TlsSession.Unwrap"/>), so that the migration's error names the connection.
+    /// </summary>
+    private static Exception Rethrow(IOException error)
+    {
+        Exception cause = TlsSession.Unwrap(error);
+        if (!ReferenceEquals(cause, error))
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(cause);
+        }
+
+        return error;
+    }
+
+    /// <summary>Reads through SslStream's reader, with the transport's errors unwrapped (<see cref="Rethrow"/>).</summary>
+    private sealed class UnwrappingReader(PipeReader tls) : PipeReader
+    {
+        public override ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
+        {
+            ValueTask<ReadResult> read;
+            try
+            {
+                read = tls.ReadAsync(cancellationToken);
+            }
+            catch (IOException ex)
+            {
+                throw Rethrow(ex);
+            }
+
+            return read.IsCompletedSuccessfully ? read : Awaited(read);
+
+            static async ValueTask<ReadResult> Awaited(ValueTask<ReadResult> pending)
+            {
+                try
+                {
+                    return await pending.ConfigureAwait(false);
+                }
+                catch (IOException ex)
+                {
+                    throw Rethrow(ex);
+                }
+            }
+        }
+
+        public override bool TryRead(out ReadResult result) => tls.TryRead(out result);
+
+        public override void AdvanceTo(SequencePosition consumed) => tls.AdvanceTo(consumed);
+
+        public override void AdvanceTo(SequencePosition consumed, SequencePosition examined) => tls.AdvanceTo(consumed, examined);
+
+        public override void CancelPendingRead() => tls.CancelPendingRead();
+
+        public override void Complete(Exception? exception = null) => tls.Complete(exception);
+
+        public override ValueTask CompleteAsync(Exception? exception = null) => tls.CompleteAsync(exception);
     }
 
     /// <summary>
@@ -263,6 +346,6 @@ internal sealed class TlsMigrationConnection : IMigrationConnection, IExtraChann
         }
 
         private IOException Failed(string what, Exception ex) =>
-            new($"{what} on {Description} failed: {(_aborted ? "the channel was aborted" : ex.Message)}", ex);
+            new($"{what} on {Description} failed: {(_aborted ? "the channel was aborted" : TlsSession.Unwrap(ex).Message)}", ex);
     }
 }

@@ -90,6 +90,25 @@ public sealed class TlsSession
         return new TlsSession(credentials, hostname);
     }
 
+    /// <summary>
+    /// The exception that says what went wrong: SslStream wraps a failing channel's error in an
+    /// IOException that says only "see inner exception"; the transport's own error (which names
+    /// the connection) is inside it. Anything else is returned as it is.
+    /// </summary>
+    /// <param name="error">What a migration caught.</param>
+    public static Exception Unwrap(Exception error)
+    {
+        ArgumentNullException.ThrowIfNull(error);
+        Exception current = error;
+        while (current is IOException { InnerException: { } inner } && current is not TransportException
+            && current.Message.Contains("see inner exception", StringComparison.OrdinalIgnoreCase))
+        {
+            current = inner;
+        }
+
+        return current;
+    }
+
     /// <summary>The host of a tcp address <c>HOST:PORT</c> or <c>[V6]:PORT</c>.</summary>
     private static string TcpHost(string address)
     {

@@ -80,6 +80,30 @@ public sealed class TlsMigrationTests
     }
 
     [TestMethod]
+    public async Task SourceGoneMidMigration_TheDestinationSaysWhichConnection_NotSeeInnerException()
+    {
+        await using InProcessMigrationPair pair = await InProcessMigrationPair.StartAsync(
+            InProcessMigrationPair.SyntheticConfig(_dir, 3000, paused: false), InProcessMigrationPair.SyntheticConfig(_dir, 0, paused: true),
+            configureSource: c =>
+            {
+                ClientSide(c);
+                c.Settings.SetParameters(null, 4_000_000);
+            },
+            configureDestination: ServerSide);
+        await pair.WaitForStatusAsync(MigrationStatus.Active);
+        await Task.Delay(300);
+        pair.Outgoing.Cancel();
+        await Assert.ThrowsAsync<Exception>(() => pair.Incoming.Completion.WaitAsync(TimeSpan.FromSeconds(30)));
+
+        Assert.AreEqual(MigrationStatus.Failed, pair.Incoming.Status.Current);
+        StringAssert.StartsWith(pair.Incoming.Error, "Incoming migration failed: ");
+        Assert.IsFalse(pair.Incoming.Error!.Contains("see inner exception", StringComparison.Ordinal), pair.Incoming.Error);
+        Assert.IsFalse(pair.Incoming.Error.Contains("IOException", StringComparison.Ordinal), pair.Incoming.Error);
+        StringAssert.Contains(pair.Incoming.Error, "the migration connection tcp:127.0.0.1:", "the transport's own error, naming the connection");
+        Console.WriteLine(pair.Incoming.Error);
+    }
+
+    [TestMethod]
     public async Task DestinationWithoutTls_FailsTheSource_WhichKeepsRunning()
     {
         await using InProcessMigrationPair pair = await InProcessMigrationPair.StartAsync(
