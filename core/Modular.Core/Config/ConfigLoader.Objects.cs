@@ -10,7 +10,7 @@ public static partial class ConfigLoader
     private sealed partial class Reader
     {
         /// <summary>The keys a tls-creds-x509 object takes in the objects list.</summary>
-        private static readonly string[] TlsObjectKeys = ["qom-type", "id", "dir", "endpoint", "verify-peer"];
+        private static readonly string[] TlsObjectKeys = ["qom-type", "id", "dir", "endpoint", "verify-peer", "sanity-check"];
 
         /// <summary>The keys each authorization type takes in the objects list.</summary>
         private static readonly Dictionary<string, string[]> AuthzObjectKeys = new(StringComparer.Ordinal)
@@ -125,9 +125,16 @@ public static partial class ConfigLoader
                     ok = false;
                 }
 
+                string sanityText = fields.GetValueOrDefault("sanity-check", "true");
+                if (!bool.TryParse(sanityText, out bool sanityCheck))
+                {
+                    errors.Add($"{path}.sanity-check: expected true or false, found '{sanityText}'.");
+                    ok = false;
+                }
+
                 if (ok)
                 {
-                    objects.Add(new TlsCredentialsConfig(id, Path.GetFullPath(dir, baseDirectory), endpoint, verifyPeer, path));
+                    objects.Add(new TlsCredentialsConfig(id, Path.GetFullPath(dir, baseDirectory), endpoint, verifyPeer, path) { SanityCheck = sanityCheck });
                 }
             }
 

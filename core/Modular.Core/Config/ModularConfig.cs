@@ -112,13 +112,16 @@ public sealed record AuthzObjectConfig(string Id, string Type, string Value, boo
 /// <param name="ConfigPath">Where the object is in the config (<c>objects[0]</c>), for messages.</param>
 public sealed record TlsCredentialsConfig(string Id, string Dir, Migration.Tls.TlsEndpoint Endpoint, bool VerifyPeer, string ConfigPath)
 {
+    /// <summary>QEMU's sanity-check (default true): refuse expired or not yet valid certificates when the files are read.</summary>
+    public bool SanityCheck { get; init; } = true;
+
     /// <summary>Reads the object's files (<see cref="Migration.Tls.TlsCredentials.Load"/>).</summary>
     /// <exception cref="ConfigException">A file is missing or unreadable; the message names the object (<c>objects[N]</c>) and the file.</exception>
     public Migration.Tls.TlsCredentials Load()
     {
         try
         {
-            return Migration.Tls.TlsCredentials.Load(Id, Dir, Endpoint, VerifyPeer);
+            return Migration.Tls.TlsCredentials.Load(Id, Dir, Endpoint, VerifyPeer, SanityCheck);
         }
         catch (ArgumentException ex)
         {

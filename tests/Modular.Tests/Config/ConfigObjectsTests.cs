@@ -126,7 +126,7 @@ public sealed class ConfigObjectsTests
             new[]
             {
                 "objects[0].verify_peer: unknown key 'verify_peer' in a tls-creds-x509 object; did you mean 'verify-peer'?",
-                "objects[0].priority: unknown key 'priority' in a tls-creds-x509 object; known keys: qom-type, id, dir, endpoint, verify-peer.",
+                "objects[0].priority: unknown key 'priority' in a tls-creds-x509 object; known keys: qom-type, id, dir, endpoint, verify-peer, sanity-check.",
                 "objects[0].dir-x: expected a string or boolean, found an object or list.",
             },
             ex.Errors.ToList());

@@ -76,8 +76,9 @@ public sealed class TlsCredentials
     /// <param name="directory">The directory with QEMU's file names; relative to the working directory unless absolute.</param>
     /// <param name="endpoint">Client or server.</param>
     /// <param name="verifyPeer">Check the peer's certificate (a server then asks the client for one).</param>
-    /// <exception cref="ArgumentException">A file is missing or unreadable, or holds no certificate or key; the message names the file and says what the directory must hold.</exception>
-    public static TlsCredentials Load(string id, string directory, TlsEndpoint endpoint, bool verifyPeer = true)
+    /// <param name="sanityCheck">QEMU's sanity-check: refuse certificates (this end's and the CA's) that have expired or are not yet valid, now rather than at the first handshake.</param>
+    /// <exception cref="ArgumentException">A file is missing or unreadable, or holds no certificate or key, or (with <paramref name="sanityCheck"/>) a certificate is outside its validity; the message names the file and says what the directory must hold.</exception>
+    public static TlsCredentials Load(string id, string directory, TlsEndpoint endpoint, bool verifyPeer = true, bool sanityCheck = true)
     {
         ArgumentException.ThrowIfNullOrEmpty(id);
         ArgumentException.ThrowIfNullOrEmpty(directory);
@@ -134,6 +135,24 @@ public sealed class TlsCredentials
             catch (Exception ex) when (ex is CryptographicException or IOException or UnauthorizedAccessException)
             {
                 throw new ArgumentException($"TLS credentials '{id}': {certPath} with {keyPath} could not be read as a PEM certificate and its private key: {ex.Message}", ex);
+            }
+        }
+
+        if (sanityCheck)
+        {
+            DateTime now = DateTime.Now;
+            foreach ((X509Certificate2 cert, string path) in authorities.Select(a => (a, caPath)).Concat(certificate is null ? [] : [(certificate, certPath)]))
+            {
+                // QEMU's qcrypto_tls_creds_check_cert_times, with the dates.
+                if (cert.NotAfter < now)
+                {
+                    throw new ArgumentException($"TLS credentials '{id}': The certificate {path} has expired ({cert.Subject}, valid until {cert.NotAfter.ToUniversalTime():u}). Issue a new one, or set sanity-check=false to load it anyway (the peer will refuse it).");
+                }
+
+                if (cert.NotBefore > now)
+                {
+                    throw new ArgumentException($"TLS credentials '{id}': The certificate {path} is not yet active ({cert.Subject}, valid from {cert.NotBefore.ToUniversalTime():u}). Check this host's clock, or set sanity-check=false.");
+                }
             }
         }
 

@@ -13,7 +13,7 @@ namespace Modular.Core.Migration.Tls;
 public static class TlsObjectQmpCommands
 {
     /// <summary>The arguments object-add takes: qom-type, id and the properties of each type.</summary>
-    private static readonly string[] ObjectAddParameters = ["qom-type", "id", "dir", "endpoint", "verify-peer", "identity", "filename", "refresh"];
+    private static readonly string[] ObjectAddParameters = ["qom-type", "id", "dir", "endpoint", "verify-peer", "sanity-check", "identity", "filename", "refresh"];
 
     /// <summary>Adds object-add and object-del, which add to and remove from <paramref name="credentials"/>.</summary>
     /// <param name="commands">The QMP server's registry.</param>
@@ -32,8 +32,8 @@ public static class TlsObjectQmpCommands
 
             string[] foreign = type switch
             {
-                TlsAuthorization.SimpleType => ["dir", "endpoint", "verify-peer", "filename", "refresh"],
-                TlsAuthorization.ListFileType => ["dir", "endpoint", "verify-peer", "identity"],
+                TlsAuthorization.SimpleType => ["dir", "endpoint", "verify-peer", "sanity-check", "filename", "refresh"],
+                TlsAuthorization.ListFileType => ["dir", "endpoint", "verify-peer", "sanity-check", "identity"],
                 _ => ["identity", "filename", "refresh"],
             };
             if (foreign.FirstOrDefault(args.Has) is { } unexpected)
@@ -72,7 +72,7 @@ public static class TlsObjectQmpCommands
             try
             {
                 // Read now, as QEMU reads the files at object-add: a bad file is reported here.
-                credentials.Add(TlsCredentials.Load(id, dir, endpoint == "server" ? TlsEndpoint.Server : TlsEndpoint.Client, verifyPeer));
+                credentials.Add(TlsCredentials.Load(id, dir, endpoint == "server" ? TlsEndpoint.Server : TlsEndpoint.Client, verifyPeer, args.GetOptionalBoolean("sanity-check") ?? true));
             }
             catch (ArgumentException ex)
             {

@@ -239,6 +239,25 @@ public sealed class TlsConnectionTests
     }
 
     [TestMethod]
+    public async Task ExpiredServerCertificate_IsRefused_SayingItExpired()
+    {
+        // Valid from five minutes ago to one minute ago.
+        string pki = Path.Combine(_dir, "expired");
+        TlsCredentialsWriter.Write(pki, ["127.0.0.1"], TimeSpan.FromMinutes(-1));
+        var registry = new TlsCredentialsRegistry();
+        // QEMU's sanity check refuses it when the files are read, naming the file.
+        var refused = Assert.ThrowsExactly<ArgumentException>(() => TlsCredentials.Load("tls-server", pki, TlsEndpoint.Server));
+        StringAssert.StartsWith(refused.Message, $"TLS credentials 'tls-server': The certificate {Path.Combine(pki, "ca-cert.pem")} has expired");
+
+        // Loaded anyway (sanity-check=false), the source refuses it at the handshake.
+        registry.Add(TlsCredentials.Load("tls-client", pki, TlsEndpoint.Client, sanityCheck: false));
+        registry.Add(TlsCredentials.Load("tls-server", pki, TlsEndpoint.Server, verifyPeer: false, sanityCheck: false));
+        var error = await Assert.ThrowsExactlyAsync<TransportException>(() => ConnectAsync("tcp", Client(registry, "tcp:127.0.0.1:1"), Server(registry)));
+        StringAssert.Contains(error.Message, "as client");
+        StringAssert.Contains(error.Message, "expired");
+    }
+
+    [TestMethod]
     public async Task ServerCertificateForAnotherName_IsRefused_SayingToSetTlsHostname()
     {
         (TlsCredentialsRegistry registry, _) = Pki(_dir, serverNames: ["dest.example"]);
