@@ -10,9 +10,11 @@ namespace Modular.Core.Migration.Tls;
 /// and each extra channel (postcopy preempt) and raw channel (multifd), each with its own handshake
 /// when it opens. Raw channels are made from the transport's extra channels, since TLS needs a byte
 /// stream under it. The transport's faster paths (sends by reference, receives straight into guest
-/// RAM) do not apply: every byte is encrypted and decrypted in a buffer.
+/// RAM) do not apply: every byte is encrypted and decrypted in a buffer. Over a transport without
+/// extra channels it offers none either (<see cref="Create"/>), so the engine falls back as it does
+/// for that transport in the clear.
 /// </summary>
-internal sealed class TlsMigrationConnection : IMigrationConnection, IExtraChannels, IRawChannels
+internal class TlsMigrationConnection : IMigrationConnection
 {
     private const int WriterBufferSize = 64 * 1024;
     private readonly TlsSession _session;
@@ -20,7 +22,11 @@ internal sealed class TlsMigrationConnection : IMigrationConnection, IExtraChann
     private readonly List<IAsyncDisposable> _owned = [];
     private readonly TlsPipe _pipe;
 
-    internal TlsMigrationConnection(TlsSession session, IMigrationConnection inner, SslStream ssl)
+    /// <summary>The connection in TLS, with extra and raw channels when <paramref name="inner"/> has extra channels.</summary>
+    internal static TlsMigrationConnection Create(TlsSession session, IMigrationConnection inner, SslStream ssl) =>
+        inner is IExtraChannels ? new WithChannels(session, inner, ssl) : new TlsMigrationConnection(session, inner, ssl);
+
+    private TlsMigrationConnection(TlsSession session, IMigrationConnection inner, SslStream ssl)
     {
         _session = session;
         _inner = inner;
@@ -37,25 +43,9 @@ internal sealed class TlsMigrationConnection : IMigrationConnection, IExtraChann
 
     public void Abort(Exception? reason = null) => _inner.Abort(reason);
 
-    public async ValueTask<IDuplexPipe> OpenChannelAsync(int index, CancellationToken cancellationToken = default)
-    {
-        (SslStream ssl, IDuplexPipe inner) = await OpenAsync(index, cancellationToken).ConfigureAwait(false);
-        return new TlsPipe(ssl, inner);
-    }
-
-    public async ValueTask<IRawChannel> OpenRawChannelAsync(int index, CancellationToken cancellationToken = default)
-    {
-        (SslStream ssl, IDuplexPipe inner) = await OpenAsync(index, cancellationToken).ConfigureAwait(false);
-        return new TlsRawChannel(ssl, inner, $"{RemoteDescription} (channel {index})");
-    }
-
     private async ValueTask<(SslStream Ssl, IDuplexPipe Inner)> OpenAsync(int index, CancellationToken cancellationToken)
     {
-        if (_inner is not IExtraChannels extra)
-        {
-            throw new TransportException($"{_inner.RemoteDescription} cannot open channel {index} with TLS: its transport offers no extra byte channels (IExtraChannels). Turn off the capabilities that need more channels (multifd, postcopy-preempt), or unset tls-creds.");
-        }
-
+        var extra = (IExtraChannels)_inner;
         IDuplexPipe pipe = await extra.OpenChannelAsync(index, cancellationToken).ConfigureAwait(false);
         SslStream ssl = await _session.HandshakeAsync(pipe, $"{_inner.RemoteDescription} (channel {index})", cancellationToken).ConfigureAwait(false);
         lock (_owned)
@@ -64,6 +54,22 @@ internal sealed class TlsMigrationConnection : IMigrationConnection, IExtraChann
         }
 
         return (ssl, pipe);
+    }
+
+    /// <summary>Over a transport with extra channels: postcopy preempt's and multifd's channels, each with its own handshake.</summary>
+    private sealed class WithChannels(TlsSession session, IMigrationConnection inner, SslStream ssl) : TlsMigrationConnection(session, inner, ssl), IExtraChannels, IRawChannels
+    {
+        public async ValueTask<IDuplexPipe> OpenChannelAsync(int index, CancellationToken cancellationToken = default)
+        {
+            (SslStream channel, IDuplexPipe pipe) = await OpenAsync(index, cancellationToken).ConfigureAwait(false);
+            return new TlsPipe(channel, pipe);
+        }
+
+        public async ValueTask<IRawChannel> OpenRawChannelAsync(int index, CancellationToken cancellationToken = default)
+        {
+            (SslStream channel, IDuplexPipe pipe) = await OpenAsync(index, cancellationToken).ConfigureAwait(false);
+            return new TlsRawChannel(channel, pipe, $"{RemoteDescription} (channel {index})");
+        }
     }
 
     public async ValueTask DisposeAsync()

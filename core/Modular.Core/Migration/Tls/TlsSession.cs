@@ -135,7 +135,7 @@ public sealed class TlsSession
             throw;
         }
 
-        return new TlsMigrationConnection(this, inner, ssl);
+        return TlsMigrationConnection.Create(this, inner, ssl);
     }
 
     /// <summary>Runs the handshake on one channel's pipe.</summary>

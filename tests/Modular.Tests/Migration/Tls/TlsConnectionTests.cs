@@ -198,6 +198,25 @@ public sealed class TlsConnectionTests
     }
 
     [TestMethod]
+    public async Task OverATransportWithoutExtraChannels_TheTlsConnectionOffersNone_SoTheEngineFallsBack()
+    {
+        (TlsCredentialsRegistry registry, _) = Pki(_dir);
+        var transport = new InProcessTransport(offerPageChannel: false);
+        await using IMigrationListener listener = await transport.ListenAsync(new TransportEndpoint(InProcessTransport.Scheme, "tls"));
+        Task<IMigrationConnection> accepted = listener.AcceptAsync().AsTask();
+        IMigrationConnection plainClient = await transport.ConnectAsync(listener.Endpoint);
+        Assert.IsNotInstanceOfType<IExtraChannels>(plainClient);
+        Task<IMigrationConnection> serverSide = Server(registry).WrapAsync(await accepted, CancellationToken.None).AsTask();
+        await using IMigrationConnection client = await TlsSession.For(registry, "tls-client", "localhost", listener.Endpoint, outgoing: true)!.WrapAsync(plainClient, CancellationToken.None);
+        await using IMigrationConnection server = await serverSide.WaitAsync(TimeSpan.FromSeconds(30));
+
+        Assert.IsNotInstanceOfType<IExtraChannels>(client, "postcopy-preempt then shares the main connection, as in the clear");
+        Assert.IsNotInstanceOfType<IRawChannels>(client, "multifd then says the transport has no raw channels, as in the clear");
+        await client.Transport.Output.WriteAsync("ok"u8.ToArray());
+        Assert.AreEqual("ok", System.Text.Encoding.ASCII.GetString(await ReadExactlyAsync(server.Transport.Input, 2).WaitAsync(TimeSpan.FromSeconds(30))));
+    }
+
+    [TestMethod]
     public async Task RawChannel_Abort_FailsABlockedReceive()
     {
         (TlsCredentialsRegistry registry, _) = Pki(_dir);
