@@ -126,32 +126,8 @@ internal class TlsMigrationConnection : IMigrationConnection
 
         public override void CancelPendingFlush() => tls.CancelPendingFlush();
 
-        public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default)
-        {
-            ValueTask<FlushResult> flush;
-            try
-            {
-                flush = tls.FlushAsync(cancellationToken);
-            }
-            catch (IOException ex)
-            {
-                throw Rethrow(ex);
-            }
-
-            return flush.IsCompletedSuccessfully ? flush : Awaited(flush);
-
-            static async ValueTask<FlushResult> Awaited(ValueTask<FlushResult> pending)
-            {
-                try
-                {
-                    return await pending.ConfigureAwait(false);
-                }
-                catch (IOException ex)
-                {
-                    throw Rethrow(ex);
-                }
-            }
-        }
+        public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default) =>
+            Unwrapped(tls.FlushAsync, cancellationToken);
 
         public override Memory<byte> GetMemory(int sizeHint = 0) => tls.GetMemory(sizeHint);
 
@@ -197,35 +173,39 @@ internal class TlsMigrationConnection : IMigrationConnection
         return error;
     }
 
-    /// <summary>Reads through SslStream's reader, with the transport's errors unwrapped (<see cref="Rethrow"/>).</summary>
-    private sealed class UnwrappingReader(PipeReader tls) : PipeReader
+    /// <summary>Runs a pipe operation over SslStream with the transport's errors unwrapped (<see cref="Rethrow"/>); no allocation when it completes at once.</summary>
+    private static ValueTask<T> Unwrapped<T>(Func<CancellationToken, ValueTask<T>> operation, CancellationToken cancellationToken)
     {
-        public override ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
+        ValueTask<T> pending;
+        try
         {
-            ValueTask<ReadResult> read;
+            pending = operation(cancellationToken);
+        }
+        catch (IOException ex)
+        {
+            throw Rethrow(ex);
+        }
+
+        return pending.IsCompletedSuccessfully ? pending : Awaited(pending);
+
+        static async ValueTask<T> Awaited(ValueTask<T> pending)
+        {
             try
             {
-                read = tls.ReadAsync(cancellationToken);
+                return await pending.ConfigureAwait(false);
             }
             catch (IOException ex)
             {
                 throw Rethrow(ex);
             }
-
-            return read.IsCompletedSuccessfully ? read : Awaited(read);
-
-            static async ValueTask<ReadResult> Awaited(ValueTask<ReadResult> pending)
-            {
-                try
-                {
-                    return await pending.ConfigureAwait(false);
-                }
-                catch (IOException ex)
-                {
-                    throw Rethrow(ex);
-                }
-            }
         }
+    }
+
+    /// <summary>Reads through SslStream's reader, with the transport's errors unwrapped (<see cref="Rethrow"/>).</summary>
+    private sealed class UnwrappingReader(PipeReader tls) : PipeReader
+    {
+        public override ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default) =>
+            Unwrapped(tls.ReadAsync, cancellationToken);
 
         public override bool TryRead(out ReadResult result) => tls.TryRead(out result);
 
