@@ -4,25 +4,9 @@ using Modular.Tests.Support;
 namespace Modular.Tests.Config;
 
 [TestClass]
-public sealed class ConfigLoaderTests
+public sealed class ConfigLoaderTests : ConfigFileTestBase
 {
-    private string _dir = null!;
-
-    [TestInitialize]
-    public void Setup() => _dir = TestPluginCompiler.TempDirectory("config");
-
-    [TestCleanup]
-    public void Cleanup() => Directory.Delete(_dir, recursive: true);
-
-    private string Write(string json)
-    {
-        string path = Path.Combine(_dir, "vm.json");
-        File.WriteAllText(path, json);
-        return path;
-    }
-
-    private static ConfigException Fails(string path, params KeyValuePair<string, string>[] overrides) =>
-        Assert.ThrowsExactly<ConfigException>(() => ConfigLoader.Load(path, overrides));
+    protected override string DirectoryPrefix => "config";
 
     [TestMethod]
     public void AFullConfigIsReadWithTypedValues()
@@ -43,7 +27,7 @@ public sealed class ConfigLoaderTests
         Assert.AreEqual(1UL << 30, config.Machine.MemoryBytes);
         Assert.AreEqual(2, config.Machine.Vcpus);
         Assert.IsTrue(config.Machine.Paused);
-        Assert.AreEqual(Path.Combine(_dir, "guests/ab.elf"), config.Machine.Kernel);
+        Assert.AreEqual(Path.Combine(Dir, "guests/ab.elf"), config.Machine.Kernel);
         Assert.AreEqual(2, config.Devices.Count);
         Assert.AreEqual("serial0", config.Devices[0].Id);
         Assert.AreEqual("file:/tmp/s.log", config.Devices[0].Properties["output"]);
@@ -53,8 +37,8 @@ public sealed class ConfigLoaderTests
         Assert.IsFalse(config.Migration.Capabilities["return-path"]);
         Assert.AreEqual(50, config.Migration.DowntimeLimitMs);
         Assert.AreEqual(1UL << 30, config.Migration.MaxBandwidth);
-        CollectionAssert.AreEqual(new[] { Path.Combine(_dir, "extra") }, config.PluginDirectories.ToArray());
-        Assert.AreEqual(Path.Combine(_dir, "q.sock"), config.QmpSocket);
+        CollectionAssert.AreEqual(new[] { Path.Combine(Dir, "extra") }, config.PluginDirectories.ToArray());
+        Assert.AreEqual(Path.Combine(Dir, "q.sock"), config.QmpSocket);
     }
 
     [TestMethod]
@@ -165,7 +149,7 @@ public sealed class ConfigLoaderTests
     [TestMethod]
     public void AMissingFileIsNamed()
     {
-        string path = Path.Combine(_dir, "nope.json");
+        string path = Path.Combine(Dir, "nope.json");
 
         ConfigException ex = Fails(path);
 

@@ -1,35 +1,18 @@
 using Modular.Core.Config;
 using Modular.Core.Migration.Engine;
 using Modular.Core.Migration.Tls;
-using Modular.Tests.Support;
 
 namespace Modular.Tests.Config;
 
 /// <summary>
-/// The config's top-level objects list (QEMU's object-add shape; tls-creds-x509 only), the
-/// tls-creds and tls-hostname parameters, and the credentials' files read when the machine's
-/// migration settings are made.
+/// The config's top-level objects list (QEMU's object-add shape: tls-creds-x509, authz-simple,
+/// authz-listfile), the tls-creds, tls-hostname and tls-authz parameters, and the objects' files
+/// read when the machine's migration settings are made.
 /// </summary>
 [TestClass]
-public sealed class ConfigObjectsTests
+public sealed class ConfigObjectsTests : ConfigFileTestBase
 {
-    private string _dir = null!;
-
-    [TestInitialize]
-    public void Setup() => _dir = TestPluginCompiler.TempDirectory("config-objects");
-
-    [TestCleanup]
-    public void Cleanup() => Directory.Delete(_dir, recursive: true);
-
-    private string Write(string json)
-    {
-        string path = Path.Combine(_dir, "vm.json");
-        File.WriteAllText(path, json);
-        return path;
-    }
-
-    private static ConfigException Fails(string path, params KeyValuePair<string, string>[] overrides) =>
-        Assert.ThrowsExactly<ConfigException>(() => ConfigLoader.Load(path, overrides));
+    protected override string DirectoryPrefix => "config-objects";
 
     [TestMethod]
     public void ObjectsAreReadWithQemusDefaults_AndDirRelativeToTheConfigFile()
@@ -47,7 +30,7 @@ public sealed class ConfigObjectsTests
         MigrationConfig migration = ConfigLoader.Load(path).Migration;
 
         Assert.HasCount(2, migration.TlsObjects);
-        Assert.AreEqual(new TlsCredentialsConfig("tls0", Path.Combine(_dir, "certs", "server"), TlsEndpoint.Server, VerifyPeer: false, "objects[0]"), migration.TlsObjects[0]);
+        Assert.AreEqual(new TlsCredentialsConfig("tls0", Path.Combine(Dir, "certs", "server"), TlsEndpoint.Server, VerifyPeer: false, "objects[0]"), migration.TlsObjects[0]);
         Assert.AreEqual(new TlsCredentialsConfig("tls1", "/etc/pki/qemu", TlsEndpoint.Client, VerifyPeer: true, "objects[1]"), migration.TlsObjects[1], "endpoint client and verify-peer true by default, as QEMU");
         Assert.AreEqual("tls0", migration.TlsCreds);
         Assert.AreEqual("dest.example", migration.TlsHostname);
@@ -164,7 +147,7 @@ public sealed class ConfigObjectsTests
     [TestMethod]
     public void TheSettingsReadTheObjectsFiles_IntoTheRegistry()
     {
-        TlsCredentialsWriter.Write(Path.Combine(_dir, "certs"), ["localhost"], TimeSpan.FromDays(1));
+        TlsCredentialsWriter.Write(Path.Combine(Dir, "certs"), ["localhost"], TimeSpan.FromDays(1));
         string path = Write("""
             { "objects": [ { "qom-type": "tls-creds-x509", "id": "src", "dir": "certs" }, { "qom-type": "tls-creds-x509", "id": "dst", "dir": "certs", "endpoint": "server" } ],
               "migration": { "parameters": { "tls-creds": "src", "tls-hostname": "localhost" } } }
@@ -174,7 +157,7 @@ public sealed class ConfigObjectsTests
 
         CollectionAssert.AreEqual(new[] { "dst", "src" }, settings.TlsCredentials.Ids.ToArray());
         Assert.IsNotNull(settings.TlsCredentials.Resolve("dst", TlsEndpoint.Server).Certificate);
-        Assert.AreEqual(Path.Combine(_dir, "certs"), settings.TlsCredentials.Resolve("src", TlsEndpoint.Client).Directory);
+        Assert.AreEqual(Path.Combine(Dir, "certs"), settings.TlsCredentials.Resolve("src", TlsEndpoint.Client).Directory);
         Assert.AreEqual("src", settings.Snapshot().TlsCreds);
         Assert.AreEqual("localhost", settings.Snapshot().TlsHostname);
     }
@@ -182,19 +165,19 @@ public sealed class ConfigObjectsTests
     [TestMethod]
     public void AMissingFileFailsTheSettings_NamingTheObjectAndTheFile()
     {
-        Directory.CreateDirectory(Path.Combine(_dir, "empty"));
+        Directory.CreateDirectory(Path.Combine(Dir, "empty"));
         string path = Write("""{ "objects": [ { "qom-type": "tls-creds-x509", "id": "tls0", "dir": "empty", "endpoint": "server" } ] }""");
         MigrationConfig migration = ConfigLoader.Load(path).Migration;
 
         ConfigException ex = Assert.ThrowsExactly<ConfigException>(() => new MigrationSettings(migration));
 
-        string ca = Path.Combine(_dir, "empty", "ca-cert.pem");
+        string ca = Path.Combine(Dir, "empty", "ca-cert.pem");
         Assert.AreEqual($"objects[0]: TLS credentials 'tls0': {ca} does not exist; a server endpoint needs ca-cert.pem, server-cert.pem and server-key.pem in its dir (QEMU's layout).", ex.Message);
     }
     [TestMethod]
     public void AuthorizationObjects_AreRead_AndTlsAuthzMustNameOne()
     {
-        File.WriteAllText(Path.Combine(_dir, "sources.json"), """{ "rules": [ { "match": "CN=*.example", "policy": "allow", "format": "glob" } ] }""");
+        File.WriteAllText(Path.Combine(Dir, "sources.json"), """{ "rules": [ { "match": "CN=*.example", "policy": "allow", "format": "glob" } ] }""");
         string path = Write("""
             {
               "objects": [
@@ -209,7 +192,7 @@ public sealed class ConfigObjectsTests
 
         Assert.AreEqual("auth1", migration.TlsAuthz);
         Assert.AreEqual(new AuthzObjectConfig("auth0", "authz-simple", "CN=src.example,O=Example", true, "objects[0]"), migration.AuthzObjects[0]);
-        Assert.AreEqual(new AuthzObjectConfig("auth1", "authz-listfile", Path.Combine(_dir, "sources.json"), false, "objects[1]"), migration.AuthzObjects[1]);
+        Assert.AreEqual(new AuthzObjectConfig("auth1", "authz-listfile", Path.Combine(Dir, "sources.json"), false, "objects[1]"), migration.AuthzObjects[1]);
         var settings = new MigrationSettings(migration);
         Assert.IsTrue(settings.TlsCredentials.ResolveAuthorization("auth1").IsAllowed("CN=src.example", out _), "the list file was read");
         Assert.AreEqual("auth1", settings.Snapshot().TlsAuthz);
@@ -240,6 +223,6 @@ public sealed class ConfigObjectsTests
         MigrationConfig migration = ConfigLoader.Load(Write("""{ "objects": [ { "qom-type": "authz-listfile", "id": "auth0", "filename": "missing.json" } ] }""")).Migration;
 
         ConfigException ex = Assert.ThrowsExactly<ConfigException>(() => new MigrationSettings(migration));
-        StringAssert.StartsWith(ex.Message, "objects[0]: authz-listfile 'auth0': " + Path.Combine(_dir, "missing.json") + " cannot be read");
+        StringAssert.StartsWith(ex.Message, "objects[0]: authz-listfile 'auth0': " + Path.Combine(Dir, "missing.json") + " cannot be read");
     }
 }
