@@ -1,5 +1,8 @@
 using System.Diagnostics;
+using System.Text.Json.Nodes;
 using Modular.Cli.Children;
+using Modular.Core.Migration.Tls;
+using Modular.Core.Qmp;
 
 namespace Modular.Tests.Cli;
 
@@ -51,6 +54,50 @@ public sealed class QemuChildTests
             }
 
             Assert.IsFalse(Process.GetProcesses().Any(p => p.Id == processId && !p.HasExited), "QMP quit ended QEMU");
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    /// <summary>
+    /// QEMU reads the files <see cref="TlsCredentialsWriter"/> writes as tls-creds-x509 objects for
+    /// both ends, with its own checks of them (key usage, purposes, CA constraints, dates): what the
+    /// bench's tls row and docs/tls.md rely on. A directory without the files is refused by the same
+    /// command, so the loads are real.
+    /// </summary>
+    [TestMethod]
+    public async Task ARealQemuLoadsTheTlsCredentialsModularWrites()
+    {
+        string qemu = QemuChild.Find(out string? whyNot) ?? throw new AssertInconclusiveException($"No QEMU to drive: {whyNot}.");
+        string directory = Directory.CreateTempSubdirectory("modular-qemu-tls-").FullName;
+        try
+        {
+            string pki = Path.Combine(directory, "pki");
+            TlsCredentialsWriter.Write(pki, ["localhost", "127.0.0.1"], TimeSpan.FromDays(1));
+            await using QemuChild child = await QemuChild.StartAsync(qemu, directory, "q0", "ab-guest.elf", 64UL << 20, incomingDefer: true);
+            foreach (string endpoint in new[] { "server", "client" })
+            {
+                await child.Qmp.ExecuteAsync("object-add", new JsonObject
+                {
+                    ["qom-type"] = TlsCredentials.QomType,
+                    ["id"] = "tls-" + endpoint,
+                    ["dir"] = pki,
+                    ["endpoint"] = endpoint,
+                    ["verify-peer"] = true,
+                });
+            }
+
+            string empty = Directory.CreateDirectory(Path.Combine(directory, "empty")).FullName;
+            QmpErrorException refused = await Assert.ThrowsExactlyAsync<QmpErrorException>(() => child.Qmp.ExecuteAsync("object-add", new JsonObject
+            {
+                ["qom-type"] = TlsCredentials.QomType,
+                ["id"] = "tls-empty",
+                ["dir"] = empty,
+                ["endpoint"] = "server",
+            }));
+            StringAssert.Contains(refused.Message, "ca-cert.pem", "QEMU names the file it could not read");
         }
         finally
         {
