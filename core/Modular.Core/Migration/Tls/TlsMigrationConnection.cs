@@ -118,6 +118,9 @@ internal class TlsMigrationConnection : IMigrationConnection
     /// <summary>Writes through the TLS writer; its completion also completes the transport's output (the peer reads the end).</summary>
     private sealed class CompletingWriter(PipeWriter tls, PipeWriter transport) : PipeWriter
     {
+        // Made once: a method group passed per call would allocate a delegate for every flush.
+        private readonly Func<CancellationToken, ValueTask<FlushResult>> _flush = tls.FlushAsync;
+
         public override bool CanGetUnflushedBytes => tls.CanGetUnflushedBytes;
 
         public override long UnflushedBytes => tls.UnflushedBytes;
@@ -127,7 +130,7 @@ internal class TlsMigrationConnection : IMigrationConnection
         public override void CancelPendingFlush() => tls.CancelPendingFlush();
 
         public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default) =>
-            Unwrapped(tls.FlushAsync, cancellationToken);
+            Unwrapped(_flush, cancellationToken);
 
         public override Memory<byte> GetMemory(int sizeHint = 0) => tls.GetMemory(sizeHint);
 
@@ -204,8 +207,11 @@ internal class TlsMigrationConnection : IMigrationConnection
     /// <summary>Reads through SslStream's reader, with the transport's errors unwrapped (<see cref="Rethrow"/>).</summary>
     private sealed class UnwrappingReader(PipeReader tls) : PipeReader
     {
+        // Made once: a method group passed per call would allocate a delegate for every read.
+        private readonly Func<CancellationToken, ValueTask<ReadResult>> _read = tls.ReadAsync;
+
         public override ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default) =>
-            Unwrapped(tls.ReadAsync, cancellationToken);
+            Unwrapped(_read, cancellationToken);
 
         public override bool TryRead(out ReadResult result) => tls.TryRead(out result);
 

@@ -21,6 +21,20 @@ public sealed class PostcopyBandwidthTests
     [TestCleanup]
     public void Cleanup() => Directory.Delete(_dir, recursive: true);
 
+    /// <summary>A postcopy migration switched at once, with the rate limits set; the clock starts just before the migration does.</summary>
+    private async Task<(InProcessMigrationPair Pair, Stopwatch Clock)> StartPostcopyAsync(ulong maxBandwidth, ulong? maxPostcopyBandwidth)
+    {
+        var clock = new Stopwatch();
+        InProcessMigrationPair pair = await InProcessMigrationPair.StartAsync(
+            InProcessMigrationPair.Config(_dir, "postcopy-ram"), InProcessMigrationPair.Config(_dir, "postcopy-ram"), startPostcopy: true,
+            configureSource: c =>
+            {
+                c.Settings.SetParameters(null, maxBandwidth, maxPostcopyBandwidth: maxPostcopyBandwidth);
+                clock.Start();
+            });
+        return (pair, clock);
+    }
+
     [TestMethod]
     public async Task Parameter_DefaultsToUnlimited_AndRoundTripsThroughQmp()
     {
@@ -41,15 +55,9 @@ public sealed class PostcopyBandwidthTests
         // unpaced after the switch (the first 50 ms iteration is all precopy gets) it took 0.4 s.
         // A batch of 16 background pages is 32 ms of this budget: a request that waited for the pacing
         // would wait about that long (measured: median 35 ms without the wake-up, 0.2-0.3 ms with it).
-        const long limit = 2_000_000;
-        var clock = new Stopwatch();
-        await using InProcessMigrationPair pair = await InProcessMigrationPair.StartAsync(
-            InProcessMigrationPair.Config(_dir, "postcopy-ram"), InProcessMigrationPair.Config(_dir, "postcopy-ram"), startPostcopy: true,
-            configureSource: c =>
-            {
-                c.Settings.SetParameters(null, limit, maxPostcopyBandwidth: limit);
-                clock.Start();
-            });
+        const ulong limit = 2_000_000;
+        (InProcessMigrationPair started, Stopwatch clock) = await StartPostcopyAsync(maxBandwidth: limit, maxPostcopyBandwidth: limit);
+        await using InProcessMigrationPair pair = started;
         // The destination's fault-to-placement figures, read while postcopy runs (they end with it).
         JsonObject latency = new();
         Task finished = pair.Outgoing.Completion.WaitAsync(TimeSpan.FromSeconds(60));
@@ -84,15 +92,9 @@ public sealed class PostcopyBandwidthTests
     [TestMethod]
     public async Task MaxBandwidth_StopsAtTheSwitch_WhenMaxPostcopyBandwidthIsUnlimited()
     {
-        const long precopyLimit = 1_000_000;
-        var clock = new Stopwatch();
-        await using InProcessMigrationPair pair = await InProcessMigrationPair.StartAsync(
-            InProcessMigrationPair.Config(_dir, "postcopy-ram"), InProcessMigrationPair.Config(_dir, "postcopy-ram"), startPostcopy: true,
-            configureSource: c =>
-            {
-                c.Settings.SetParameters(null, precopyLimit);
-                clock.Start();
-            });
+        const ulong precopyLimit = 1_000_000;
+        (InProcessMigrationPair started, Stopwatch clock) = await StartPostcopyAsync(maxBandwidth: precopyLimit, maxPostcopyBandwidth: null);
+        await using InProcessMigrationPair pair = started;
         await pair.Outgoing.Completion.WaitAsync(TimeSpan.FromSeconds(60));
         TimeSpan took = clock.Elapsed;
 
