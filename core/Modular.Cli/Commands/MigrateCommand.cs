@@ -14,6 +14,8 @@ internal static class MigrateCommand
     private static readonly Option<bool> XbzrleOption = new("--xbzrle") { Description = "Set QEMU's xbzrle capability: after the first round, a page sent again goes as its difference to the copy sent before (size the cache with migrate-set-parameters xbzrle-cache-size or the config)." };
     private static readonly Option<string?> TlsCredsOption = new("--tls-creds") { Description = "tls-creds: the id of a tls-creds-x509 object of the source (endpoint client; from its config's objects or QMP object-add); the channels then use TLS (the destination needs tls-creds too, endpoint server)." };
     private static readonly Option<string?> TlsHostnameOption = new("--tls-hostname") { Description = "tls-hostname: the name to check the destination's certificate against, instead of the URI's host." };
+    private static readonly Option<bool> ResumeOption = new("--resume") { Description = "Resume a paused postcopy migration (QEMU's migrate with resume=true; needs x-modular-postcopy-recovery) over URI, where the destination listens after modular migrate-recover." };
+    private static readonly Option<bool> RecoveryOption = new("--postcopy-recovery") { Description = "Set x-modular-postcopy-recovery: a connection that fails during postcopy pauses the migration (postcopy-paused) instead of losing the guest; the destination needs it too (config or QMP)." };
     private static readonly Option<string?> MaxBandwidthOption = new("--max-bandwidth") { Description = "max-bandwidth: bytes per second, optionally with K, M, G (binary units); 0 for unlimited." };
     private static readonly Option<string?> MaxPostcopyBandwidthOption = new("--max-postcopy-bandwidth") { Description = "max-postcopy-bandwidth: the cap on postcopy's background pages from the switch on, bytes per second as --max-bandwidth; 0 (the default) for unlimited. Requested pages are not held back." };
 
@@ -34,6 +36,8 @@ internal static class MigrateCommand
         command.Options.Add(MaxPostcopyBandwidthOption);
         command.Options.Add(TlsCredsOption);
         command.Options.Add(TlsHostnameOption);
+        command.Options.Add(ResumeOption);
+        command.Options.Add(RecoveryOption);
         command.Arguments.Add(uriArgument);
         command.SetAction(async (parse, cancellationToken) =>
         {
@@ -96,7 +100,7 @@ internal static class MigrateCommand
                         }, cancellationToken);
                     }
 
-                    foreach ((Option<bool> option, string capability) in new[] { (AutoConvergeOption, "auto-converge"), (XbzrleOption, "xbzrle") })
+                    foreach ((Option<bool> option, string capability) in new[] { (AutoConvergeOption, "auto-converge"), (XbzrleOption, "xbzrle"), (RecoveryOption, "x-modular-postcopy-recovery") })
                     {
                         if (parse.GetValue(option))
                         {
@@ -139,7 +143,7 @@ internal static class MigrateCommand
                     }
 
                     var watch = new MigrationWatch();
-                    JsonObject result = await MigrationMonitor.MigrateAsync(client, parse.GetValue(uriArgument)!, parse.GetValue(postcopyOption), Console.Out, cancellationToken, watch);
+                    JsonObject result = await MigrationMonitor.MigrateAsync(client, parse.GetValue(uriArgument)!, parse.GetValue(postcopyOption), Console.Out, cancellationToken, watch, resume: parse.GetValue(ResumeOption));
                     MigrationMonitor.PrintSummary(result, Console.Out, watch);
                     return MigrationMonitor.Status(result) == "completed" ? ExitCodes.Success : ExitCodes.Failure;
                 }

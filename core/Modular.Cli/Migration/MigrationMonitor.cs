@@ -29,13 +29,30 @@ internal sealed class MigrationWatch
 /// <summary>Starts a migration over QMP and follows query-migrate until it ends, with a progress bar for people.</summary>
 internal static class MigrationMonitor
 {
-    private static readonly string[] FinalStates = ["completed", "failed", "cancelled"];
+    // postcopy-paused (x-modular-postcopy-recovery) ends the watch too: the operator acts next.
+    private static readonly string[] FinalStates = ["completed", "failed", "cancelled", "postcopy-paused"];
 
-    /// <summary>Runs migrate (optionally switching to postcopy) and returns the final query-migrate reply.</summary>
-    internal static async Task<JsonObject> MigrateAsync(QmpClient source, string uri, bool postcopy, TextWriter output, CancellationToken cancellationToken, MigrationWatch? watch = null)
+    /// <summary>
+    /// Runs migrate (optionally switching to postcopy, or resuming a paused postcopy migration) and
+    /// returns the final query-migrate reply (completed, failed, cancelled, or postcopy-paused).
+    /// </summary>
+    internal static async Task<JsonObject> MigrateAsync(QmpClient source, string uri, bool postcopy, TextWriter output, CancellationToken cancellationToken, MigrationWatch? watch = null, bool resume = false)
     {
         watch ??= new MigrationWatch();
-        await source.ExecuteAsync("migrate", new JsonObject { ["uri"] = uri }, cancellationToken);
+        var arguments = new JsonObject { ["uri"] = uri };
+        if (resume)
+        {
+            arguments["resume"] = true;
+            postcopy = false;
+        }
+
+        await source.ExecuteAsync("migrate", arguments, cancellationToken);
+        if (resume)
+        {
+            // Until the migration task has taken the resume, query-migrate still says postcopy-paused.
+            await WaitWhilePausedAsync(source, cancellationToken);
+        }
+
         if (postcopy)
         {
             await source.ExecuteAsync("migrate-start-postcopy", null, cancellationToken);
@@ -133,6 +150,26 @@ internal static class MigrationMonitor
         if (reply["error-desc"] is JsonNode error)
         {
             output.WriteLine($"  error:        {error}");
+        }
+
+        if (reply["x-modular-postcopy-recoveries"] is JsonNode recoveries && recoveries.GetValue<int>() > 0)
+        {
+            output.WriteLine($"  recoveries:   {recoveries} (postcopy resumed after a failed connection)");
+        }
+
+        if (Status(reply) == "postcopy-paused")
+        {
+            output.WriteLine($"  paused:       {reply["x-modular-postcopy-pause-reason"]}");
+            output.WriteLine("  next:         on the destination, modular migrate-recover --qmp SOCKET URI; then here, modular migrate --qmp SOCKET --resume URI");
+        }
+    }
+
+    private static async Task WaitWhilePausedAsync(QmpClient source, CancellationToken cancellationToken)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (Status(await QueryAsync(source, cancellationToken)) == "postcopy-paused" && clock.Elapsed < TimeSpan.FromSeconds(5))
+        {
+            await Task.Delay(20, cancellationToken);
         }
     }
 

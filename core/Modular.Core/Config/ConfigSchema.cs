@@ -53,6 +53,7 @@ public static class ConfigSchema
     public static readonly string[] Capabilities =
     [
         "postcopy-ram", "postcopy-preempt", "return-path", "postcopy-blocktime", "events", "zero-blocks", "pause-before-switchover", "multifd", "auto-converge", "xbzrle",
+        "x-modular-postcopy-recovery",
     ];
 
     /// <summary>Every key, in documentation order.</summary>
@@ -72,7 +73,9 @@ public static class ConfigSchema
         new("objects", ConfigValueKind.ObjectList, "[]", "Objects, as QEMU's -object / object-add: a list of {\"qom-type\": \"tls-creds-x509\", \"id\": ID, \"dir\": DIR, \"endpoint\": \"client\" or \"server\", \"verify-peer\": true or false}, x509 credentials for migration TLS (dir holds QEMU's files: ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem, and is relative to the config file; endpoint defaults to client, a source; verify-peer to true; modular tls-creds writes a set), {\"qom-type\": \"authz-simple\", \"id\": ID, \"identity\": \"CN=...\"} (the one source certificate subject a TLS destination accepts) and {\"qom-type\": \"authz-listfile\", \"id\": ID, \"filename\": FILE, \"refresh\": true} (QEMU's JSON rule list; relative to the config file; read again at each check unless refresh is false). Files are read when the machine starts."),
         new("migration", ConfigValueKind.Section, "", "Live migration."),
         new("migration.capabilities", ConfigValueKind.Section, "", "QEMU migration capabilities, each true or false (as migrate-set-capabilities)."),
-        .. Capabilities.Select(c => new ConfigKey("migration.capabilities." + c, ConfigValueKind.Boolean, "false", $"The '{c}' capability (QEMU semantics).")),
+        .. Capabilities.Select(c => new ConfigKey("migration.capabilities." + c, ConfigValueKind.Boolean, "false", c == "x-modular-postcopy-recovery"
+            ? "Modular's postcopy recovery, on both sides: a connection that fails during postcopy pauses the migration (postcopy-paused) instead of failing it; migrate-recover on the destination and migrate with resume=true on the source go on (QEMU's recovery, which QEMU always enables)."
+            : $"The '{c}' capability (QEMU semantics).")),
         new("migration.parameters", ConfigValueKind.Section, "", "QEMU migration parameters (as migrate-set-parameters)."),
         new("migration.parameters.downtime-limit", ConfigValueKind.Integer, "300", "Largest acceptable downtime in milliseconds."),
         new("migration.parameters.max-bandwidth", ConfigValueKind.Size, "0", "Bandwidth cap in bytes per second; 0 means unlimited (QEMU's default is 128M)."),

@@ -1,4 +1,6 @@
 using System.Text.Json.Nodes;
+using Modular.Core.Qmp;
+using Modular.Core.Verification;
 using Modular.Tests.Support;
 
 namespace Modular.Tests.EndToEnd;
@@ -151,5 +153,83 @@ public sealed class PostcopyConnectionCutTests
         Assert.AreEqual(1, exit, pair.DestinationStderr);
         StringAssert.Contains(pair.DestinationStderr, "modular: Incoming migration failed:");
         Assert.IsTrue(pair.Source.HasExited == false, "the source keeps running (with the stopped guest) until told to quit");
+    }
+
+    /// <summary>
+    /// Postcopy recovery (QEMU's postcopy-paused, migrate-recover, migrate with resume=true), with
+    /// x-modular-postcopy-recovery on both sides: the same cut pauses both sides instead of failing
+    /// them; the destination keeps its guest and listens again; the source connects over plain tcp,
+    /// sends what the destination's received bitmaps lack, and the migration completes with the
+    /// guest's RAM intact.
+    /// </summary>
+    [TestMethod]
+    public async Task ConnectionCutDuringPostcopy_WithRecovery_BothPause_ThenResumeCompletes()
+    {
+        string plugins = TestPluginCompiler.TempDirectory("cut-plugin");
+        TestPluginCompiler.Compile(Path.Combine(plugins, "cut"), "Modular.Tests.CutTransport", CutTransportSource);
+
+        await using PostcopyPair pair = await PostcopyPair.StartAsync(
+            "tcp:127.0.0.1:0",
+            sourceEnvironment: new Dictionary<string, string> { ["MODULAR_TEST_CUT_AFTER"] = (100L << 20).ToString(System.Globalization.CultureInfo.InvariantCulture) },
+            extraArgs: ["--plugins", plugins]);
+        await pair.SetCapabilitiesAsync("events", "postcopy-ram", "x-modular-postcopy-recovery");
+        await PostcopyEndToEndTests.WaitForSerialAsync(pair.SourceSerial, 'A', TimeSpan.FromSeconds(30));
+
+        // Nothing to resume yet: QEMU's refusals.
+        QmpErrorException notPaused = await Assert.ThrowsExactlyAsync<QmpErrorException>(() => pair.SourceQmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = "tcp:127.0.0.1:1", ["resume"] = true }));
+        StringAssert.Contains(notPaused.Message, "Cannot resume if there is no paused migration");
+        QmpErrorException notPausedHere = await Assert.ThrowsExactlyAsync<QmpErrorException>(() => pair.DestinationQmp.ExecuteAsync("migrate-recover", new JsonObject { ["uri"] = "tcp:127.0.0.1:0" }));
+        StringAssert.Contains(notPausedHere.Message, "Migrate recover can only be run when postcopy is paused");
+
+        string uri = "cut:" + pair.IncomingUri["tcp:".Length..];
+        await pair.SourceQmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = uri });
+        await pair.SourceQmp.ExecuteAsync("migrate-start-postcopy");
+
+        JsonObject source = await PostcopyPair.WaitForAsync(pair.SourceQmp, r => PostcopyPair.Status(r) is "postcopy-paused" or "completed" or "failed", TimeSpan.FromSeconds(60), "the source to pause");
+        Assert.AreEqual("postcopy-paused", PostcopyPair.Status(source), source.ToJsonString());
+        JsonObject destination = await PostcopyPair.WaitForAsync(pair.DestinationQmp, r => PostcopyPair.Status(r) is "postcopy-paused" or "completed" or "failed", TimeSpan.FromSeconds(30), "the destination to pause");
+        Assert.AreEqual("postcopy-paused", PostcopyPair.Status(destination), destination.ToJsonString());
+        Assert.IsFalse(pair.Destination.HasExited, "a paused destination keeps its guest: " + pair.DestinationStderr);
+        Assert.AreEqual("running", (await pair.DestinationQmp.ExecuteAsync("query-status"))!["status"]!.ToString(), "the destination's guest runs on with the pages it has");
+        await pair.SourceQmp.WaitForEventAsync(e => e.Name == "MIGRATION" && e.Data?["status"]?.ToString() == "postcopy-paused", "MIGRATION postcopy-paused", TimeSpan.FromSeconds(5));
+
+        // A resume to where nobody listens fails and pauses again, saying why.
+        string nobody = $"tcp:127.0.0.1:{FreeTcpPort()}";
+        await pair.SourceQmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = nobody, ["resume"] = true });
+        source = await PostcopyPair.WaitForAsync(pair.SourceQmp, r => r["x-modular-postcopy-pause-reason"]?.ToString().Contains(nobody, StringComparison.Ordinal) == true, TimeSpan.FromSeconds(30), "the source to pause again after a failed resume");
+        Assert.AreEqual("postcopy-paused", PostcopyPair.Status(source), source.ToJsonString());
+        Assert.AreEqual(0L, source["x-modular-postcopy-recoveries"]!.GetValue<long>(), source.ToJsonString());
+
+        // The destination listens again; the source resumes there over plain tcp.
+        int port = FreeTcpPort();
+        string recoverUri = $"tcp:127.0.0.1:{port}";
+        await pair.DestinationQmp.ExecuteAsync("migrate-recover", new JsonObject { ["uri"] = recoverUri });
+        QmpErrorException twice = await Assert.ThrowsExactlyAsync<QmpErrorException>(() => pair.DestinationQmp.ExecuteAsync("migrate-recover", new JsonObject { ["uri"] = "tcp:127.0.0.1:0" }));
+        StringAssert.Contains(twice.Message, "Migrate recovery is triggered already");
+        await pair.SourceQmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = recoverUri, ["resume"] = true });
+
+        source = await PostcopyPair.WaitForAsync(pair.SourceQmp, r => PostcopyPair.Status(r) is "completed" or "failed" or "postcopy-paused", TimeSpan.FromSeconds(90), "the source to complete after the recovery");
+        TestContext.WriteLine("source: " + source.ToJsonString());
+        Assert.AreEqual("completed", PostcopyPair.Status(source), source.ToJsonString() + pair.SourceStderr);
+        destination = await PostcopyPair.WaitForAsync(pair.DestinationQmp, r => PostcopyPair.Status(r) is "completed" or "failed", TimeSpan.FromSeconds(30), "the destination to complete");
+        Assert.AreEqual("completed", PostcopyPair.Status(destination), destination.ToJsonString() + pair.DestinationStderr);
+        Assert.AreEqual(1L, source["x-modular-postcopy-recoveries"]!.GetValue<long>(), source.ToJsonString());
+        Assert.AreEqual(1L, destination["x-modular-postcopy-recoveries"]!.GetValue<long>(), destination.ToJsonString());
+        await pair.SourceQmp.WaitForEventAsync(e => e.Name == "MIGRATION" && e.Data?["status"]?.ToString() == "postcopy-recover", "MIGRATION postcopy-recover", TimeSpan.FromSeconds(5));
+
+        // The guest keeps printing on the destination, and its RAM is whole.
+        long before = new FileInfo(pair.DestinationSerial).Length;
+        await PostcopyEndToEndTests.WaitForSerialGrowthAsync(pair.DestinationSerial, before, TimeSpan.FromSeconds(30));
+        AbRamCheckResult check = await pair.CheckDestinationRamAsync(PostcopyEndToEndTests.Memory);
+        Assert.IsTrue(check.Passed, check.Message);
+        TestContext.WriteLine("source stderr: " + pair.SourceStderr);
+        TestContext.WriteLine("destination stderr: " + pair.DestinationStderr);
+    }
+
+    private static int FreeTcpPort()
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
     }
 }

@@ -13,7 +13,7 @@ namespace Modular.Tests.EndToEnd;
 [TestClass]
 public sealed class PostcopyEndToEndTests
 {
-    private const ulong Memory = 256UL << 20;
+    internal const ulong Memory = 256UL << 20;
 
     public TestContext TestContext { get; set; } = null!;
 

@@ -299,6 +299,7 @@ public sealed partial class IncomingMigration
         }
 
         PostcopyFaultThread faults = _faultThread ?? StartFaultThread(connection, _returnPath);
+        PrepareRecovery();
         faults.PageChannel = _pageChannel is { AttachedBlocks: > 0 } ? _pageChannel : null;
         _postcopyRam!.Arm();
 
@@ -367,40 +368,14 @@ public sealed partial class IncomingMigration
         {
             while (true)
             {
-                long at = reader.Position;
-                SectionType type = await reader.ReadSectionTypeAsync().ConfigureAwait(false);
-                switch (type)
+                try
                 {
-                    case SectionType.Part or SectionType.End:
-                        SectionHeader header = await SectionHeader.ReadFromAsync(reader, type).ConfigureAwait(false);
-                        if (!ramSections.TryGetValue(header.SectionId, out SectionTarget? target))
-                        {
-                            throw reader.ErrorAt(at, $"section id {header.SectionId} after POSTCOPY_LISTEN; only RAM sections may follow the package");
-                        }
-
-                        await LoadSectionBodyAsync(target, header, reader, at).ConfigureAwait(false);
-                        RaiseListenThread();
-                        break;
-                    case SectionType.Command:
-                        StreamCommand command = await StreamCommand.ReadFromAsync(reader).ConfigureAwait(false);
-                        if (command is not PingCommand ping)
-                        {
-                            throw reader.ErrorAt(at, $"{StreamCommand.RecordName(command.Kind)} after POSTCOPY_LISTEN");
-                        }
-
-                        await _returnPath!.SendAsync(ReturnPathMessage.Pong(ping.Value)).ConfigureAwait(false);
-                        break;
-                    case SectionType.Eof:
-                        if (!await reader.IsAtEndAsync().ConfigureAwait(false) && await reader.PeekU8Async("VMDESCRIPTION") == (int)SectionType.VmDescription)
-                        {
-                            await reader.ReadSectionTypeAsync().ConfigureAwait(false);
-                            await VmDescription.ReadFromAsync(reader).ConfigureAwait(false);
-                        }
-
-                        await FinishPostcopyAsync(reader, at).ConfigureAwait(false);
-                        return;
-                    default:
-                        throw reader.ErrorAt(at, $"unexpected {type} record after POSTCOPY_LISTEN");
+                    await ListenOnAsync(reader, ramSections).ConfigureAwait(false);
+                    return;
+                }
+                catch (Exception ex) when (CanRecover(ex))
+                {
+                    reader = await PauseUntilRecoveredAsync(ex).ConfigureAwait(false);
                 }
             }
         }
@@ -410,6 +385,55 @@ public sealed partial class IncomingMigration
             // stop the guest before the error travels to the incoming task.
             AbortPostcopy();
             throw;
+        }
+    }
+
+    /// <summary>The listen thread's reading of one connection's stream, up to EOF (see <see cref="ListenAsync"/>).</summary>
+    private async Task ListenOnAsync(MigrationStreamReader reader, Dictionary<uint, SectionTarget> ramSections)
+    {
+        while (true)
+        {
+            long at = reader.Position;
+            SectionType type = await reader.ReadSectionTypeAsync().ConfigureAwait(false);
+            switch (type)
+            {
+                case SectionType.Part or SectionType.End:
+                    SectionHeader header = await SectionHeader.ReadFromAsync(reader, type).ConfigureAwait(false);
+                    if (!ramSections.TryGetValue(header.SectionId, out SectionTarget? target))
+                    {
+                        throw reader.ErrorAt(at, $"section id {header.SectionId} after POSTCOPY_LISTEN; only RAM sections may follow the package");
+                    }
+
+                    await LoadSectionBodyAsync(target, header, reader, at).ConfigureAwait(false);
+                    RaiseListenThread();
+                    break;
+                case SectionType.Command:
+                    StreamCommand command = await StreamCommand.ReadFromAsync(reader).ConfigureAwait(false);
+                    switch (command)
+                    {
+                        case PingCommand ping:
+                            await _returnPath!.SendAsync(ReturnPathMessage.Pong(ping.Value)).ConfigureAwait(false);
+                            break;
+                        case RecvBitmapCommand or PostcopyResumeCommand:
+                            await HandleRecoveryCommandAsync(command, reader, at).ConfigureAwait(false);
+                            break;
+                        default:
+                            throw reader.ErrorAt(at, $"{StreamCommand.RecordName(command.Kind)} after POSTCOPY_LISTEN");
+                    }
+
+                    break;
+                case SectionType.Eof:
+                    if (!await reader.IsAtEndAsync().ConfigureAwait(false) && await reader.PeekU8Async("VMDESCRIPTION") == (int)SectionType.VmDescription)
+                    {
+                        await reader.ReadSectionTypeAsync().ConfigureAwait(false);
+                        await VmDescription.ReadFromAsync(reader).ConfigureAwait(false);
+                    }
+
+                    await FinishPostcopyAsync(reader, at).ConfigureAwait(false);
+                    return;
+                default:
+                    throw reader.ErrorAt(at, $"unexpected {type} record after POSTCOPY_LISTEN");
+            }
         }
     }
 

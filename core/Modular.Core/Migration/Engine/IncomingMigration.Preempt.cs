@@ -92,6 +92,15 @@ public sealed partial class IncomingMigration
             {
                 // Requested pages no longer arrive: the guest would wait forever. Fail the migration;
                 // aborting the connection ends the listen thread, which reports the error.
+                if (_recovery)
+                {
+                    // The listen thread pauses when the connection ends; requested pages then come
+                    // on the recovered connection.
+                    _logger.LogWarning("The postcopy preempt channel failed: {Error}", ex.Message);
+                    connection.Abort(new IOException("the postcopy preempt channel failed: " + ex.Message, ex));
+                    return;
+                }
+
                 _logger.LogError("The postcopy preempt channel failed: {Error}", ex.Message);
                 AbortPostcopy();
                 connection.Abort(new IOException("the postcopy preempt channel failed: " + ex.Message, ex));

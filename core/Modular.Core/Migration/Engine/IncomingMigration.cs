@@ -278,6 +278,11 @@ public sealed partial class IncomingMigration
                 await TransportCleanup.DisposeAsync(connection, _logger, connection.RemoteDescription).ConfigureAwait(false);
             }
 
+            foreach (IMigrationConnection recovered in _recoveredConnections)
+            {
+                await TransportCleanup.DisposeAsync(recovered, _logger, recovered.RemoteDescription).ConfigureAwait(false);
+            }
+
             _multifd?.Dispose();
             _postcopyRam?.Dispose();
             DisposeUnusedPostcopyPreparation();

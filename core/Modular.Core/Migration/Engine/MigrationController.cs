@@ -177,6 +177,57 @@ public sealed class MigrationController
     }
 
     /// <summary>
+    /// migrate with resume=true (QEMU's postcopy recovery): the paused outgoing migration connects to
+    /// <paramref name="uri"/>, where the destination listens after migrate-recover, and goes on.
+    /// </summary>
+    /// <param name="uri">The destination's recovery URI.</param>
+    /// <exception cref="QmpException">No migration is paused (QEMU's message), or the URI or its plugin is wrong.</exception>
+    public void ResumeOutgoing(string uri)
+    {
+        lock (_gate)
+        {
+            if (_outgoing is not { Status.Current: MigrationStatus.PostcopyPaused } outgoing)
+            {
+                throw QmpException.Generic("Cannot resume if there is no paused migration");
+            }
+
+            (IMigrationTransport transport, TransportEndpoint endpoint) = ResolveTransport(uri);
+            if (!outgoing.Resume(transport, endpoint, ResolveTls(outgoing.Settings, endpoint, outgoing: true)))
+            {
+                throw QmpException.Generic("Cannot resume if there is no paused migration");
+            }
+        }
+    }
+
+    /// <summary>
+    /// migrate-recover (QEMU's): the paused incoming postcopy migration listens on <paramref name="uri"/>
+    /// for the source's migrate with resume=true; returns once bound.
+    /// </summary>
+    /// <param name="uri">Where to listen (port 0 picks one; query-migrate does not show it, so give a port).</param>
+    /// <exception cref="QmpException">No incoming migration is paused (QEMU's messages), or the URI is wrong.</exception>
+    public async Task RecoverIncomingAsync(string uri)
+    {
+        IncomingMigration? incoming = Incoming;
+        if (incoming is null || incoming.Status.Current is not (MigrationStatus.PostcopyPaused or MigrationStatus.PostcopyRecover))
+        {
+            throw QmpException.Generic("Migrate recover can only be run when postcopy is paused.");
+        }
+
+        (IMigrationTransport transport, TransportEndpoint endpoint) = ResolveTransport(uri);
+        try
+        {
+            if (!await incoming.RecoverAsync(transport, endpoint, ResolveTls(Settings.Snapshot(), endpoint, outgoing: false)).ConfigureAwait(false))
+            {
+                throw QmpException.Generic("Migrate recovery is triggered already");
+            }
+        }
+        catch (TransportException ex)
+        {
+            throw QmpException.Generic(ex.Message);
+        }
+    }
+
+    /// <summary>
     /// migrate-start-postcopy: asks the running outgoing migration to switch to postcopy at its next
     /// iteration boundary; harmless after the end (QEMU's errors otherwise).
     /// </summary>
@@ -286,6 +337,7 @@ public sealed class MigrationController
         {
             JsonObject reply = outgoing.Stats.ToQmp(outgoing.Status.Current, outgoing.Error, outgoing: true);
             outgoing.AddThrottleFigures(reply);
+            AddRecoveryFigures(reply, outgoing.Settings, outgoing.Recoveries, outgoing.PauseReason);
             return reply;
         }
 
@@ -293,9 +345,29 @@ public sealed class MigrationController
         {
             JsonObject reply = incoming.Stats.ToQmp(incoming.Status.Current, incoming.Error, outgoing: false);
             incoming.AddPostcopyFigures(reply);
+            AddRecoveryFigures(reply, Settings.Snapshot(), incoming.Recoveries, incoming.PauseReason);
             return reply;
         }
 
         return new JsonObject();
+    }
+
+    /// <summary>
+    /// With x-modular-postcopy-recovery: x-modular-postcopy-recoveries (recoveries that went back to
+    /// postcopy-active) and, while paused or recovering, x-modular-postcopy-pause-reason (what ended
+    /// the connection).
+    /// </summary>
+    private static void AddRecoveryFigures(JsonObject reply, MigrationSettingsSnapshot settings, int recoveries, string? pauseReason)
+    {
+        if (!settings.Has("x-modular-postcopy-recovery"))
+        {
+            return;
+        }
+
+        reply["x-modular-postcopy-recoveries"] = recoveries;
+        if (pauseReason is not null)
+        {
+            reply["x-modular-postcopy-pause-reason"] = pauseReason;
+        }
     }
 }

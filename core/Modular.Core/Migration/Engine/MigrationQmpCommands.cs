@@ -18,11 +18,20 @@ public static class MigrationQmpCommands
         {
             if (args.GetOptionalBoolean("resume") == true)
             {
-                throw QmpException.Generic("Postcopy recovery (resume) is not supported by Modular");
+                controller.ResumeOutgoing(args.GetString("uri"));
+            }
+            else
+            {
+                controller.StartOutgoing(args.GetString("uri"));
             }
 
-            controller.StartOutgoing(args.GetString("uri"));
             return ValueTask.FromResult<JsonNode?>(new JsonObject());
+        });
+
+        commands.Register("migrate-recover", ["uri"], async (args, _) =>
+        {
+            await controller.RecoverIncomingAsync(args.GetString("uri")).ConfigureAwait(false);
+            return new JsonObject();
         });
 
         commands.Register("migrate-incoming", ["uri"], async (args, _) =>

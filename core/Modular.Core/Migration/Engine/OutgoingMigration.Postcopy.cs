@@ -179,6 +179,33 @@ public sealed partial class OutgoingMigration
         SetRateLimit(Settings.MaxPostcopyBandwidth, writer.Position);
 
         PassStarted?.Invoke(++_pass);
+        var channel = new PostcopyChannel(writer, output, afterFlush, returnPathReader);
+        while (true)
+        {
+            try
+            {
+                await SendPostcopyRestAsync(channel, ram, ramSectionId, description).ConfigureAwait(false);
+                break;
+            }
+            catch (Exception ex) when (CanRecover(ex))
+            {
+                channel = await PauseUntilResumedAsync(ex, channel, ram).ConfigureAwait(false);
+            }
+        }
+
+        Stats.SetFinished();
+        _machine.SetRunState(QmpRunState.PostMigrate);
+        Status.MoveTo(MigrationStatus.Completed);
+    }
+
+    /// <summary>
+    /// Postcopy after the switch (or after a recovery): background pages with requested pages first,
+    /// until every page has been sent since the switch, then the RAM section's END, EOF and the VM
+    /// description, and the destination's SHUT. Migration task.
+    /// </summary>
+    private async Task SendPostcopyRestAsync(PostcopyChannel channel, RamSaver ram, uint ramSectionId, VmDescriptionBuilder description)
+    {
+        (MigrationStreamWriter writer, PipeWriter output, Func<long, ValueTask> afterFlush, Task returnPathReader) = channel;
 
         // Background pages, requested pages first; PART sections of about one iteration budget.
         bool drained = false;
@@ -224,10 +251,6 @@ public sealed partial class OutgoingMigration
         await afterFlush(0).ConfigureAwait(false);
         Stats.SetRemaining(0);
         await WaitForDestinationAsync(_connection!, returnPath: true, returnPathReader).ConfigureAwait(false);
-
-        Stats.SetFinished();
-        _machine.SetRunState(QmpRunState.PostMigrate);
-        Status.MoveTo(MigrationStatus.Completed);
     }
 
     /// <summary>

@@ -90,6 +90,13 @@ public sealed partial class OutgoingMigration
                     case ReturnPathMessageType.ReqPages or ReturnPathMessageType.ReqPagesId:
                         await OnPageRequestAsync(message).ConfigureAwait(false);
                         break;
+                    case ReturnPathMessageType.RecvBitmap:
+                        ReceivedBitmap bitmap = await ReceivedBitmap.ReadFromAsync(reader).ConfigureAwait(false);
+                        OnReceivedBitmap(message.BlockId!, bitmap);
+                        break;
+                    case ReturnPathMessageType.ResumeAck:
+                        OnResumeAck();
+                        break;
                     default:
                         throw reader.Error($"unexpected {ReturnPathMessage.RecordName(message.Type)} message");
                 }
@@ -100,6 +107,12 @@ public sealed partial class OutgoingMigration
         catch (Exception ex)
         {
             _shutReceived.TrySetException(new IOException("the return path failed: " + ex.Message, ex));
+            if (_inPostcopy && RecoveryEnabled)
+            {
+                // Page requests can no longer arrive: end the forward path too, so that the migration
+                // task pauses now rather than when it next waits for the destination.
+                connection.Abort(new IOException("the return path failed: " + ex.Message, ex));
+            }
         }
     }
 
@@ -112,7 +125,7 @@ public sealed partial class OutgoingMigration
             await returnPathReader.ConfigureAwait(false);
             if (error != 0)
             {
-                throw new IOException("the destination could not load the guest (it sent SHUT with the error flag); see the destination's log");
+                throw new DestinationFailedException("the destination could not load the guest (it sent SHUT with the error flag); see the destination's log");
             }
 
             return;

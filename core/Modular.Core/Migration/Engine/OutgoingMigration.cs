@@ -32,7 +32,7 @@ public sealed partial class OutgoingMigration
     private readonly ILogger _logger;
     private readonly CancellationTokenSource _cancel = new();
     private readonly SemaphoreSlim _continue = new(0, 1);
-    private readonly TaskCompletionSource<uint> _shutReceived = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private TaskCompletionSource<uint> _shutReceived = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private IMigrationConnection? _connection;
     private const int CommitmentNone = 0;
     private const int CommitmentCancelled = 1;

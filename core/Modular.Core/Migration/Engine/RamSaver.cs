@@ -72,6 +72,44 @@ internal sealed class RamSaver : IDisposable
     internal RamBlockList BlockList(bool postcopyRam) =>
         new(_ram.Blocks.Select(b => new RamBlockEntry(b.Name, b.Size, postcopyRam && b.HostPageSize != RamBlock.TargetPageSize ? b.HostPageSize : null)).ToList());
 
+    /// <summary>
+    /// Postcopy recovery (QEMU's ram_dirty_bitmap_reload): the destination's received bitmap of block
+    /// <paramref name="blockIndex"/> replaces its migration bitmap, complemented, so every page the
+    /// destination lacks (never sent, or lost with the failed connection) is sent again; the scan
+    /// starts over. Migration task, while no page is being sent.
+    /// </summary>
+    /// <param name="blockIndex">The block.</param>
+    /// <param name="received">QEMU's layout: bit n (little-endian bit order) set when target page n arrived; at least one bit per page.</param>
+    /// <returns>The pages the destination still lacks in this block.</returns>
+    /// <exception cref="InvalidOperationException">The bitmap is shorter than the block.</exception>
+    internal long ResendNotReceived(int blockIndex, ReadOnlySpan<byte> received)
+    {
+        DirtyBitmap dirty = _dirty[blockIndex];
+        long needed = (dirty.Length + 7) / 8;
+        if (received.Length < needed)
+        {
+            throw new InvalidOperationException($"the destination's received bitmap of RAM block '{_ram.Blocks[blockIndex].Name}' has {received.Length} bytes; its {dirty.Length} pages need {needed}");
+        }
+
+        Span<ulong> words = dirty.Words;
+        Span<byte> word = stackalloc byte[8];
+        for (int w = 0; w < words.Length; w++)
+        {
+            word.Clear();
+            ReadOnlySpan<byte> from = received.Slice(w * 8, (int)Math.Min(8, needed - (w * 8L)));
+            from.CopyTo(word);
+            ulong missing = ~System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(word);
+            long bits = Math.Min(64, dirty.Length - (w * 64L));
+            words[w] = bits == 64 ? missing : missing & ((1UL << (int)bits) - 1);
+        }
+
+        _cursorBlock = 0;
+        _cursorPage = 0;
+        long lacking = dirty.Count();
+        _stats.SetRemaining(DirtyPages * RamBlock.TargetPageSize);
+        return lacking;
+    }
+
     /// <summary>Bulk stage: every page needs sending, and KVM's log (which also holds boot-time writes) is emptied.</summary>
     internal void MarkAllDirty()
     {

@@ -25,6 +25,7 @@ internal sealed class PostcopyFaultThread
     private readonly Thread _thread;
     private RamBlock? _lastRequestedBlock;
     private volatile bool _stopping;
+    private volatile bool _nameEveryBlock;
 
     /// <param name="ram">The armed RAM.</param>
     /// <param name="returnPath">Where requests go.</param>
@@ -47,6 +48,13 @@ internal sealed class PostcopyFaultThread
     {
         set => _pageChannel = value;
     }
+
+    /// <summary>
+    /// Postcopy recovery: from now on every request names its RAM block (REQ_PAGES_ID). The source's
+    /// idea of the last block named may have changed with the requests asked again after a recovery.
+    /// Any thread.
+    /// </summary>
+    internal void NameBlockInEveryRequest() => _nameEveryBlock = true;
 
     /// <summary>Page requests sent.</summary>
     internal long RequestsSent { get; private set; }
@@ -125,7 +133,7 @@ internal sealed class PostcopyFaultThread
                     break;
                 }
 
-                _returnPath.Send(RequestFor(block!, offset, _lastRequestedBlock));
+                _returnPath.Send(RequestFor(block!, offset, _nameEveryBlock ? null : _lastRequestedBlock));
                 _lastRequestedBlock = block;
                 RequestsSent++;
                 break;

@@ -387,6 +387,49 @@ internal sealed class PostcopyRam : IDisposable
     }
 
     /// <summary>
+    /// Postcopy recovery: block <paramref name="index"/>'s received bitmap in QEMU's layout (bit n,
+    /// little-endian bit order, set when target page n has arrived; padded to 8 bytes), for
+    /// RECV_BITMAP. Any thread; pages arriving meanwhile may or may not be counted (the source then
+    /// sends them again, which is harmless).
+    /// </summary>
+    internal byte[] ReceivedBitmap(int index)
+    {
+        PageStateMap map = _maps[index];
+        byte[] bitmap = new byte[(int)(((map.PageCount + 63) / 64) * 8)];
+        for (ulong page = 0; page < map.PageCount; page++)
+        {
+            if (map.GetState(page) == PageState.Received)
+            {
+                bitmap[(int)(page / 8)] |= (byte)(1 << (int)(page % 8));
+            }
+        }
+
+        return bitmap;
+    }
+
+    /// <summary>
+    /// Postcopy recovery: the host pages requested and not yet received (block, host page offset), to
+    /// ask for again on the new connection (QEMU's migrate_send_rp_req_pages_pending). Any thread.
+    /// </summary>
+    internal List<(RamBlock Block, ulong Offset)> PendingRequests()
+    {
+        var pending = new List<(RamBlock, ulong)>();
+        for (int i = 0; i < _blocks.Count; i++)
+        {
+            ulong perHost = _blocks[i].HostPageSize / RamBlock.TargetPageSize;
+            for (ulong page = 0; page < _maps[i].PageCount; page += perHost)
+            {
+                if (_maps[i].GetState(page) == PageState.Requested)
+                {
+                    pending.Add((_blocks[i], page * RamBlock.TargetPageSize));
+                }
+            }
+        }
+
+        return pending;
+    }
+
+    /// <summary>
     /// Disarms every block (waking every waiter: a missing page then reads as zero, so call this only
     /// when all pages arrived or the guest is being given up). Idempotent; any thread.
     /// </summary>

@@ -15,6 +15,11 @@ namespace Modular.Core.Migration.State;
 ///             active ──► pre-switchover ──► device ──► completed
 ///                              └──────────► postcopy-active
 ///   (pre-switchover and device may also go to cancelling or failed)
+///   with x-modular-postcopy-recovery (both sides), when the connection fails in postcopy:
+///             postcopy-active ──► postcopy-paused ──► postcopy-recover ──► postcopy-active
+///                                  ▲    │                   │
+///                                  │    └──► failed         ├──► failed
+///                                  └────────────────────────┘ (the recovery's connection failed too)
 /// </code>
 /// The destination goes none ──► setup ──► active ──► (postcopy-active) ──► completed | failed.
 /// </remarks>
@@ -49,6 +54,12 @@ public enum MigrationStatus
 
     /// <summary>pause-before-switchover, after migrate-continue: the rest of RAM and the device state are being sent.</summary>
     Device = 9,
+
+    /// <summary>Postcopy recovery (x-modular-postcopy-recovery): the connection failed during postcopy; both sides keep the guest's state and wait (source: migrate with resume, destination: migrate-recover).</summary>
+    PostcopyPaused = 10,
+
+    /// <summary>Postcopy recovery: a new connection is up and the two sides are agreeing on which pages the destination still lacks.</summary>
+    PostcopyRecover = 11,
 }
 
 /// <summary>QEMU's spelling of each <see cref="MigrationStatus"/>.</summary>
@@ -68,6 +79,8 @@ public static class MigrationStatusNames
         MigrationStatus.Cancelled => "cancelled",
         MigrationStatus.PreSwitchover => "pre-switchover",
         MigrationStatus.Device => "device",
+        MigrationStatus.PostcopyPaused => "postcopy-paused",
+        MigrationStatus.PostcopyRecover => "postcopy-recover",
         _ => throw new ArgumentOutOfRangeException(nameof(status), status, "not a migration status"),
     };
 }
@@ -115,7 +128,9 @@ public sealed class MigrationStatusMachine
         (MigrationStatus.Active, MigrationStatus.PostcopyActive or MigrationStatus.Completed or MigrationStatus.Failed or MigrationStatus.Cancelling or MigrationStatus.PreSwitchover) => true,
         (MigrationStatus.PreSwitchover, MigrationStatus.Device or MigrationStatus.PostcopyActive or MigrationStatus.Failed or MigrationStatus.Cancelling) => true,
         (MigrationStatus.Device, MigrationStatus.Completed or MigrationStatus.Failed or MigrationStatus.Cancelling) => true,
-        (MigrationStatus.PostcopyActive, MigrationStatus.Completed or MigrationStatus.Failed) => true,
+        (MigrationStatus.PostcopyActive, MigrationStatus.Completed or MigrationStatus.Failed or MigrationStatus.PostcopyPaused) => true,
+        (MigrationStatus.PostcopyPaused, MigrationStatus.PostcopyRecover or MigrationStatus.Failed) => true,
+        (MigrationStatus.PostcopyRecover, MigrationStatus.PostcopyActive or MigrationStatus.PostcopyPaused or MigrationStatus.Failed) => true,
         (MigrationStatus.Cancelling, MigrationStatus.Cancelled or MigrationStatus.Failed) => true,
         _ => false,
     };
