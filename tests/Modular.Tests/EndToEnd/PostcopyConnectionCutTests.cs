@@ -163,15 +163,29 @@ public sealed class PostcopyConnectionCutTests
     /// guest's RAM intact.
     /// </summary>
     [TestMethod]
-    public async Task ConnectionCutDuringPostcopy_WithRecovery_BothPause_ThenResumeCompletes()
+    public Task ConnectionCutDuringPostcopy_WithRecovery_BothPause_ThenResumeCompletes() => RecoverAfterCutAsync([]);
+
+    /// <summary>
+    /// The same on 2 MiB huge pages: the cut falls inside a host page the destination was assembling;
+    /// that page is dropped, and the source sends it whole again after the recovery.
+    /// </summary>
+    [TestMethod]
+    public async Task ConnectionCutInsideAHugePage_WithRecovery_ResumeCompletes()
+    {
+        using HugePageReservation reservation = HugePageReservation.Reserve((2 * 128) + 8);
+        await RecoverAfterCutAsync(["--set", "machine.hugepages=true"]);
+    }
+
+    private async Task RecoverAfterCutAsync(string[] extraArgs)
     {
         string plugins = TestPluginCompiler.TempDirectory("cut-plugin");
         TestPluginCompiler.Compile(Path.Combine(plugins, "cut"), "Modular.Tests.CutTransport", CutTransportSource);
 
+        // 101 MiB and a bit: well past the package, and inside a host page's records.
         await using PostcopyPair pair = await PostcopyPair.StartAsync(
             "tcp:127.0.0.1:0",
-            sourceEnvironment: new Dictionary<string, string> { ["MODULAR_TEST_CUT_AFTER"] = (100L << 20).ToString(System.Globalization.CultureInfo.InvariantCulture) },
-            extraArgs: ["--plugins", plugins]);
+            sourceEnvironment: new Dictionary<string, string> { ["MODULAR_TEST_CUT_AFTER"] = ((101L << 20) + 12345).ToString(System.Globalization.CultureInfo.InvariantCulture) },
+            extraArgs: ["--plugins", plugins, .. extraArgs]);
         await pair.SetCapabilitiesAsync("events", "postcopy-ram", "x-modular-postcopy-recovery");
         await PostcopyEndToEndTests.WaitForSerialAsync(pair.SourceSerial, 'A', TimeSpan.FromSeconds(30));
 

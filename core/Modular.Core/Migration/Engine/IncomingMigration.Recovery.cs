@@ -91,6 +91,7 @@ public sealed partial class IncomingMigration
             _logger.LogWarning(
                 "Incoming postcopy migration paused: {Reason} The guest runs here with the pages it has; a vCPU that needs a missing page waits. Run migrate-recover URI here, then migrate URI with resume=true on the source.",
                 PauseReason);
+            _ramLoader!.AbandonPartialHostPage();
             _faultThread!.PageChannel = null;
             _faultThread.NameBlockInEveryRequest();
             _preemptStop.Cancel();

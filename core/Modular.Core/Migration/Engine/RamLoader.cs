@@ -63,6 +63,9 @@ internal sealed class RamLoader
         }
     }
 
+    /// <summary>Postcopy recovery: forgets a huge page assembled only in part when the old connection broke off (see <see cref="Postcopy.HostPageAssembler.AbandonPartialHostPage"/>). The thread that reads this loader's stream.</summary>
+    internal void AbandonPartialHostPage() => _hostPages?.AbandonPartialHostPage();
+
     /// <summary>Reads RAM records up to and including EOS.</summary>
     /// <param name="reader">The stream, at the first record of a ram section.</param>
     /// <param name="isStart">True for the SECTION_START (which carries MEM_SIZE).</param>

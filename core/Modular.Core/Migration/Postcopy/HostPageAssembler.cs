@@ -117,6 +117,17 @@ internal sealed class HostPageAssembler
     /// </summary>
     internal void Flush() => _runs.Flush();
 
+    /// <summary>
+    /// Postcopy recovery: the connection broke off, maybe inside a host page. Places the waiting 4 KiB
+    /// runs (whole pages, as sent) and drops a host page assembled only in part: it is not received,
+    /// so the source sends it again, whole, on the recovered connection.
+    /// </summary>
+    internal void AbandonPartialHostPage()
+    {
+        _runs.Flush();
+        _block = null;
+    }
+
     private HostPageAssemblyException OutOfOrder(RamBlock block, ulong offset) =>
         new(string.Create(CultureInfo.InvariantCulture,
             $"Target page 0x{offset:x} of RAM block '{block.Name}' arrived while host page 0x{_hostOffset:x} of RAM block '{_block!.Name}' (0x{_block.HostPageSize:x} bytes) was being assembled and needed its target page 0x{_nextOffset:x} next: after POSTCOPY_LISTEN the source must send each host page's target pages in order, with nothing between them."));
