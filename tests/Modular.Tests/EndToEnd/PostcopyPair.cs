@@ -62,7 +62,8 @@ internal sealed class PostcopyPair : IAsyncDisposable
     /// <param name="memory">Guest RAM size.</param>
     /// <param name="sourceEnvironment">Extra environment variables for the source.</param>
     /// <param name="extraArgs">Extra arguments for both (e.g. --plugins DIR).</param>
-    public static async Task<PostcopyPair> StartAsync(string listenUri, string memory = "256M", IDictionary<string, string>? sourceEnvironment = null, IReadOnlyList<string>? extraArgs = null)
+    /// <param name="destinationArgs">Extra arguments for the destination only.</param>
+    public static async Task<PostcopyPair> StartAsync(string listenUri, string memory = "256M", IDictionary<string, string>? sourceEnvironment = null, IReadOnlyList<string>? extraArgs = null, IReadOnlyList<string>? destinationArgs = null)
     {
         if (!File.Exists("/dev/kvm"))
         {
@@ -76,7 +77,7 @@ internal sealed class PostcopyPair : IAsyncDisposable
             pair._sourceErr,
             sourceEnvironment);
         pair.Destination = pair.Launch(
-            ["run", "--memory", memory, "--qmp", Path.Combine(pair.Directory, "dst.sock"), "--serial", "file:" + pair.DestinationSerial, "--incoming", listenUri, .. extraArgs ?? []],
+            ["run", "--memory", memory, "--qmp", Path.Combine(pair.Directory, "dst.sock"), "--serial", "file:" + pair.DestinationSerial, "--incoming", listenUri, .. extraArgs ?? [], .. destinationArgs ?? []],
             pair._destinationErr,
             null);
         pair.SourceQmp = await ConnectAsync(Path.Combine(pair.Directory, "src.sock"), pair.Source, pair._sourceErr);

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
+using Modular.Core.Qmp;
 using Modular.Core.Verification;
 using Modular.Tests.Support;
 
@@ -74,6 +75,73 @@ public sealed class PostcopyRecoveryTests
         AbRamCheckResult check = await pair.CheckDestinationRamAsync(PostcopyEndToEndTests.Memory);
         Assert.IsTrue(check.Passed, check.Message);
         _ = running;
+    }
+
+    /// <summary>
+    /// QEMU's migrate-pause on the destination, in TLS: the operator pauses a postcopy migration on
+    /// purpose (for example to move it to another network); both sides pause; the recovery's new
+    /// connection runs its own TLS handshake (the same tls-creds, the destination's tls-authz) and
+    /// the migration completes. migrate-pause is refused where it cannot pause safely.
+    /// </summary>
+    [TestMethod]
+    public async Task MigratePauseInTls_BothPause_ResumeInTlsCompletes()
+    {
+        string pki = Path.Combine(TestPluginCompiler.TempDirectory("recovery-pki"), "pki");
+        Core.Migration.Tls.TlsCredentialsWriter.Write(pki, ["localhost", "127.0.0.1"], TimeSpan.FromDays(1));
+        await using PostcopyPair pair = await PostcopyPair.StartAsync("tcp:127.0.0.1:0", destinationArgs:
+        [
+            "--set", "objects[0].qom-type=tls-creds-x509",
+            "--set", "objects[0].id=tls0",
+            "--set", "objects[0].dir=" + pki,
+            "--set", "objects[0].endpoint=server",
+            "--set", "migration.parameters.tls-creds=tls0",
+            "--set", "objects[1].qom-type=authz-simple",
+            "--set", "objects[1].id=auth0",
+            "--set", "objects[1].identity=CN=Modular migration source",
+            "--set", "migration.parameters.tls-authz=auth0",
+        ]);
+        await pair.SourceQmp.ExecuteAsync("object-add", new JsonObject { ["qom-type"] = "tls-creds-x509", ["id"] = "tls0", ["dir"] = pki, ["endpoint"] = "client" });
+        await pair.SourceQmp.ExecuteAsync("migrate-set-parameters", JsonNode.Parse("""{ "tls-creds": "tls0", "max-postcopy-bandwidth": 25165824 }""")!.AsObject());
+
+        // Without the capability migrate-pause is refused: pausing would lose the guest.
+        QmpErrorException nothing = await Assert.ThrowsExactlyAsync<QmpErrorException>(() => pair.SourceQmp.ExecuteAsync("migrate-pause"));
+        StringAssert.Contains(nothing.Message, "only supported during postcopy-active or postcopy-recover state");
+
+        await pair.SetCapabilitiesAsync("events", "postcopy-ram", "x-modular-postcopy-recovery");
+        await PostcopyEndToEndTests.WaitForSerialAsync(pair.SourceSerial, 'A', TimeSpan.FromSeconds(30));
+        await pair.SourceQmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = pair.IncomingUri });
+        await pair.SourceQmp.ExecuteAsync("migrate-start-postcopy");
+        await PostcopyPair.WaitForAsync(pair.DestinationQmp, r => PostcopyPair.Status(r) == "postcopy-active", TimeSpan.FromSeconds(60), "the destination to run postcopy");
+        await PostcopyPair.WaitForAsync(pair.SourceQmp, r => PostcopyPair.Status(r) == "postcopy-active" && r["ram"]!["transferred"]!.GetValue<long>() > (48L << 20), TimeSpan.FromSeconds(60), "postcopy to be well under way");
+
+        await pair.DestinationQmp.ExecuteAsync("migrate-pause");
+        JsonObject destination = await PostcopyPair.WaitForAsync(pair.DestinationQmp, r => PostcopyPair.Status(r) is "postcopy-paused" or "completed" or "failed", TimeSpan.FromSeconds(30), "the destination to pause");
+        Assert.AreEqual("postcopy-paused", PostcopyPair.Status(destination), destination.ToJsonString() + pair.DestinationStderr);
+        Assert.AreEqual("Paused by migrate-pause.", destination["x-modular-postcopy-pause-reason"]?.ToString(), destination.ToJsonString());
+        JsonObject source = await PostcopyPair.WaitForAsync(pair.SourceQmp, r => PostcopyPair.Status(r) is "postcopy-paused" or "completed" or "failed", TimeSpan.FromSeconds(30), "the source to pause");
+        Assert.AreEqual("postcopy-paused", PostcopyPair.Status(source), source.ToJsonString() + pair.SourceStderr);
+        QmpErrorException again = await Assert.ThrowsExactlyAsync<QmpErrorException>(() => pair.SourceQmp.ExecuteAsync("migrate-pause"));
+        StringAssert.Contains(again.Message, "only supported during postcopy-active or postcopy-recover state");
+
+        string recoverUri = $"tcp:127.0.0.1:{FreeTcpPort()}";
+        await pair.DestinationQmp.ExecuteAsync("migrate-recover", new JsonObject { ["uri"] = recoverUri });
+        await pair.SourceQmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = recoverUri, ["resume"] = true });
+        source = await PostcopyPair.WaitForAsync(pair.SourceQmp, r => PostcopyPair.Status(r) is "completed" or "failed", TimeSpan.FromSeconds(90), "the source to complete after the recovery");
+        Assert.AreEqual("completed", PostcopyPair.Status(source), source.ToJsonString() + pair.SourceStderr);
+        destination = await PostcopyPair.WaitForAsync(pair.DestinationQmp, r => PostcopyPair.Status(r) is "completed" or "failed", TimeSpan.FromSeconds(30), "the destination to complete");
+        Assert.AreEqual("completed", PostcopyPair.Status(destination), destination.ToJsonString() + pair.DestinationStderr);
+        TestContext.WriteLine("source: " + source.ToJsonString());
+        TestContext.WriteLine("destination: " + destination.ToJsonString());
+
+        AbRamCheckResult check = await pair.CheckDestinationRamAsync(PostcopyEndToEndTests.Memory);
+        Assert.IsTrue(check.Passed, check.Message);
+    }
+
+    private static int FreeTcpPort()
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
     }
 
     /// <summary>Whether <c>ss -K</c> can destroy sockets here (iproute2, CAP_NET_ADMIN, a kernel with INET_DIAG_DESTROY): tried on a loopback connection of our own.</summary>

@@ -26,6 +26,7 @@ public sealed partial class IncomingMigration
     private readonly List<IMigrationConnection> _recoveredConnections = [];
     private RecoverTarget? _recoverTarget;
     private volatile bool _recovery;
+    private volatile bool _pauseRequested;
 
     /// <summary>Recoveries that ended in postcopy-active again.</summary>
     public int Recoveries { get; private set; }
@@ -58,6 +59,24 @@ public sealed partial class IncomingMigration
         return true;
     }
 
+    /// <summary>
+    /// migrate-pause (QEMU's) on the destination: ends the connection on purpose, so that the
+    /// migration pauses as for a failed connection. QMP loop.
+    /// </summary>
+    /// <returns>False, with nothing done, unless the migration is postcopy-active or postcopy-recover with the recovery capability.</returns>
+    public bool PauseOnRequest()
+    {
+        // Before RUN a failure still fails the migration (the guest has not run here yet).
+        if (!_recovery || PostcopyState.Current != State.PostcopyState.Running || Status.Current is not (MigrationStatus.PostcopyActive or MigrationStatus.PostcopyRecover))
+        {
+            return false;
+        }
+
+        _pauseRequested = true;
+        _connection?.Abort(new IOException("paused by migrate-pause"));
+        return true;
+    }
+
     /// <summary>At LISTEN: with the capability, a failed return-path write pauses instead of failing. Main incoming task.</summary>
     private void PrepareRecovery()
     {
@@ -85,7 +104,8 @@ public sealed partial class IncomingMigration
         Exception reason = cause;
         while (true)
         {
-            PauseReason = OutgoingMigration.AsSentence(reason);
+            PauseReason = _pauseRequested ? "Paused by migrate-pause." : OutgoingMigration.AsSentence(reason);
+            _pauseRequested = false;
             _returnPath!.Pause();
             Status.TryMoveTo(MigrationStatus.PostcopyPaused, out _);
             _logger.LogWarning(

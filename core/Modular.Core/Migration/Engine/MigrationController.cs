@@ -200,6 +200,28 @@ public sealed class MigrationController
     }
 
     /// <summary>
+    /// migrate-pause (QEMU's): pauses the postcopy migration on this side by ending its connection;
+    /// the other side pauses as for a failed connection. Needs x-modular-postcopy-recovery: without it
+    /// a paused postcopy would be a failed one, and the guest lost.
+    /// </summary>
+    /// <exception cref="QmpException">No postcopy migration with the capability is active here.</exception>
+    public void PauseMigration()
+    {
+        OutgoingMigration? outgoing = Outgoing;
+        IncomingMigration? incoming = Incoming;
+        if (outgoing?.PauseOnRequest() == true || incoming?.PauseOnRequest() == true)
+        {
+            return;
+        }
+
+        bool active = outgoing?.Status.Current is MigrationStatus.PostcopyActive or MigrationStatus.PostcopyRecover
+            || incoming?.Status.Current is MigrationStatus.PostcopyActive or MigrationStatus.PostcopyRecover;
+        throw QmpException.Generic(active
+            ? "migrate-pause needs the x-modular-postcopy-recovery capability, set on both sides before the migration: without it a paused postcopy migration fails and the guest is lost"
+            : "migrate-pause is currently only supported during postcopy-active or postcopy-recover state");
+    }
+
+    /// <summary>
     /// migrate-recover (QEMU's): the paused incoming postcopy migration listens on <paramref name="uri"/>
     /// for the source's migrate with resume=true; returns once bound.
     /// </summary>

@@ -28,6 +28,12 @@ public static class MigrationQmpCommands
             return ValueTask.FromResult<JsonNode?>(new JsonObject());
         });
 
+        commands.Register("migrate-pause", (_, _) =>
+        {
+            controller.PauseMigration();
+            return ValueTask.FromResult<JsonNode?>(new JsonObject());
+        });
+
         commands.Register("migrate-recover", ["uri"], async (args, _) =>
         {
             await controller.RecoverIncomingAsync(args.GetString("uri")).ConfigureAwait(false);

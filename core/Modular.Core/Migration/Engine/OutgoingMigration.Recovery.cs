@@ -30,6 +30,7 @@ public sealed partial class OutgoingMigration
     private ResumeTarget? _resumeTarget;
     private ConcurrentDictionary<string, TaskCompletionSource<ReceivedBitmap>> _receivedBitmaps = new(StringComparer.Ordinal);
     private TaskCompletionSource _resumeAcked = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private volatile bool _pauseRequested;
 
     /// <summary>Recoveries that ended in postcopy-active again.</summary>
     public int Recoveries { get; private set; }
@@ -61,6 +62,24 @@ public sealed partial class OutgoingMigration
         return true;
     }
 
+    /// <summary>
+    /// migrate-pause (QEMU's) on the source: ends the connection on purpose, so that the migration
+    /// pauses as for a failed connection (operators use it to move a migration to another network).
+    /// QMP loop.
+    /// </summary>
+    /// <returns>False, with nothing done, unless the migration is postcopy-active or postcopy-recover with the recovery capability.</returns>
+    public bool PauseOnRequest()
+    {
+        if (!RecoveryEnabled || Status.Current is not (MigrationStatus.PostcopyActive or MigrationStatus.PostcopyRecover))
+        {
+            return false;
+        }
+
+        _pauseRequested = true;
+        _connection?.Abort(new IOException("paused by migrate-pause"));
+        return true;
+    }
+
     /// <summary>True when a failure of the postcopy phase pauses instead of failing: the capability is set and nobody cancelled.</summary>
     private bool CanRecover(Exception ex) =>
         RecoveryEnabled && _inPostcopy && !_cancel.IsCancellationRequested && ex is not DestinationFailedException;
@@ -76,7 +95,8 @@ public sealed partial class OutgoingMigration
         Task returnPathReader = failed.ReturnPathReader;
         while (true)
         {
-            PauseReason = AsSentence(reason);
+            PauseReason = _pauseRequested ? "Paused by migrate-pause." : AsSentence(reason);
+            _pauseRequested = false;
             Status.TryMoveTo(MigrationStatus.PostcopyPaused, out _);
             _logger.LogWarning(
                 "Postcopy migration to {Endpoint} paused: {Reason} The guest waits on the destination with the pages it has; run migrate-recover there and migrate with resume=true here to go on.",
