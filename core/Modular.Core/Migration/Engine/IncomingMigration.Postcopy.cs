@@ -422,6 +422,17 @@ public sealed partial class IncomingMigration
                     }
 
                     break;
+                case SectionType.Full when _preemptReopenAllowed:
+                    // After a recovery: the source opens its preempt channel again (see LoadPreemptSectionAsync).
+                    SectionHeader preempt = await SectionHeader.ReadFromAsync(reader, type).ConfigureAwait(false);
+                    if (preempt.IdString != PreemptChannelSection.Name)
+                    {
+                        throw reader.ErrorAt(at, $"section '{preempt.IdString}' after POSTCOPY_LISTEN; only RAM sections and, after a recovery, '{PreemptChannelSection.Name}' may follow the package");
+                    }
+
+                    await LoadPreemptSectionAsync(preempt, _connection!, reader, at).ConfigureAwait(false);
+                    StartPreemptReader(_connection!);
+                    break;
                 case SectionType.Eof:
                     if (!await reader.IsAtEndAsync().ConfigureAwait(false) && await reader.PeekU8Async("VMDESCRIPTION") == (int)SectionType.VmDescription)
                     {

@@ -13,7 +13,8 @@ namespace Modular.Core.Migration.Engine;
 /// </summary>
 public sealed partial class IncomingMigration
 {
-    private readonly CancellationTokenSource _preemptStop = new();
+    private CancellationTokenSource _preemptStop = new();
+    private bool _preemptReopenAllowed;
     private IDuplexPipe? _preemptChannel;
     private Task _preemptTask = Task.CompletedTask;
 
@@ -30,7 +31,9 @@ public sealed partial class IncomingMigration
             throw reader.ErrorAt(at, $"section '{PreemptChannelSection.Name}' instance {header.InstanceId} version {header.VersionId} is not what this destination reads (instance 0, version {PreemptChannelSection.Version}); upgrade the destination or clear postcopy-preempt on the source");
         }
 
-        if (_postcopyRam is null || PostcopyState.Current != State.PostcopyState.Advise)
+        bool reopening = _preemptReopenAllowed;
+        _preemptReopenAllowed = false;
+        if (_postcopyRam is null || (PostcopyState.Current != State.PostcopyState.Advise && !reopening))
         {
             throw reader.ErrorAt(at, $"section '{PreemptChannelSection.Name}' outside postcopy's ADVISE state (state {State.PostcopyStateMachine.Name(PostcopyState.Current)}); the source sends it right after POSTCOPY_ADVISE");
         }
@@ -72,7 +75,8 @@ public sealed partial class IncomingMigration
             return;
         }
 
-        var reader = new MigrationStreamReader(channel.Input, cancellationToken: _preemptStop.Token);
+        CancellationTokenSource stop = _preemptStop;
+        var reader = new MigrationStreamReader(channel.Input, cancellationToken: stop.Token);
         var loader = new RamLoader(_machine.Ram, Stats) { Postcopy = _postcopyRam };
         loader.TrustBlockList();
         _preemptTask = Task.Run(async () =>
@@ -84,7 +88,7 @@ public sealed partial class IncomingMigration
                     await loader.LoadRecordsAsync(reader, isStart: false).ConfigureAwait(false);
                 }
             }
-            catch (Exception) when (_preemptStop.IsCancellationRequested)
+            catch (Exception) when (stop.IsCancellationRequested)
             {
                 // Stopped: every page has arrived (or postcopy is being given up).
             }

@@ -24,6 +24,7 @@ public sealed partial class IncomingMigration
 {
     private readonly SemaphoreSlim _recoverRequested = new(0, 1);
     private readonly List<IMigrationConnection> _recoveredConnections = [];
+    private readonly List<IMigrationListener> _recoveryListeners = [];
     private RecoverTarget? _recoverTarget;
     private volatile bool _recovery;
     private volatile bool _pauseRequested;
@@ -120,6 +121,7 @@ public sealed partial class IncomingMigration
 
             await _recoverRequested.WaitAsync(_cancel.Token).ConfigureAwait(false);
             RecoverTarget target = _recoverTarget!;
+            bool accepted = false;
             try
             {
                 IMigrationConnection connection = await target.Listener.AcceptAsync(_cancel.Token).ConfigureAwait(false);
@@ -134,6 +136,7 @@ public sealed partial class IncomingMigration
                 Status.MoveTo(MigrationStatus.PostcopyRecover);
                 _logger.LogInformation("Postcopy recovery: {Connection} connected", connection.RemoteDescription);
                 await _returnPath.ReconnectAsync(connection.Transport.Output).ConfigureAwait(false);
+                accepted = true;
                 return new MigrationStreamReader(connection.Transport.Input, cancellationToken: _cancel.Token);
             }
             catch (Exception ex) when (!_cancel.IsCancellationRequested)
@@ -143,7 +146,15 @@ public sealed partial class IncomingMigration
             finally
             {
                 _recoverTarget = null;
-                await TransportCleanup.DisposeAsync(target.Listener, _logger, target.Listener.Endpoint.ToString()).ConfigureAwait(false);
+                if (accepted)
+                {
+                    // The connection's extra channels (the preempt channel) come in through it: it lives as long as the migration.
+                    _recoveryListeners.Add(target.Listener);
+                }
+                else
+                {
+                    await TransportCleanup.DisposeAsync(target.Listener, _logger, target.Listener.Endpoint.ToString()).ConfigureAwait(false);
+                }
             }
         }
     }
@@ -182,6 +193,9 @@ public sealed partial class IncomingMigration
         }
 
         Status.MoveTo(MigrationStatus.PostcopyActive);
+        _preemptStop = new CancellationTokenSource();
+        _preemptChannel = null;
+        _preemptReopenAllowed = true; // the source may open its preempt channel again, right after this
         await _returnPath!.SendAsync(ReturnPathMessage.ResumeAck()).ConfigureAwait(false);
         List<(RamBlock Block, ulong Offset)> pending = _postcopyRam!.PendingRequests();
         foreach ((RamBlock block, ulong offset) in pending)

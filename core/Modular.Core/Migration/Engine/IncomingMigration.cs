@@ -283,6 +283,11 @@ public sealed partial class IncomingMigration
                 await TransportCleanup.DisposeAsync(recovered, _logger, recovered.RemoteDescription).ConfigureAwait(false);
             }
 
+            foreach (IMigrationListener recovery in _recoveryListeners)
+            {
+                await TransportCleanup.DisposeAsync(recovery, _logger, recovery.Endpoint.ToString()).ConfigureAwait(false);
+            }
+
             _multifd?.Dispose();
             _postcopyRam?.Dispose();
             DisposeUnusedPostcopyPreparation();

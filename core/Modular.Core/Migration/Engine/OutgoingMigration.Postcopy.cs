@@ -102,14 +102,16 @@ public sealed partial class OutgoingMigration
         }
 
         Stats.AddPostcopyRequest();
-        var request = new PageRequest(_lastRequestedBlock, (long)(message.Start / RamBlock.TargetPageSize), (int)((message.Length + RamBlock.TargetPageSize - 1) / RamBlock.TargetPageSize), Sent: _preempt is not null);
+        PreemptSender? preempt = _preempt; // once: a recovery may open the channel meanwhile
+        var request = new PageRequest(_lastRequestedBlock, (long)(message.Start / RamBlock.TargetPageSize), (int)((message.Length + RamBlock.TargetPageSize - 1) / RamBlock.TargetPageSize), Sent: preempt is not null);
         _requests.Enqueue(request);
-        if (_preempt is null)
+        if (preempt is null)
         {
             _requestArrived.Release();
+            return ValueTask.CompletedTask;
         }
 
-        return _preempt is { } preempt ? preempt.SendAsync(request.Block, request.Page, request.Count, _cancel.Token) : ValueTask.CompletedTask;
+        return preempt.SendAsync(request.Block, request.Page, request.Count, _cancel.Token);
     }
 
     /// <summary>The host page size summary for POSTCOPY_ADVISE: QEMU's ram_pagesize_summary (OR of every block's page size).</summary>

@@ -14,7 +14,10 @@ namespace Modular.Core.Migration.Engine;
 /// </summary>
 public sealed partial class OutgoingMigration
 {
-    private PreemptSender? _preempt;
+    private volatile PreemptSender? _preempt;
+
+    // The preempt section's id once postcopy-preempt announced it (a recovery announces it again).
+    private uint? _preemptSectionId;
 
     /// <summary>
     /// With postcopy-preempt: announce channel 1 ("x-modular-postcopy-preempt" section) and open it;
@@ -29,6 +32,7 @@ public sealed partial class OutgoingMigration
             return;
         }
 
+        _preemptSectionId = sectionId;
         WriteFullSection(writer, sectionId, PreemptChannelSection.Name, 0, PreemptChannelSection.Version, PreemptChannelSection.Encode());
         await FlushAsync(output).ConfigureAwait(false);
 

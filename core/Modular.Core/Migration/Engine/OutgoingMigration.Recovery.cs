@@ -185,6 +185,11 @@ public sealed partial class OutgoingMigration
         new PostcopyResumeCommand().WriteTo(writer);
         await FlushAsync(output).ConfigureAwait(false);
         await AwaitRecoveryStepAsync(_resumeAcked.Task, reader, "RESUME_ACK").ConfigureAwait(false);
+        if (_preemptSectionId is uint sectionId)
+        {
+            // As QEMU re-establishes its preempt channel: requested pages go on their own channel again.
+            await OpenPreemptChannelAsync(writer, output, ram, sectionId).ConfigureAwait(false);
+        }
 
         SetRateLimit(Settings.MaxPostcopyBandwidth, writer.Position);
         long accounted = writer.Position;
