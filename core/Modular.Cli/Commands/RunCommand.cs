@@ -173,6 +173,9 @@ internal static partial class RunCommand
             }
             finally
             {
+                // A vCPU may wait for a postcopy page that will not come now (a paused migration):
+                // let it go before the machine's threads are joined.
+                migration.AbandonForExit();
                 if (qmp is not null)
                 {
                     await qmp.DisposeAsync();

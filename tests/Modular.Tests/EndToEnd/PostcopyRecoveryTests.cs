@@ -144,6 +144,44 @@ public sealed class PostcopyRecoveryTests
         Assert.IsTrue(check.Passed, check.Message);
     }
 
+    /// <summary>
+    /// A paused migration holds no process hostage: QMP quit ends both the paused source and the
+    /// paused destination (whose vCPU may be waiting for a missing page) at once.
+    /// </summary>
+    [TestMethod]
+    public async Task PausedSides_QuitPromptly()
+    {
+        await using PostcopyPair pair = await PostcopyPair.StartAsync("tcp:127.0.0.1:0");
+        await pair.SetCapabilitiesAsync("postcopy-ram", "x-modular-postcopy-recovery");
+        await pair.SourceQmp.ExecuteAsync("migrate-set-parameters", JsonNode.Parse("""{ "max-postcopy-bandwidth": 25165824 }""")!.AsObject());
+        await PostcopyEndToEndTests.WaitForSerialAsync(pair.SourceSerial, 'A', TimeSpan.FromSeconds(30));
+        await pair.SourceQmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = pair.IncomingUri });
+        await pair.SourceQmp.ExecuteAsync("migrate-start-postcopy");
+        await PostcopyPair.WaitForAsync(pair.DestinationQmp, r => PostcopyPair.Status(r) == "postcopy-active", TimeSpan.FromSeconds(60), "the destination to run postcopy");
+        await PostcopyPair.WaitForAsync(pair.SourceQmp, r => r["ram"]!["transferred"]!.GetValue<long>() > (32L << 20), TimeSpan.FromSeconds(60), "postcopy to be under way");
+        await pair.SourceQmp.ExecuteAsync("migrate-pause");
+        await PostcopyPair.WaitForAsync(pair.DestinationQmp, r => PostcopyPair.Status(r) == "postcopy-paused", TimeSpan.FromSeconds(30), "the destination to pause");
+        JsonObject source = await PostcopyPair.WaitForAsync(pair.SourceQmp, r => PostcopyPair.Status(r) == "postcopy-paused", TimeSpan.FromSeconds(30), "the source to pause");
+        Assert.AreEqual("Paused by migrate-pause.", source["x-modular-postcopy-pause-reason"]?.ToString(), source.ToJsonString());
+        await Task.Delay(500); // the destination's guest runs into missing pages meanwhile
+
+        foreach ((QmpClient qmp, Process process, string name) in new[] { (pair.DestinationQmp, pair.Destination, "destination"), (pair.SourceQmp, pair.Source, "source") })
+        {
+            var clock = Stopwatch.StartNew();
+            try
+            {
+                await qmp.ExecuteAsync("quit");
+            }
+            catch (QmpConnectionException)
+            {
+                // It closed the connection while answering.
+            }
+
+            Assert.IsTrue(process.WaitForExit(TimeSpan.FromSeconds(10)), $"the paused {name} did not exit within 10 s of quit: " + (name == "source" ? pair.SourceStderr : pair.DestinationStderr));
+            TestContext.WriteLine($"{name} exited {process.ExitCode} in {clock.ElapsedMilliseconds} ms");
+        }
+    }
+
     private static int FreeTcpPort()
     {
         using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);

@@ -78,6 +78,22 @@ public sealed partial class IncomingMigration
         return true;
     }
 
+    /// <summary>
+    /// The machine is exiting (QMP quit, a signal): stop waiting for the source or a recovery, and
+    /// in postcopy disarm guest RAM so that no vCPU stays blocked on a page that will not come (its
+    /// thread must end for the process to exit). Idempotent; any thread.
+    /// </summary>
+    public void AbandonForExit()
+    {
+        if (Status.IsFinished)
+        {
+            return;
+        }
+
+        _cancel.Cancel();
+        AbortPostcopy();
+    }
+
     /// <summary>At LISTEN: with the capability, a failed return-path write pauses instead of failing. Main incoming task.</summary>
     private void PrepareRecovery()
     {

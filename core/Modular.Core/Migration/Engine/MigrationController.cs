@@ -177,6 +177,13 @@ public sealed class MigrationController
     }
 
     /// <summary>
+    /// The machine is exiting: an incoming migration stops, and in postcopy (running or paused) lets
+    /// go of the vCPUs that wait for pages (see <see cref="IncomingMigration.AbandonForExit"/>), so
+    /// that the machine's threads can end. Any thread.
+    /// </summary>
+    public void AbandonForExit() => Incoming?.AbandonForExit();
+
+    /// <summary>
     /// migrate with resume=true (QEMU's postcopy recovery): the paused outgoing migration connects to
     /// <paramref name="uri"/>, where the destination listens after migrate-recover, and goes on.
     /// </summary>
