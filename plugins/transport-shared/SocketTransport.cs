@@ -55,9 +55,8 @@ internal static class SocketPipeTuning
     /// The main connection. Its two directions differ: the connecting end (the migration source)
     /// writes bulk pages and reads the return path; the accepting end (the destination) the reverse.
     /// Both ends get a <see cref="ThreadedSocketPipe"/>, whose receive thread blocks in recv(2) and
-    /// runs the reader inline. Over tcp the source sends bulk pages with one sendmsg(2) per flush on
-    /// the migration thread, RAM pages by reference (<see cref="GatherSocketWriter"/>); over unix from
-    /// a send loop on the thread pool. Its receive thread also answers page requests on the preempt channel without leaving it. The
+    /// runs the reader inline. The source sends bulk pages with one sendmsg(2) per flush on the
+    /// migration thread, RAM pages by reference (<see cref="GatherSocketWriter"/>). Its receive thread also answers page requests on the preempt channel without leaving it. The
     /// destination's receive thread parses and places the pages, and its return-path messages go
     /// out at once on the writing thread.
     /// </summary>
@@ -73,9 +72,12 @@ internal static class SocketPipeTuning
     /// return path 45-70 us median, p90 0.2-0.9 ms.</item>
     /// <item>The source's sends as a gather list on the migration thread instead of a send loop on
     /// the pool over copied pages (three alternating runs each, idle 1 GiB): tcp 0.71-0.80 s ->
-    /// 0.54-0.60 s, source CPU 0.66-0.73 s -> 0.47-0.49 s. Not on unix: there one sending thread gave
-    /// a dirtying 1 GiB guest's downtime a heavy tail (109-962 ms in five runs, also with copied
-    /// pages) where the send loop beside the migration thread gives 75-190 ms.</item>
+    /// 0.54-0.60 s, source CPU 0.66-0.73 s -> 0.47-0.49 s. Over unix it was first kept off: with the
+    /// code of that day one sending thread gave a dirtying 1 GiB guest's downtime a heavy tail (109-962
+    /// ms in five runs). Session 12 measured it again, alternating with the send loop over copied
+    /// pages. Idle 1 GiB, six runs each: 0.29-0.39 s (mean 0.33 s) against 0.30-0.61 s (mean 0.41 s),
+    /// source CPU 0.25-0.34 s against 0.28-0.65 s. Dirtying, eight runs: downtime 86-247 ms against
+    /// 77-212 ms in three, no tail. So unix sends this way too.</item>
     /// </list>
     /// </remarks>
     public static ISocketPipe Wrap(Socket socket, string name, bool connecting)
@@ -88,7 +90,7 @@ internal static class SocketPipeTuning
         }
 
         return connecting
-            ? new ThreadedSocketPipe(socket, name, "migration recv", gatherSends: socket.AddressFamily != AddressFamily.Unix, poolSends: true)
+            ? new ThreadedSocketPipe(socket, name, "migration recv", gatherSends: true)
             : new ThreadedSocketPipe(socket, name, "migration recv", latencyReceive: false);
     }
 

@@ -9,9 +9,8 @@ namespace Modular.Transports.Shared;
 /// recv(2) and hands each arrival to the reader inline, on that thread, so no received message waits
 /// for a thread-pool thread (on a busy 2-core host that is where a requested page used to spend most
 /// of its time). Sends run at once on the flushing thread (an extra channel: postcopy preempt; the
-/// destination's return path); for the source's bulk pages either one sendmsg(2) per flush over a
-/// gather list that takes RAM pages by reference (<see cref="GatherSocketWriter"/>: tcp), or a send
-/// loop on the thread pool that overlaps the sender's work (unix).
+/// destination's return path); for the source's bulk pages one sendmsg(2) per flush over a gather
+/// list that takes RAM pages by reference (<see cref="GatherSocketWriter"/>).
 /// </summary>
 /// <remarks>
 /// Threads: the receive thread is the only writer of <see cref="Input"/>'s pipe; the reader's
@@ -36,7 +35,6 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
     private readonly Pipe _receive = new(InlineOptions);
     private readonly Pipe _send;
     private readonly GatherSocketWriter? _gather;
-    private readonly bool _poolSends;
     private readonly bool _latencyReceive;
     private readonly Task _sendLoop;
     private volatile SocketError _error = SocketError.Success;
@@ -44,16 +42,14 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
     /// <param name="socket">A connected socket; the pipe owns it.</param>
     /// <param name="description">Names the connection in errors.</param>
     /// <param name="threadName">The receive thread's name.</param>
-    /// <param name="poolSends">True for bulk data sent from a send loop on the thread pool, asynchronously (ignored with <paramref name="gatherSends"/>).</param>
     /// <param name="gatherSends">True for the source's bulk data: <see cref="Output"/> is a <see cref="GatherSocketWriter"/> (sendmsg on the flushing thread, RAM pages by reference). Otherwise a flush hands the bytes to send(2) at once on the flushing thread.</param>
     /// <param name="latencyReceive">True when what arrives is latency-critical (page requests, requested pages): the receive thread runs at nice -20 (<see cref="LatencyThread"/>). Not for bulk data, whose work would then crowd out everything else.</param>
-    internal ThreadedSocketPipe(Socket socket, string description, string threadName = "channel recv", bool latencyReceive = true, bool gatherSends = false, bool poolSends = false)
+    internal ThreadedSocketPipe(Socket socket, string description, string threadName = "channel recv", bool latencyReceive = true, bool gatherSends = false)
     {
         _latencyReceive = latencyReceive;
         _socket = socket;
         _description = description;
-        _poolSends = poolSends && !gatherSends;
-        _send = new Pipe(_poolSends ? SocketPipeTuning.Options : InlineOptions);
+        _send = new Pipe(InlineOptions);
         StandbyThreads.Run(ReceiveLoop, threadName);
         if (gatherSends)
         {
@@ -163,7 +159,7 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
         }
     }
 
-    // Inline schedulers (all but pool sends): a flush runs this loop's continuation, and so the send, on the flushing thread.
+    // Inline schedulers: a flush runs this loop's continuation, and so the send, on the flushing thread.
     private async Task SendLoopAsync()
     {
         PipeReader reader = _send.Reader;
@@ -177,9 +173,7 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
                 {
                     for (int sent = 0; sent < segment.Length;)
                     {
-                        sent += _poolSends
-                            ? await _socket.SendAsync(segment[sent..], SocketFlags.None).ConfigureAwait(false)
-                            : _socket.Send(segment.Span[sent..]);
+                        sent += _socket.Send(segment.Span[sent..]);
                     }
                 }
 

@@ -19,7 +19,7 @@ namespace Modular.Transports.Tests;
 [TestClass]
 public sealed class SocketPipeTests
 {
-    public static IEnumerable<object[]> Kinds => [["threaded"], ["threaded-pool"], ["pipelines-sockets"]];
+    public static IEnumerable<object[]> Kinds => [["threaded"], ["pipelines-sockets"]];
 
     [TestMethod]
     [DynamicData(nameof(Kinds))]
@@ -128,7 +128,7 @@ public sealed class SocketPipeTests
 
     private static ISocketPipe Wrap(string kind, Socket socket, bool connecting) => kind.StartsWith("threaded", StringComparison.Ordinal)
         ? connecting
-            ? new ThreadedSocketPipe(socket, "test source", "test recv", gatherSends: kind == "threaded", poolSends: kind == "threaded-pool")
+            ? new ThreadedSocketPipe(socket, "test source", "test recv", gatherSends: true)
             : new ThreadedSocketPipe(socket, "test destination", "test recv", latencyReceive: false)
         : new PipelinesSocketPipe(SocketConnection.Create(socket, SocketPipeTuning.Options, SocketPipeTuning.ChannelOptions, SocketConnectionOptions.InlineReads, kind));
 
