@@ -163,7 +163,7 @@ public sealed class PostcopyConnectionCutTests
     /// guest's RAM intact.
     /// </summary>
     [TestMethod]
-    public Task ConnectionCutDuringPostcopy_WithRecovery_BothPause_ThenResumeCompletes() => RecoverAfterCutAsync([]);
+    public Task ConnectionCutDuringPostcopy_WithRecovery_BothPause_ThenResumeCompletes() => RecoverAfterCutAsync([], cutTwice: true);
 
     /// <summary>
     /// The same on 2 MiB huge pages: the cut falls inside a host page the destination was assembling;
@@ -176,7 +176,9 @@ public sealed class PostcopyConnectionCutTests
         await RecoverAfterCutAsync(["--set", "machine.hugepages=true"]);
     }
 
-    private async Task RecoverAfterCutAsync(string[] extraArgs)
+    /// <param name="extraArgs">Extra arguments for both processes.</param>
+    /// <param name="cutTwice">Resume once over the cut transport too, which cuts the recovered connection as well: both sides pause again, and a second recovery completes.</param>
+    private async Task RecoverAfterCutAsync(string[] extraArgs, bool cutTwice = false)
     {
         string plugins = TestPluginCompiler.TempDirectory("cut-plugin");
         TestPluginCompiler.Compile(Path.Combine(plugins, "cut"), "Modular.Tests.CutTransport", CutTransportSource);
@@ -214,6 +216,21 @@ public sealed class PostcopyConnectionCutTests
         Assert.AreEqual("postcopy-paused", PostcopyPair.Status(source), source.ToJsonString());
         Assert.AreEqual(0L, source["x-modular-postcopy-recoveries"]!.GetValue<long>(), source.ToJsonString());
 
+        int expectedRecoveries = 1;
+        if (cutTwice)
+        {
+            // The recovered connection fails too (the cut transport again, after as many bytes): both
+            // sides pause again after one recovery, and the received bitmaps are exchanged a second time.
+            int first = FreeTcpPort();
+            await pair.DestinationQmp.ExecuteAsync("migrate-recover", new JsonObject { ["uri"] = $"tcp:127.0.0.1:{first}" });
+            await pair.SourceQmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = $"cut:127.0.0.1:{first}", ["resume"] = true });
+            source = await PostcopyPair.WaitForAsync(pair.SourceQmp, r => r["x-modular-postcopy-recoveries"]?.GetValue<long>() == 1 && PostcopyPair.Status(r) is "postcopy-paused" || PostcopyPair.Status(r) is "completed" or "failed", TimeSpan.FromSeconds(60), "the source to pause a second time");
+            Assert.AreEqual("postcopy-paused", PostcopyPair.Status(source), source.ToJsonString() + pair.SourceStderr);
+            destination = await PostcopyPair.WaitForAsync(pair.DestinationQmp, r => r["x-modular-postcopy-recoveries"]?.GetValue<long>() == 1 && PostcopyPair.Status(r) is "postcopy-paused" || PostcopyPair.Status(r) is "completed" or "failed", TimeSpan.FromSeconds(30), "the destination to pause a second time");
+            Assert.AreEqual("postcopy-paused", PostcopyPair.Status(destination), destination.ToJsonString() + pair.DestinationStderr);
+            expectedRecoveries = 2;
+        }
+
         // The destination listens again; the source resumes there over plain tcp.
         int port = FreeTcpPort();
         string recoverUri = $"tcp:127.0.0.1:{port}";
@@ -227,8 +244,8 @@ public sealed class PostcopyConnectionCutTests
         Assert.AreEqual("completed", PostcopyPair.Status(source), source.ToJsonString() + pair.SourceStderr);
         destination = await PostcopyPair.WaitForAsync(pair.DestinationQmp, r => PostcopyPair.Status(r) is "completed" or "failed", TimeSpan.FromSeconds(30), "the destination to complete");
         Assert.AreEqual("completed", PostcopyPair.Status(destination), destination.ToJsonString() + pair.DestinationStderr);
-        Assert.AreEqual(1L, source["x-modular-postcopy-recoveries"]!.GetValue<long>(), source.ToJsonString());
-        Assert.AreEqual(1L, destination["x-modular-postcopy-recoveries"]!.GetValue<long>(), destination.ToJsonString());
+        Assert.AreEqual(expectedRecoveries, source["x-modular-postcopy-recoveries"]!.GetValue<long>(), source.ToJsonString());
+        Assert.AreEqual(expectedRecoveries, destination["x-modular-postcopy-recoveries"]!.GetValue<long>(), destination.ToJsonString());
         await pair.SourceQmp.WaitForEventAsync(e => e.Name == "MIGRATION" && e.Data?["status"]?.ToString() == "postcopy-recover", "MIGRATION postcopy-recover", TimeSpan.FromSeconds(5));
 
         // The guest keeps printing on the destination, and its RAM is whole.
