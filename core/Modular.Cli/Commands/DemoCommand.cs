@@ -15,6 +15,7 @@ internal static class DemoCommand
         var postcopyOption = new Option<bool>("--postcopy") { Description = "Switch to postcopy right after the migration starts." };
         var multifdOption = new Option<bool>("--multifd") { Description = "Set QEMU's multifd capability on both sides: pages travel on extra channels (precopy; not with --postcopy)." };
         var tlsOption = new Option<bool>("--tls") { Description = "Run every migration channel in TLS (QEMU's tls-creds), with a private CA and certificates made for the demo." };
+        var recoveryOption = new Option<bool>("--recovery") { Description = "With --postcopy: pause the migration mid-postcopy (QMP migrate-pause, as a failed link would) and recover it (migrate-recover, migrate with resume), with x-modular-postcopy-recovery on both sides." };
         var syntheticOption = new Option<bool>("--synthetic") { Description = "Use the synthetic accelerator (no guest code) instead of KVM; chosen automatically when /dev/kvm is missing." };
         var command = new Command("demo", "Live-migrate the A/B test guest between two modular processes on this host and show that it kept running and lost nothing.");
         command.Options.Add(memoryOption);
@@ -22,6 +23,7 @@ internal static class DemoCommand
         command.Options.Add(postcopyOption);
         command.Options.Add(multifdOption);
         command.Options.Add(tlsOption);
+        command.Options.Add(recoveryOption);
         command.Options.Add(syntheticOption);
         command.SetAction(async (parse, cancellationToken) =>
         {
@@ -37,6 +39,12 @@ internal static class DemoCommand
                 return ExitCodes.Usage;
             }
 
+            if (parse.GetValue(recoveryOption) && !parse.GetValue(postcopyOption))
+            {
+                await Console.Error.WriteLineAsync("modular: --recovery shows postcopy recovery; add --postcopy.");
+                return ExitCodes.Usage;
+            }
+
             bool synthetic = parse.GetValue(syntheticOption);
             if (!synthetic && !File.Exists("/dev/kvm"))
             {
@@ -46,7 +54,7 @@ internal static class DemoCommand
 
             try
             {
-                return await DemoRunner.RunAsync(new DemoOptions(memory, parse.GetValue(transportOption)!, parse.GetValue(postcopyOption), synthetic, parse.GetValue(multifdOption), parse.GetValue(tlsOption)), Console.Out, cancellationToken);
+                return await DemoRunner.RunAsync(new DemoOptions(memory, parse.GetValue(transportOption)!, parse.GetValue(postcopyOption), synthetic, parse.GetValue(multifdOption), parse.GetValue(tlsOption), parse.GetValue(recoveryOption)), Console.Out, cancellationToken);
             }
             catch (Exception ex) when (ex is InvalidOperationException or TimeoutException or IOException or Core.Qmp.QmpErrorException or Core.Qmp.QmpConnectionException)
             {

@@ -15,7 +15,9 @@ namespace Modular.Cli.Demo;
 /// <param name="Postcopy">Switch to postcopy right after the start.</param>
 /// <param name="Multifd">Both sides set the multifd capability (precopy only).</param>
 /// <param name="Synthetic">Use the synthetic accelerator (no guest code).</param>
-internal sealed record DemoOptions(ulong Memory, string Transport, bool Postcopy, bool Synthetic, bool Multifd = false, bool Tls = false);
+/// <param name="Tls">Every channel in TLS.</param>
+/// <param name="Recovery">With postcopy: pause mid-postcopy (migrate-pause) and recover (x-modular-postcopy-recovery).</param>
+internal sealed record DemoOptions(ulong Memory, string Transport, bool Postcopy, bool Synthetic, bool Multifd = false, bool Tls = false, bool Recovery = false);
 
 /// <summary>
 /// The main job on a built-in default: two <c>modular run</c> processes on this host, the A/B guest
@@ -55,6 +57,11 @@ internal static class DemoRunner
             extra.AddRange(["--set", "migration.capabilities.multifd=true"]);
         }
 
+        if (options.Recovery)
+        {
+            extra.AddRange(["--set", "migration.capabilities.x-modular-postcopy-recovery=true"]);
+        }
+
         List<string> destinationExtra = [.. extra], sourceExtra = [.. extra];
         if (options.Tls)
         {
@@ -74,7 +81,7 @@ internal static class DemoRunner
             sourceExtra.AddRange(["--set", "migration.parameters.tls-hostname=localhost"]);
         }
 
-        await output.WriteLineAsync($"Modular demo: live migration of the A/B guest ({ByteSize.Format(options.Memory)} RAM, {accel}) between two processes over {options.Transport}{(options.Tls ? " in TLS" : string.Empty)}{(options.Postcopy ? ", postcopy" : options.Multifd ? ", precopy with multifd" : ", precopy")}.");
+        await output.WriteLineAsync($"Modular demo: live migration of the A/B guest ({ByteSize.Format(options.Memory)} RAM, {accel}) between two processes over {options.Transport}{(options.Tls ? " in TLS" : string.Empty)}{(options.Postcopy ? options.Recovery ? ", postcopy, paused and recovered on the way" : ", postcopy" : options.Multifd ? ", precopy with multifd" : ", precopy")}.");
         await output.WriteLineAsync($"  working directory: {work}");
         if (options.Tls)
         {
@@ -98,7 +105,9 @@ internal static class DemoRunner
             await Task.Delay(1000, cancellationToken);
         }
 
-        JsonObject result = await MigrationMonitor.MigrateAsync(src, uri, options.Postcopy, output, cancellationToken);
+        JsonObject result = options.Recovery
+            ? await MigrateWithRecoveryAsync(src, dst, uri, options, work, output, cancellationToken)
+            : await MigrationMonitor.MigrateAsync(src, uri, options.Postcopy, output, cancellationToken);
         await output.WriteLineAsync("Migration:");
         MigrationMonitor.PrintSummary(result, output);
         if (MigrationMonitor.Status(result) != "completed")
@@ -134,6 +143,67 @@ internal static class DemoRunner
         await dst.ExecuteAsync("cont", null, cancellationToken);
         await output.WriteLineAsync(ok ? "Demo finished: the guest moved while running and lost nothing." : "Demo finished with a problem (see above).");
         return ok ? 0 : 1;
+    }
+
+    /// <summary>
+    /// --recovery: postcopy at a capped background rate, paused mid-way with migrate-pause on the
+    /// source (the connection ends as if the link failed), then migrate-recover on the destination
+    /// and migrate with resume=true on the source. Returns the source's final query-migrate.
+    /// </summary>
+    private static async Task<JsonObject> MigrateWithRecoveryAsync(QmpClient src, QmpClient dst, string uri, DemoOptions options, string work, TextWriter output, CancellationToken cancellationToken)
+    {
+        // A cap on the background pages leaves a few seconds of postcopy to pause in.
+        await src.ExecuteAsync("migrate-set-parameters", new JsonObject { ["max-postcopy-bandwidth"] = 64L << 20 }, cancellationToken);
+        await src.ExecuteAsync("migrate", new JsonObject { ["uri"] = uri }, cancellationToken);
+        await src.ExecuteAsync("migrate-start-postcopy", null, cancellationToken);
+        long quarter = (long)options.Memory / 4;
+        JsonObject running = await PollAsync(src, r => MigrationMonitor.Status(r) is "completed" or "failed" || (MigrationMonitor.Status(r) == "postcopy-active" && (r["ram"]?["transferred"]?.GetValue<long>() ?? 0) > quarter), cancellationToken);
+        if (MigrationMonitor.Status(running) != "postcopy-active")
+        {
+            return running;
+        }
+
+        await output.WriteLineAsync($"  postcopy running: the guest runs on the destination, {(running["ram"]!["transferred"]!.GetValue<long>() >> 20)} MiB sent; migrate-pause on the source now");
+        await src.ExecuteAsync("migrate-pause", null, cancellationToken);
+        JsonObject paused = await PollAsync(src, r => MigrationMonitor.Status(r) is "postcopy-paused" or "completed" or "failed", cancellationToken);
+        JsonObject pausedThere = await PollAsync(dst, r => MigrationMonitor.Status(r) is "postcopy-paused" or "completed" or "failed", cancellationToken);
+        await output.WriteLineAsync($"  source {MigrationMonitor.Status(paused)} ({paused["x-modular-postcopy-pause-reason"]}), destination {MigrationMonitor.Status(pausedThere)} ({pausedThere["x-modular-postcopy-pause-reason"]})");
+        if (MigrationMonitor.Status(paused) != "postcopy-paused")
+        {
+            return paused;
+        }
+
+        string recover = options.Transport == "unix" ? "unix:" + Path.Combine(work, "recover.sock") : $"tcp:127.0.0.1:{FreeTcpPort()}";
+        await dst.ExecuteAsync("migrate-recover", new JsonObject { ["uri"] = recover }, cancellationToken);
+        await output.WriteLineAsync($"  destination: migrate-recover {recover}; source: migrate {recover} resume=true");
+        return await MigrationMonitor.MigrateAsync(src, recover, postcopy: false, output, cancellationToken, resume: true);
+    }
+
+    private static async Task<JsonObject> PollAsync(QmpClient qmp, Func<JsonObject, bool> done, CancellationToken cancellationToken)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
+        {
+            var reply = (JsonObject)(await qmp.ExecuteAsync("query-migrate", null, cancellationToken))!;
+            if (done(reply))
+            {
+                return reply;
+            }
+
+            if (clock.Elapsed > TimeSpan.FromSeconds(60))
+            {
+                throw new TimeoutException("the migration did not reach the expected state within 60 s: " + reply.ToJsonString());
+            }
+
+            await Task.Delay(20, cancellationToken);
+        }
+    }
+
+    private static int FreeTcpPort()
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
     }
 
     private static async Task<string> WaitForSerialAsync(string path, Func<string, bool> done, TimeSpan timeout, CancellationToken cancellationToken)

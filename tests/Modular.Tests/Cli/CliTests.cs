@@ -136,4 +136,28 @@ public sealed class DemoTests
         StringAssert.Contains(result.StdOut, "guest on the destination: still running");
         StringAssert.Contains(result.StdOut, "RAM check on the destination: passed");
     }
+
+    [TestMethod]
+    public void TheDemoPausesAndRecoversPostcopyOverUnix_AndTheRamCheckPasses()
+    {
+        if (!File.Exists("/dev/kvm"))
+        {
+            Assert.Inconclusive("/dev/kvm is missing: the demo would run on the synthetic accelerator; this test checks the KVM path.");
+        }
+
+        CliProcess.Result result = CliProcess.Run(TimeSpan.FromMinutes(3), "demo", "--transport", "unix", "--postcopy", "--recovery");
+
+        Assert.AreEqual(0, result.ExitCode, result.StdOut + result.StdErr);
+        StringAssert.Contains(result.StdOut, "postcopy, paused and recovered on the way");
+        StringAssert.Contains(result.StdOut, "source postcopy-paused (Paused by migrate-pause.), destination postcopy-paused");
+        StringAssert.Contains(result.StdOut, "destination: migrate-recover unix:");
+        StringAssert.Contains(result.StdOut, "status:       completed");
+        StringAssert.Contains(result.StdOut, "recoveries:   1");
+        StringAssert.Contains(result.StdOut, "guest on the destination: still running");
+        StringAssert.Contains(result.StdOut, "RAM check on the destination: passed");
+
+        CliProcess.Result alone = CliProcess.Run(TimeSpan.FromMinutes(1), "demo", "--recovery");
+        Assert.AreEqual(2, alone.ExitCode, alone.StdOut + alone.StdErr);
+        StringAssert.Contains(alone.StdErr, "--recovery shows postcopy recovery; add --postcopy.");
+    }
 }
