@@ -81,8 +81,10 @@ public sealed partial class OutgoingMigration
     }
 
     /// <summary>True when a failure of the postcopy phase pauses instead of failing: the capability is set and nobody cancelled.</summary>
+    /// <remarks>A destination that said SHUT with the error flag (it failed, for example inside the package's device loads) has nothing to recover.</remarks>
     private bool CanRecover(Exception ex) =>
-        RecoveryEnabled && _inPostcopy && !_cancel.IsCancellationRequested && ex is not DestinationFailedException;
+        RecoveryEnabled && _inPostcopy && !_cancel.IsCancellationRequested && ex is not DestinationFailedException
+        && !(_shutReceived.Task.IsCompletedSuccessfully && _shutReceived.Task.Result != 0);
 
     /// <summary>
     /// Pauses after <paramref name="cause"/> ended the connection, waits for <see cref="Resume"/>,
