@@ -17,6 +17,7 @@ public static partial class ConfigLoader
         {
             [TlsAuthorization.SimpleType] = ["qom-type", "id", "identity"],
             [TlsAuthorization.ListFileType] = ["qom-type", "id", "filename", "refresh"],
+            [TlsAuthorization.ListType] = ["qom-type", "id", "policy", "rules"],
         };
 
         /// <summary>The authorization objects of the objects list (read by <see cref="ReadObjects"/>).</summary>
@@ -50,9 +51,15 @@ public static partial class ConfigLoader
 
                 var fields = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
                 bool ok = true;
+                IConfigurationSection? rules = null;
                 foreach (IConfigurationSection field in item.GetChildren())
                 {
-                    if (field.GetChildren().Any())
+                    if (field.GetChildren().Any() && string.Equals(field.Key, "rules", StringComparison.OrdinalIgnoreCase))
+                    {
+                        rules = field; // an authz-list's rule list (checked with its type below)
+                        fields[field.Key] = string.Empty;
+                    }
+                    else if (field.GetChildren().Any())
                     {
                         errors.Add($"{path}.{field.Key}: expected a string or boolean, found an object or list.");
                         ok = false;
@@ -76,9 +83,15 @@ public static partial class ConfigLoader
                     continue;
                 }
 
+                if (rules is not null && type != TlsAuthorization.ListType)
+                {
+                    errors.Add($"{path}.rules: only an {TlsAuthorization.ListType} object has a rule list.");
+                    ok = false;
+                }
+
                 if (AuthzObjectKeys.TryGetValue(type, out string[]? authzKeys))
                 {
-                    ReadAuthorization(path, type, id, fields, authzKeys, ids, ok);
+                    ReadAuthorization(path, type, id, fields, authzKeys, ids, ok, rules);
                     continue;
                 }
 
@@ -166,8 +179,8 @@ public static partial class ConfigLoader
             return true;
         }
 
-        /// <summary>An authz-simple (identity) or authz-listfile (filename, refresh) object.</summary>
-        private void ReadAuthorization(string path, string type, string id, Dictionary<string, string> fields, string[] keys, Dictionary<string, string> ids, bool ok)
+        /// <summary>An authz-simple (identity), authz-list (policy, rules) or authz-listfile (filename, refresh) object.</summary>
+        private void ReadAuthorization(string path, string type, string id, Dictionary<string, string> fields, string[] keys, Dictionary<string, string> ids, bool ok, IConfigurationSection? rules)
         {
             foreach (string key in fields.Keys.Where(k => !keys.Contains(k, StringComparer.OrdinalIgnoreCase)))
             {
@@ -192,6 +205,21 @@ public static partial class ConfigLoader
                 if (value.Length == 0)
                 {
                     errors.Add($"{path}.identity: missing; give the source certificate's subject as QEMU writes it, e.g. \"CN=src.example,O=Example,C=GB\".");
+                    ok = false;
+                }
+            }
+            else if (type == TlsAuthorization.ListType)
+            {
+                // The rule list as QEMU's JSON (authz-list's properties), checked now by the same parser.
+                value = RuleListJson(fields.GetValueOrDefault("policy"), rules);
+                try
+                {
+                    using var doc = System.Text.Json.JsonDocument.Parse(value);
+                    _ = ListAuthorization.Create(id, doc.RootElement);
+                }
+                catch (ArgumentException ex)
+                {
+                    errors.Add($"{path}: {ex.Message}");
                     ok = false;
                 }
             }
@@ -220,6 +248,38 @@ public static partial class ConfigLoader
             {
                 _authzObjects.Add(new AuthzObjectConfig(id, type, value, refresh, path));
             }
+        }
+
+        /// <summary>
+        /// An authz-list's policy and rules as QEMU's JSON. The configuration system gives every value
+        /// as text, so each value is written as a JSON string and the parser checks the rest.
+        /// </summary>
+        private static string RuleListJson(string? policy, IConfigurationSection? rules)
+        {
+            var root = new System.Text.Json.Nodes.JsonObject();
+            if (!string.IsNullOrEmpty(policy))
+            {
+                root["policy"] = policy;
+            }
+
+            if (rules is not null)
+            {
+                var list = new System.Text.Json.Nodes.JsonArray();
+                foreach (IConfigurationSection rule in rules.GetChildren().OrderBy(c => int.TryParse(c.Key, out int i) ? i : int.MaxValue))
+                {
+                    var entry = new System.Text.Json.Nodes.JsonObject();
+                    foreach (IConfigurationSection property in rule.GetChildren())
+                    {
+                        entry[property.Key] = property.Value;
+                    }
+
+                    list.Add(rule.Value is null ? entry : rule.Value);
+                }
+
+                root["rules"] = list;
+            }
+
+            return root.ToJsonString();
         }
     }
 }

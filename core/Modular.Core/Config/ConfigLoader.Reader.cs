@@ -63,7 +63,7 @@ public static partial class ConfigLoader
             migration = migration with { AuthzObjects = _authzObjects };
             if (migration.TlsAuthz.Length > 0 && !_authzIds.Contains(migration.TlsAuthz))
             {
-                errors.Add($"migration.parameters.tls-authz: '{migration.TlsAuthz}' is not the id of an authorization object in objects (an {Migration.Tls.TlsAuthorization.SimpleType} or {Migration.Tls.TlsAuthorization.ListFileType}); add one with that id or name one of theirs.");
+                errors.Add($"migration.parameters.tls-authz: '{migration.TlsAuthz}' is not the id of an authorization object in objects (an {Migration.Tls.TlsAuthorization.SimpleType}, {Migration.Tls.TlsAuthorization.ListType} or {Migration.Tls.TlsAuthorization.ListFileType}); add one with that id or name one of theirs.");
             }
 
             if (!MigrationConfig.IsValidXbzrleCacheSize(migration.XbzrleCacheSize))

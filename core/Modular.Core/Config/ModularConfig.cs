@@ -74,12 +74,13 @@ public sealed record MigrationConfig(IReadOnlyDictionary<string, bool> Capabilit
 
 /// <summary>
 /// One authorization object of the config's objects list, in QEMU's object-add shape:
-/// <c>{"qom-type": "authz-simple", "id": "auth0", "identity": "CN=src.example"}</c> or
+/// <c>{"qom-type": "authz-simple", "id": "auth0", "identity": "CN=src.example"}</c>,
+/// <c>{"qom-type": "authz-list", "id": "auth0", "policy": "deny", "rules": [{"match": "CN=src.example", "policy": "allow"}]}</c> or
 /// <c>{"qom-type": "authz-listfile", "id": "auth0", "filename": "allowed.json", "refresh": true}</c>.
 /// </summary>
 /// <param name="Id">The object id, which the tls-authz parameter names.</param>
-/// <param name="Type">authz-simple or authz-listfile.</param>
-/// <param name="Value">The identity (authz-simple) or the rules file, absolute (authz-listfile).</param>
+/// <param name="Type">authz-simple, authz-list or authz-listfile.</param>
+/// <param name="Value">The identity (authz-simple), the rule list as QEMU's JSON (authz-list), or the rules file, absolute (authz-listfile).</param>
 /// <param name="Refresh">authz-listfile: read the file again at each check.</param>
 /// <param name="ConfigPath">Where the object is in the config (<c>objects[0]</c>), for messages.</param>
 public sealed record AuthzObjectConfig(string Id, string Type, string Value, bool Refresh, string ConfigPath)
@@ -90,6 +91,12 @@ public sealed record AuthzObjectConfig(string Id, string Type, string Value, boo
     {
         try
         {
+            if (Type == Migration.Tls.TlsAuthorization.ListType)
+            {
+                using var doc = System.Text.Json.JsonDocument.Parse(Value);
+                return Migration.Tls.ListAuthorization.Create(Id, doc.RootElement);
+            }
+
             return Type == Migration.Tls.TlsAuthorization.SimpleType
                 ? new Migration.Tls.SimpleAuthorization(Id, Value)
                 : Migration.Tls.ListFileAuthorization.Load(Id, Value, Refresh);

@@ -25,6 +25,12 @@ public sealed class QmpCommandRegistry
     public void Register(string name, Func<QmpArguments, CancellationToken, ValueTask<JsonNode?>> handler) =>
         Register(name, [], handler);
 
+    /// <summary>
+    /// Pass as the parameters of a command that checks its argument names itself (object-add: which
+    /// names it takes depends on its qom-type, and an unknown type is the error to report first).
+    /// </summary>
+    public static IReadOnlySet<string> AnyArguments { get; } = new HashSet<string>(StringComparer.Ordinal);
+
     /// <summary>Registers a command and the names of the arguments it accepts.</summary>
     /// <param name="name">The command name as QEMU spells it (<c>pmemsave</c>).</param>
     /// <param name="parameters">
@@ -38,7 +44,7 @@ public sealed class QmpCommandRegistry
         ArgumentException.ThrowIfNullOrEmpty(name);
         ArgumentNullException.ThrowIfNull(parameters);
         ArgumentNullException.ThrowIfNull(handler);
-        var command = new QmpCommand(name, new HashSet<string>(parameters, StringComparer.Ordinal), handler);
+        var command = new QmpCommand(name, ReferenceEquals(parameters, AnyArguments) ? AnyArguments : new HashSet<string>(parameters, StringComparer.Ordinal), handler);
         if (!_commands.TryAdd(name, command))
         {
             throw new InvalidOperationException(

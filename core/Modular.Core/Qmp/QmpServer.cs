@@ -185,6 +185,11 @@ public sealed class QmpServer : IAsyncDisposable, IDisposable
     /// <summary>QEMU's check_struct: the first argument the command does not know is refused.</summary>
     internal static void CheckArgumentNames(JsonObject arguments, IReadOnlyCollection<string> known)
     {
+        if (ReferenceEquals(known, QmpCommandRegistry.AnyArguments))
+        {
+            return; // the command checks them itself
+        }
+
         foreach ((string key, _) in arguments)
         {
             if (!known.Contains(key))

@@ -52,7 +52,7 @@ public sealed class ConfigObjectsTests : ConfigFileTestBase
     {
         ConfigException ex = Fails(Write("""{ "objects": [ { "qom-type": "secret", "id": "s0", "data": "x" } ] }"""));
 
-        Assert.AreEqual("objects[0].qom-type: object type 'secret' is not supported by Modular; supported: tls-creds-x509, authz-simple, authz-listfile.", ex.Errors.Single());
+        Assert.AreEqual("objects[0].qom-type: object type 'secret' is not supported by Modular; supported: tls-creds-x509, authz-simple, authz-list, authz-listfile.", ex.Errors.Single());
     }
 
     [TestMethod]
@@ -174,6 +174,39 @@ public sealed class ConfigObjectsTests : ConfigFileTestBase
         string ca = Path.Combine(Dir, "empty", "ca-cert.pem");
         Assert.AreEqual($"objects[0]: TLS credentials 'tls0': {ca} does not exist; a server endpoint needs ca-cert.pem, server-cert.pem and server-key.pem in its dir (QEMU's layout).", ex.Message);
     }
+    [TestMethod]
+    public void AuthzList_RulesInTheConfig_AreCheckedAtLoad_AndDecide()
+    {
+        string path = Write("""
+            {
+              "objects": [
+                { "qom-type": "authz-list", "id": "auth0", "policy": "deny",
+                  "rules": [ { "match": "CN=*.example", "policy": "allow", "format": "glob" } ] }
+              ],
+              "migration": { "parameters": { "tls-authz": "auth0" } }
+            }
+            """);
+
+        MigrationConfig migration = ConfigLoader.Load(path).Migration;
+
+        var settings = new MigrationSettings(migration);
+        TlsAuthorization list = settings.TlsCredentials.ResolveAuthorization("auth0");
+        Assert.IsTrue(list.IsAllowed("CN=src.example", out string why), why);
+        Assert.IsFalse(list.IsAllowed("CN=src.other", out _));
+
+        string bad = Write("""
+            {
+              "objects": [
+                { "qom-type": "authz-list", "id": "auth0", "rules": [ { "match": "CN=x", "policy": "perhaps" } ] },
+                { "qom-type": "authz-simple", "id": "auth1", "identity": "CN=y", "rules": [ { "match": "CN=x", "policy": "allow" } ] }
+              ]
+            }
+            """);
+        ConfigException ex = Assert.ThrowsExactly<ConfigException>(() => ConfigLoader.Load(bad));
+        CollectionAssert.Contains(ex.Errors.ToList(), "objects[0]: authz-list 'auth0' has rules[0].policy 'perhaps' (expected allow or deny). Expected QEMU's format: {\"rules\": [{\"match\": \"CN=src.example\", \"policy\": \"allow\", \"format\": \"exact\"}], \"policy\": \"deny\"}.", string.Join("\n", ex.Errors));
+        CollectionAssert.Contains(ex.Errors.ToList(), "objects[1].rules: only an authz-list object has a rule list.", string.Join("\n", ex.Errors));
+    }
+
     [TestMethod]
     public void AuthorizationObjects_AreRead_AndTlsAuthzMustNameOne()
     {

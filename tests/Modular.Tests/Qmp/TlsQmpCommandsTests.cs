@@ -127,6 +127,31 @@ public sealed class TlsQmpCommandsTests
     }
 
     [TestMethod]
+    public async Task ObjectAdd_AuthzList_RulesGivenInline_DecideAsQemu()
+    {
+        await _client.ExecuteAsync("object-add", JsonNode.Parse("""
+            { "qom-type": "authz-list", "id": "auth0", "policy": "deny",
+              "rules": [ { "match": "CN=blocked.example", "policy": "deny" },
+                         { "match": "CN=*.example", "policy": "allow", "format": "glob" } ] }
+            """)!.AsObject());
+        TlsAuthorization list = _migration.Settings.TlsCredentials.ResolveAuthorization("auth0");
+        Assert.IsTrue(list.IsAllowed("CN=src.example", out string why), why);
+        StringAssert.Contains(why, "rule 1 of authz-list 'auth0' ('CN=*.example', glob) says allow");
+        Assert.IsFalse(list.IsAllowed("CN=blocked.example", out why), "the first matching rule decides: " + why);
+        Assert.IsFalse(list.IsAllowed("CN=src.other", out why));
+        Assert.AreEqual("no rule of authz-list 'auth0' matches; its policy is deny", why);
+
+        // No rules and policy allow: everyone the CA signed.
+        await _client.ExecuteAsync("object-add", JsonNode.Parse("""{ "qom-type": "authz-list", "id": "auth1", "policy": "allow" }""")!.AsObject());
+        Assert.IsTrue(_migration.Settings.TlsCredentials.ResolveAuthorization("auth1").IsAllowed("CN=anyone", out _));
+
+        StringAssert.Contains((await RefusedAsync("object-add", """{ "qom-type": "authz-list", "id": "auth2", "rules": [ { "match": "CN=x" } ] }""")).Description, "authz-list 'auth2' has rules[0] without a \"policy\" (allow or deny)");
+        Assert.AreEqual("Parameter 'policy' does not accept value 'maybe'", (await RefusedAsync("object-add", """{ "qom-type": "authz-list", "id": "auth2", "policy": "maybe" }""")).Description);
+        Assert.AreEqual("Property 'authz-list.filename' not found", (await RefusedAsync("object-add", """{ "qom-type": "authz-list", "id": "auth2", "filename": "/x" }""")).Description);
+        Assert.AreEqual("Property 'authz-simple.rules' not found", (await RefusedAsync("object-add", """{ "qom-type": "authz-simple", "id": "auth2", "identity": "x", "rules": [] }""")).Description);
+    }
+
+    [TestMethod]
     public async Task ANonString_IsRefusedAsQemuRefusesIt()
     {
         QmpErrorException error = await RefusedAsync("migrate-set-parameters", """{ "tls-hostname": 7 }""");
@@ -175,7 +200,8 @@ public sealed class TlsQmpCommandsTests
     }
 
     [TestMethod]
-    [DataRow("""{ "qom-type": "secret", "id": "sec0" }""", "Object type 'secret' is not supported by Modular; supported: tls-creds-x509, authz-simple, authz-listfile")]
+    [DataRow("""{ "qom-type": "secret", "id": "sec0" }""", "Object type 'secret' is not supported by Modular; supported: tls-creds-x509, authz-simple, authz-list, authz-listfile")]
+    [DataRow("""{ "qom-type": "secret", "id": "sec0", "data": "s3cr3t", "format": "raw" }""", "Object type 'secret' is not supported by Modular; supported: tls-creds-x509, authz-simple, authz-list, authz-listfile")]
     [DataRow("""{ "qom-type": "tls-creds-x509", "id": "tls0" }""", "Missing 'dir' property value")]
     [DataRow("""{ "qom-type": "tls-creds-x509", "id": "tls0", "dir": "/x", "endpoint": "both" }""", "Parameter 'endpoint' does not accept value 'both'")]
     [DataRow("""{ "qom-type": "tls-creds-x509", "id": "0tls", "dir": "/x" }""", "Parameter 'id' expects an identifier (identifiers consist of letters, digits, '-', '.', '_', starting with a letter)")]

@@ -135,7 +135,7 @@ public static class MigrationQmpCommands
             // not exist yet; the migration looks it up when it starts (QEMU checks it then too).
             string? tlsCreds = args.GetOptionalStringOrNull("tls-creds");
             string? tlsHostname = args.GetOptionalStringOrNull("tls-hostname");
-            // tls-authz names an authz-simple or authz-listfile object; like tls-creds, it is looked up
+            // tls-authz names an authz-simple, authz-list or authz-listfile object; like tls-creds, it is looked up
             // when an incoming migration starts.
             string? tlsAuthz = args.GetOptionalStringOrNull("tls-authz");
 

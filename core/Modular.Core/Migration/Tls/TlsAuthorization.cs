@@ -7,7 +7,7 @@ namespace Modular.Core.Migration.Tls;
 /// <summary>
 /// Which sources a TLS destination accepts, by the distinguished name of their certificate: QEMU's
 /// authorization objects, which the tls-authz parameter names (<c>authz-simple</c>: one identity;
-/// <c>authz-listfile</c>: rules in a JSON file). The name is written as RFC 4514 text, most specific
+/// <c>authz-list</c>: rules given with the object; <c>authz-listfile</c>: rules in a JSON file). The name is written as RFC 4514 text, most specific
 /// part first, as QEMU (GnuTLS) writes it: <c>CN=src.example,O=Example,C=GB</c>.
 /// </summary>
 public abstract class TlsAuthorization
@@ -18,8 +18,11 @@ public abstract class TlsAuthorization
     /// <summary>QEMU's QOM type of a rule list read from a JSON file.</summary>
     public const string ListFileType = "authz-listfile";
 
+    /// <summary>QEMU's QOM type of a rule list given with the object (its <c>rules</c> and <c>policy</c> properties).</summary>
+    public const string ListType = "authz-list";
+
     /// <summary>The QOM types Modular knows.</summary>
-    public static IReadOnlyList<string> Types { get; } = [SimpleType, ListFileType];
+    public static IReadOnlyList<string> Types { get; } = [SimpleType, ListType, ListFileType];
 
     private protected TlsAuthorization(string id) => Id = id;
 
@@ -230,17 +233,136 @@ public sealed class SimpleAuthorization(string id, string identity) : TlsAuthori
 }
 
 /// <summary>
-/// QEMU's authz-listfile: rules in a JSON file, <c>{"rules": [{"match": "CN=*.example.com,*",
-/// "policy": "allow", "format": "glob"}], "policy": "deny"}</c>; the first rule that matches decides,
-/// else the file's policy (default deny). With refresh (QEMU's default) the file is read again at
-/// every check, so an edited list takes effect for the next migration without a restart.
+/// QEMU's rule list (QAuthZListRule): <c>{"rules": [{"match": "CN=*.example.com,*", "policy":
+/// "allow", "format": "glob"}], "policy": "deny"}</c>. The first rule that matches decides, else the
+/// list's policy (default deny); a rule's format is exact (the default) or glob (fnmatch).
+/// </summary>
+internal sealed class AuthzRuleList
+{
+    /// <summary>QEMU's format, for messages.</summary>
+    internal const string Example = "{\"rules\": [{\"match\": \"CN=src.example\", \"policy\": \"allow\", \"format\": \"exact\"}], \"policy\": \"deny\"}";
+
+    private AuthzRuleList(IReadOnlyList<Rule> rules, bool defaultAllow)
+    {
+        Rules = rules;
+        DefaultAllow = defaultAllow;
+    }
+
+    private IReadOnlyList<Rule> Rules { get; }
+
+    private bool DefaultAllow { get; }
+
+    /// <summary>Parses a rule list; <paramref name="problem"/> turns what is wrong into the exception's message.</summary>
+    /// <exception cref="ArgumentException">Not a rule list; the message says what is wrong (through <paramref name="problem"/>).</exception>
+    internal static AuthzRuleList Parse(JsonElement root, Func<string, string> problem)
+    {
+        if (root.ValueKind != JsonValueKind.Object)
+        {
+            throw new ArgumentException(problem("is not a JSON object"));
+        }
+
+        bool defaultAllow = root.TryGetProperty("policy", out JsonElement policy) && Policy(policy, "policy");
+        var rules = new List<Rule>();
+        if (root.TryGetProperty("rules", out JsonElement list))
+        {
+            if (list.ValueKind != JsonValueKind.Array)
+            {
+                throw new ArgumentException(problem("has rules that are not a list"));
+            }
+
+            int n = 0;
+            foreach (JsonElement rule in list.EnumerateArray())
+            {
+                string where = $"rules[{n++}]";
+                if (rule.ValueKind != JsonValueKind.Object || !rule.TryGetProperty("match", out JsonElement match) || match.ValueKind != JsonValueKind.String)
+                {
+                    throw new ArgumentException(problem($"has {where} without a \"match\" string"));
+                }
+
+                if (!rule.TryGetProperty("policy", out JsonElement rulePolicy))
+                {
+                    throw new ArgumentException(problem($"has {where} without a \"policy\" (allow or deny)"));
+                }
+
+                bool glob = false;
+                if (rule.TryGetProperty("format", out JsonElement format))
+                {
+                    glob = format.ValueKind == JsonValueKind.String ? format.GetString() switch
+                    {
+                        "exact" => false,
+                        "glob" => true,
+                        _ => throw new ArgumentException(problem($"has {where}.format '{format.GetString()}' (expected exact or glob)")),
+                    } : throw new ArgumentException(problem($"has {where}.format that is not a string"));
+                }
+
+                rules.Add(new Rule(match.GetString()!, Policy(rulePolicy, where + ".policy"), glob));
+            }
+        }
+
+        return new AuthzRuleList(rules, defaultAllow);
+
+        bool Policy(JsonElement value, string where) => value.ValueKind == JsonValueKind.String ? value.GetString() switch
+        {
+            "allow" => true,
+            "deny" => false,
+            _ => throw new ArgumentException(problem($"has {where} '{value.GetString()}' (expected allow or deny)")),
+        } : throw new ArgumentException(problem($"has {where} that is not a string"));
+    }
+
+    /// <summary>Whether <paramref name="identity"/> is allowed, and the rule (of <paramref name="source"/>) or default that decided.</summary>
+    internal bool IsAllowed(string identity, string source, out string why)
+    {
+        for (int i = 0; i < Rules.Count; i++)
+        {
+            Rule rule = Rules[i];
+            bool matches = rule.Glob ? TlsAuthorization.GlobMatches(rule.Match, identity) : string.Equals(rule.Match, identity, StringComparison.Ordinal);
+            if (matches)
+            {
+                why = $"rule {i} of {source} ('{rule.Match}', {(rule.Glob ? "glob" : "exact")}) says {(rule.Allow ? "allow" : "deny")}";
+                return rule.Allow;
+            }
+        }
+
+        why = $"no rule of {source} matches; its policy is {(DefaultAllow ? "allow" : "deny")}";
+        return DefaultAllow;
+    }
+
+    private sealed record Rule(string Match, bool Allow, bool Glob);
+}
+
+/// <summary>
+/// QEMU's authz-list: the rule list given with the object, as its <c>rules</c> and <c>policy</c>
+/// properties (object-add or the config's objects), in <see cref="AuthzRuleList"/>'s format.
+/// </summary>
+public sealed class ListAuthorization : TlsAuthorization
+{
+    private readonly AuthzRuleList _rules;
+
+    private ListAuthorization(string id, AuthzRuleList rules)
+        : base(id) => _rules = rules;
+
+    /// <summary>Makes the object from its properties, <c>{"policy": "deny", "rules": [...]}</c> (both optional: no rules and deny).</summary>
+    /// <param name="id">The object id.</param>
+    /// <param name="properties">The policy and rules.</param>
+    /// <exception cref="ArgumentException">The rules are malformed; the message names the object and what is wrong.</exception>
+    public static ListAuthorization Create(string id, JsonElement properties) =>
+        new(id, AuthzRuleList.Parse(properties, what => $"{ListType} '{id}' {what}. Expected QEMU's format: {AuthzRuleList.Example}."));
+
+    /// <inheritdoc/>
+    public override bool IsAllowed(string identity, out string why) => _rules.IsAllowed(identity, $"{ListType} '{Id}'", out why);
+}
+
+/// <summary>
+/// QEMU's authz-listfile: the rule list of <see cref="AuthzRuleList"/> in a JSON file. With refresh
+/// (QEMU's default) the file is read again at every check, so an edited list takes effect for the
+/// next migration without a restart.
 /// </summary>
 public sealed class ListFileAuthorization : TlsAuthorization
 {
     private readonly object _gate = new();
-    private RuleList _rules;
+    private AuthzRuleList _rules;
 
-    private ListFileAuthorization(string id, string path, bool refresh, RuleList rules)
+    private ListFileAuthorization(string id, string path, bool refresh, AuthzRuleList rules)
         : base(id)
     {
         FileName = path;
@@ -269,7 +391,7 @@ public sealed class ListFileAuthorization : TlsAuthorization
     /// <inheritdoc/>
     public override bool IsAllowed(string identity, out string why)
     {
-        RuleList rules;
+        AuthzRuleList rules;
         lock (_gate)
         {
             if (Refresh)
@@ -289,28 +411,12 @@ public sealed class ListFileAuthorization : TlsAuthorization
             rules = _rules;
         }
 
-        for (int i = 0; i < rules.Rules.Count; i++)
-        {
-            Rule rule = rules.Rules[i];
-            bool matches = rule.Glob ? GlobMatches(rule.Match, identity) : string.Equals(rule.Match, identity, StringComparison.Ordinal);
-            if (matches)
-            {
-                why = $"rule {i} of {FileName} ('{rule.Match}', {(rule.Glob ? "glob" : "exact")}) says {(rule.Allow ? "allow" : "deny")}";
-                return rule.Allow;
-            }
-        }
-
-        why = $"no rule of {FileName} matches; its policy is {(rules.DefaultAllow ? "allow" : "deny")}";
-        return rules.DefaultAllow;
+        return rules.IsAllowed(identity, FileName, out why);
     }
 
-    private sealed record Rule(string Match, bool Allow, bool Glob);
-
-    private sealed record RuleList(IReadOnlyList<Rule> Rules, bool DefaultAllow);
-
-    private static RuleList Read(string id, string path)
+    private static AuthzRuleList Read(string id, string path)
     {
-        string Problem(string what) => $"{ListFileType} '{id}': {path} {what}. Expected QEMU's format: {{\"rules\": [{{\"match\": \"CN=src.example\", \"policy\": \"allow\", \"format\": \"exact\"}}], \"policy\": \"deny\"}}.";
+        string Problem(string what) => $"{ListFileType} '{id}': {path} {what}. Expected QEMU's format: {AuthzRuleList.Example}.";
         string text;
         try
         {
@@ -324,62 +430,11 @@ public sealed class ListFileAuthorization : TlsAuthorization
         try
         {
             using var doc = JsonDocument.Parse(text);
-            JsonElement root = doc.RootElement;
-            if (root.ValueKind != JsonValueKind.Object)
-            {
-                throw new ArgumentException(Problem("is not a JSON object"));
-            }
-
-            bool defaultAllow = root.TryGetProperty("policy", out JsonElement policy) && Policy(policy, "policy");
-            var rules = new List<Rule>();
-            if (root.TryGetProperty("rules", out JsonElement list))
-            {
-                if (list.ValueKind != JsonValueKind.Array)
-                {
-                    throw new ArgumentException(Problem("has rules that are not a list"));
-                }
-
-                int n = 0;
-                foreach (JsonElement rule in list.EnumerateArray())
-                {
-                    string where = $"rules[{n++}]";
-                    if (rule.ValueKind != JsonValueKind.Object || !rule.TryGetProperty("match", out JsonElement match) || match.ValueKind != JsonValueKind.String)
-                    {
-                        throw new ArgumentException(Problem($"has {where} without a \"match\" string"));
-                    }
-
-                    if (!rule.TryGetProperty("policy", out JsonElement rulePolicy))
-                    {
-                        throw new ArgumentException(Problem($"has {where} without a \"policy\" (allow or deny)"));
-                    }
-
-                    bool glob = false;
-                    if (rule.TryGetProperty("format", out JsonElement format))
-                    {
-                        glob = format.ValueKind == JsonValueKind.String ? format.GetString() switch
-                        {
-                            "exact" => false,
-                            "glob" => true,
-                            _ => throw new ArgumentException(Problem($"has {where}.format '{format.GetString()}' (expected exact or glob)")),
-                        } : throw new ArgumentException(Problem($"has {where}.format that is not a string"));
-                    }
-
-                    rules.Add(new Rule(match.GetString()!, Policy(rulePolicy, where + ".policy"), glob));
-                }
-            }
-
-            return new RuleList(rules, defaultAllow);
+            return AuthzRuleList.Parse(doc.RootElement, Problem);
         }
         catch (JsonException ex)
         {
             throw new ArgumentException(Problem("is not valid JSON: " + ex.Message), ex);
         }
-
-        bool Policy(JsonElement value, string where) => value.ValueKind == JsonValueKind.String ? value.GetString() switch
-        {
-            "allow" => true,
-            "deny" => false,
-            _ => throw new ArgumentException(Problem($"has {where} '{value.GetString()}' (expected allow or deny)")),
-        } : throw new ArgumentException(Problem($"has {where} that is not a string"));
     }
 }

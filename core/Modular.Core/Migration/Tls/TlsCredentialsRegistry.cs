@@ -73,7 +73,7 @@ public sealed class TlsCredentialsRegistry
     public TlsAuthorization ResolveAuthorization(string id) =>
         _authorizations.TryGetValue(id, out TlsAuthorization? authorization)
             ? authorization
-            : throw new ArgumentException($"Authorization object '{id}' not found ({(_authorizations.IsEmpty ? "there are none; add an authz-simple or authz-listfile object" : "known: " + string.Join(", ", AuthorizationIds))})");
+            : throw new ArgumentException($"Authorization object '{id}' not found ({(_authorizations.IsEmpty ? "there are none; add an authz-simple, authz-list or authz-listfile object" : "known: " + string.Join(", ", AuthorizationIds))})");
 
     /// <summary>
     /// The credentials a migration uses for the tls-creds parameter <paramref name="id"/>, checked

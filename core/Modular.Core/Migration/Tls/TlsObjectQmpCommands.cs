@@ -4,8 +4,8 @@ using Modular.Core.Qmp;
 namespace Modular.Core.Migration.Tls;
 
 /// <summary>
-/// QEMU's object-add and object-del for the object types Modular has: tls-creds-x509, authz-simple
-/// and authz-listfile, with QEMU's flat arguments (<c>{"qom-type": "tls-creds-x509", "id": "tls0",
+/// QEMU's object-add and object-del for the object types Modular has: tls-creds-x509, authz-simple,
+/// authz-list (<c>policy</c>, <c>rules</c>) and authz-listfile, with QEMU's flat arguments (<c>{"qom-type": "tls-creds-x509", "id": "tls0",
 /// "dir": "/path", "endpoint": "server", "verify-peer": true}</c>, <c>{"qom-type": "authz-simple",
 /// "id": "auth0", "identity": "CN=src.example"}</c>, <c>{"qom-type": "authz-listfile", "id":
 /// "auth0", "filename": "/path/rules.json", "refresh": true}</c>) and QEMU's error texts where QEMU has them.
@@ -13,7 +13,7 @@ namespace Modular.Core.Migration.Tls;
 public static class TlsObjectQmpCommands
 {
     /// <summary>The arguments object-add takes: qom-type, id and the properties of each type.</summary>
-    private static readonly string[] ObjectAddParameters = ["qom-type", "id", "dir", "endpoint", "verify-peer", "sanity-check", "identity", "filename", "refresh"];
+    private static readonly string[] ObjectAddParameters = ["qom-type", "id", "dir", "endpoint", "verify-peer", "sanity-check", "identity", "filename", "refresh", "policy", "rules"];
 
     /// <summary>Adds object-add and object-del, which add to and remove from <paramref name="credentials"/>.</summary>
     /// <param name="commands">The QMP server's registry.</param>
@@ -22,7 +22,9 @@ public static class TlsObjectQmpCommands
     {
         ArgumentNullException.ThrowIfNull(commands);
         ArgumentNullException.ThrowIfNull(credentials);
-        commands.Register("object-add", ObjectAddParameters, (args, _) =>
+        // The argument names are checked here, after qom-type: an unsupported type is the thing to
+        // report even when it comes with properties of its own (QEMU's QAPI checks the type first too).
+        commands.Register("object-add", QmpCommandRegistry.AnyArguments, (args, _) =>
         {
             string type = args.GetString("qom-type");
             if (type != TlsCredentials.QomType && !TlsAuthorization.Types.Contains(type))
@@ -30,11 +32,17 @@ public static class TlsObjectQmpCommands
                 throw QmpException.Generic($"Object type '{type}' is not supported by Modular; supported: {TlsCredentials.QomType}, {string.Join(", ", TlsAuthorization.Types)}");
             }
 
+            if (args.Names.FirstOrDefault(name => !ObjectAddParameters.Contains(name)) is { } unknown)
+            {
+                throw QmpException.Generic($"Parameter '{unknown}' is unexpected");
+            }
+
             string[] foreign = type switch
             {
-                TlsAuthorization.SimpleType => ["dir", "endpoint", "verify-peer", "sanity-check", "filename", "refresh"],
-                TlsAuthorization.ListFileType => ["dir", "endpoint", "verify-peer", "sanity-check", "identity"],
-                _ => ["identity", "filename", "refresh"],
+                TlsAuthorization.SimpleType => ["dir", "endpoint", "verify-peer", "sanity-check", "filename", "refresh", "policy", "rules"],
+                TlsAuthorization.ListFileType => ["dir", "endpoint", "verify-peer", "sanity-check", "identity", "policy", "rules"],
+                TlsAuthorization.ListType => ["dir", "endpoint", "verify-peer", "sanity-check", "identity", "filename", "refresh"],
+                _ => ["identity", "filename", "refresh", "policy", "rules"],
             };
             if (foreign.FirstOrDefault(args.Has) is { } unexpected)
             {
@@ -104,6 +112,29 @@ public static class TlsObjectQmpCommands
                 ? given
                 : throw QmpException.Generic("Missing 'identity' property value"); // as QEMU's authz-simple
             authorization = new SimpleAuthorization(id, identity);
+        }
+        else if (type == TlsAuthorization.ListType)
+        {
+            // QEMU's authz-list properties: policy (allow or deny, default deny) and rules (a list).
+            var properties = new JsonObject();
+            if (args.Has("policy"))
+            {
+                properties["policy"] = args.GetEnum("policy", ["allow", "deny"]);
+            }
+
+            if (args.GetOptionalArray("rules") is { } rules)
+            {
+                properties["rules"] = rules.DeepClone();
+            }
+
+            try
+            {
+                authorization = ListAuthorization.Create(id, System.Text.Json.JsonSerializer.SerializeToElement(properties));
+            }
+            catch (ArgumentException ex)
+            {
+                throw QmpException.Generic(ex.Message);
+            }
         }
         else
         {
