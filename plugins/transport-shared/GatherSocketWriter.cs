@@ -27,7 +27,7 @@ internal sealed unsafe class GatherSocketWriter : PipeWriter, IGatherWriter, IVa
 {
     private const int ChunkSize = 64 * 1024;
     private const int MaxIovecs = SocketInterop.MaxIovecs;
-    private const int PollSlice = 100; // ms between checks for a cancel while the socket is full
+    private const int PollSlice = 10; // ms between checks for a cancel while the socket is full (a wait for room ends at once when room comes)
 
     private readonly Socket _socket;
     private readonly string _description;

@@ -20,7 +20,7 @@ internal sealed record BenchOptions(ulong MemoryBytes, IReadOnlyList<string> Tra
     public string QemuNote { get; init; } = "--qemu off";
 
     /// <summary>The scenario names <c>--scenarios</c> accepts, in the order they run.</summary>
-    public static IReadOnlyList<string> AllScenarios { get; } = ["idle", "dirtying", "multifd", "postcopy", "tls"];
+    public static IReadOnlyList<string> AllScenarios { get; } = ["idle", "dirtying", "multifd", "postcopy", "tls", "recovery"];
 
     /// <summary>The full run: 1 GiB guests over tcp and unix, 2 GiB through the plain sockets, every scenario.</summary>
     public static BenchOptions Default { get; } = new(1UL << 30, ["tcp", "unix"], 2UL << 30, AllScenarios);

@@ -28,7 +28,7 @@ internal static class MigrationBench
 
     private const int SocketRounds = 3;
 
-    private sealed record Scenario(string Key, string Name, string Kernel, char Ready, bool Postcopy = false, bool Multifd = false, bool Tls = false)
+    private sealed record Scenario(string Key, string Name, string Kernel, char Ready, bool Postcopy = false, bool Multifd = false, bool Tls = false, bool Recovery = false)
     {
         /// <summary>An idle guest in precopy: every page is sent once, so the row's figure is throughput.</summary>
         public bool MeasuresThroughput => Kernel == "fill-halt.elf" && !Postcopy;
@@ -39,6 +39,9 @@ internal static class MigrationBench
 
     private sealed record Outcome(string Status, double TotalMs, double DowntimeMs, double SetupMs, double Transferred, int Syncs, string? Error, long Requests = 0, JsonObject? Incoming = null, TimeSpan SourceCpu = default, TimeSpan DestinationCpu = default, TimeSpan SourceVcpuCpu = default, TimeSpan DestinationVcpuCpu = default, double DowntimeLimitMs = 0, double MaxBandwidth = 0, string Program = "Modular")
     {
+        /// <summary>The recovery row's figures (null for other rows, or when the migration ended before the pause).</summary>
+        public RecoveryFigures? Recovery { get; init; }
+
         /// <summary>Modular's fault-to-placement figures (x-modular-fault-latency) with the placement and the package-to-RUN time, from a postcopy destination.</summary>
         public JsonNode? FaultLatency
         {
@@ -63,7 +66,15 @@ internal static class MigrationBench
         new("multifd", "idle, multifd", "fill-halt.elf", 'F', Multifd: true),
         new("postcopy", "postcopy A/B", "ab-guest.elf", 'A', Postcopy: true),
         new("tls", "idle, TLS", "fill-halt.elf", 'F', Tls: true),
+        new("recovery", "postcopy, paused", "ab-guest.elf", 'A', Postcopy: true, Recovery: true),
     ];
+
+    /// <summary>
+    /// The recovery row: from migrate-pause on the source until both sides report postcopy-paused;
+    /// from migrate (resume) until the source is postcopy-active again; what was sent before the
+    /// pause and after the resume.
+    /// </summary>
+    private sealed record RecoveryFigures(double PauseMs, double ResumeMs, double BeforeBytes, double AfterBytes);
 
     /// <summary>A PKI in QEMU's tls-creds-x509 layout for the tls row, written once per run; both programs read it.</summary>
     private static string TlsDirectory(string directory)
@@ -226,6 +237,11 @@ internal static class MigrationBench
                             $"    destination's vCPUs started {l?["run-after-package-ms"]} ms after it had read the package (the guest runs nowhere for the downtime, the package's transfer and this)"));
                     }
 
+                    if (scenario.Recovery)
+                    {
+                        await output.WriteLineAsync(RecoveryLine(outcome));
+                    }
+
                     if (outcome.Error is not null)
                     {
                         await output.WriteLineAsync("    " + outcome.Error);
@@ -274,6 +290,11 @@ internal static class MigrationBench
             common = [.. common, "--set", "migration.capabilities.multifd=true"];
         }
 
+        if (scenario.Recovery)
+        {
+            common = [.. common, "--set", "migration.capabilities.x-modular-postcopy-recovery=true"];
+        }
+
         string[] destinationArguments = scenario.Postcopy
             ? [.. common, "--set", "migration.capabilities.postcopy-ram=true", "--set", "migration.capabilities.postcopy-preempt=true", "--set", "migration.capabilities.postcopy-blocktime=true"]
             : common;
@@ -314,7 +335,8 @@ internal static class MigrationBench
         }
 
         JsonNode? parameters = await source.Qmp.ExecuteAsync("query-migrate-parameters");
-        return await RunMigrationAsync(source, destination, uri, scenario, Number(parameters?["downtime-limit"]), Number(parameters?["max-bandwidth"]), MigrationTimeout);
+        string recoverUri = transport == "unix" ? "unix:" + Path.Combine(directory, $"rec{n}.sock") : $"{transport}:127.0.0.1:{FreeTcpPort()}";
+        return await RunMigrationAsync(source, destination, uri, scenario, Number(parameters?["downtime-limit"]), Number(parameters?["max-bandwidth"]), MigrationTimeout, recoverUri);
     }
 
     /// <summary>
@@ -347,7 +369,8 @@ internal static class MigrationBench
             ["downtime-limit"] = (long)modular.DowntimeLimitMs,
             ["max-bandwidth"] = modular.MaxBandwidth > 0 ? (long)modular.MaxBandwidth : UnlimitedForQemu,
         });
-        Outcome outcome = await RunMigrationAsync(source, destination, uri, scenario, modular.DowntimeLimitMs, modular.MaxBandwidth, QemuMigrationTimeout);
+        string recoverUri = transport == "unix" ? "unix:" + Path.Combine(directory, $"qrec{n}.sock") : $"tcp:127.0.0.1:{FreeTcpPort()}";
+        Outcome outcome = await RunMigrationAsync(source, destination, uri, scenario, modular.DowntimeLimitMs, modular.MaxBandwidth, QemuMigrationTimeout, recoverUri);
         return outcome with { Program = "QEMU " + source.Version };
     }
 
@@ -384,7 +407,7 @@ internal static class MigrationBench
     }
 
     /// <summary>Starts the migration on <paramref name="source"/> (and postcopy at once, for a postcopy row), then polls until it ends.</summary>
-    private static async Task<Outcome> RunMigrationAsync(GuestChild source, GuestChild destination, string uri, Scenario scenario, double downtimeLimitMs, double maxBandwidth, TimeSpan timeout)
+    private static async Task<Outcome> RunMigrationAsync(GuestChild source, GuestChild destination, string uri, Scenario scenario, double downtimeLimitMs, double maxBandwidth, TimeSpan timeout, string recoverUri)
     {
         TimeSpan sourceCpu = source.CpuTime;
         TimeSpan destinationCpu = destination.CpuTime;
@@ -397,10 +420,20 @@ internal static class MigrationBench
         }
 
         var clock = Stopwatch.StartNew();
+        RecoveryFigures? recovery = null;
+        bool pauseDue = scenario.Recovery;
         while (true)
         {
             JsonObject info = await source.QueryMigrateAsync();
             string status = info["status"]?.GetValue<string>() ?? "none";
+            if (pauseDue && status == "postcopy-active" && Number(info["ram"]?["transferred"]) > Number(info["ram"]?["total"]) / 4)
+            {
+                // A quarter of RAM sent in postcopy: pause, as a failed link would, and recover.
+                pauseDue = false;
+                recovery = await PauseAndRecoverAsync(source, destination, recoverUri, Number(info["ram"]?["transferred"]));
+                continue;
+            }
+
             if (status is "completed" or "failed" or "cancelled" || clock.Elapsed > timeout)
             {
                 sourceCpu = source.CpuTime - sourceCpu;
@@ -426,6 +459,11 @@ internal static class MigrationBench
                     }
                 }
 
+                if (recovery is not null)
+                {
+                    recovery = recovery with { AfterBytes = Number(ram?["transferred"]) - recovery.AfterBytes };
+                }
+
                 return new Outcome(
                     status,
                     Number(info["total-time"]),
@@ -441,10 +479,51 @@ internal static class MigrationBench
                     sourceVcpuCpu,
                     destinationVcpuCpu,
                     downtimeLimitMs,
-                    maxBandwidth);
+                    maxBandwidth) { Recovery = recovery };
             }
 
             await Task.Delay(20);
+        }
+    }
+
+    /// <summary>
+    /// The recovery row (QMP that QEMU and Modular share): migrate-pause on the source, both sides
+    /// postcopy-paused, migrate-recover on the destination, migrate with resume on the source, until
+    /// the source is postcopy-active again. AfterBytes holds the bytes sent at the resume, until the
+    /// caller subtracts them from the final figure.
+    /// </summary>
+    private static async Task<RecoveryFigures> PauseAndRecoverAsync(GuestChild source, GuestChild destination, string recoverUri, double sentBefore)
+    {
+        var clock = Stopwatch.StartNew();
+        await source.Qmp.ExecuteAsync("migrate-pause");
+        await WaitForStatusAsync(source, "postcopy-paused");
+        await WaitForStatusAsync(destination, "postcopy-paused");
+        double pauseMs = clock.Elapsed.TotalMilliseconds;
+        await destination.Qmp.ExecuteAsync("migrate-recover", new JsonObject { ["uri"] = recoverUri });
+        clock.Restart();
+        await source.Qmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = recoverUri, ["resume"] = true });
+        JsonObject resumed = await WaitForStatusAsync(source, "postcopy-active", "completed");
+        return new RecoveryFigures(pauseMs, clock.Elapsed.TotalMilliseconds, sentBefore, Number(resumed["ram"]?["transferred"]));
+    }
+
+    private static async Task<JsonObject> WaitForStatusAsync(GuestChild child, params string[] wanted)
+    {
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            JsonObject info = await child.QueryMigrateAsync();
+            string status = info["status"]?.GetValue<string>() ?? "none";
+            if (wanted.Contains(status))
+            {
+                return info;
+            }
+
+            if (status is "failed" or "cancelled" || clock.Elapsed > TimeSpan.FromSeconds(30))
+            {
+                throw new InvalidOperationException($"the recovery row waited for {string.Join(" or ", wanted)} and found {status}: {info.ToJsonString()}");
+            }
+
+            await Task.Delay(2);
         }
     }
 
@@ -469,7 +548,17 @@ internal static class MigrationBench
             yield return string.Create(c,
                 $"    QEMU's postcopy: {qemu.Requests} page requests, its vCPU blocked {blocktime:F0} ms in all{(qemu.Requests > 0 ? $" ({blocktime / qemu.Requests:F2} ms per request)" : "")}; Modular's: {Number(modular.Incoming?["postcopy-blocktime"]):F0} ms over {modular.Requests}");
         }
+
+        if (scenario.Recovery)
+        {
+            yield return RecoveryLine(qemu);
+        }
     }
+
+    private static string RecoveryLine(Outcome outcome) => outcome.Recovery is not { } r
+        ? $"    {outcome.Program}'s recovery: not measured (the migration {outcome.Status} before a quarter of RAM had been sent in postcopy)"
+        : string.Create(CultureInfo.InvariantCulture,
+            $"    {outcome.Program}'s recovery: paused (migrate-pause to both sides postcopy-paused) in {r.PauseMs:F1} ms; resumed (migrate resume=true to postcopy-active) in {r.ResumeMs:F1} ms; {r.BeforeBytes / 1e6:F0} MB sent before the pause, {r.AfterBytes / 1e6:F0} MB after the resume");
 
     private static double Number(JsonNode? node) => node is null ? 0 : node.GetValue<double>();
 

@@ -5,12 +5,12 @@ using Modular.Core.Config;
 
 namespace Modular.Cli.Commands;
 
-/// <summary><c>modular bench [--memory 1G] [--transports tcp,unix] [--scenarios idle,dirtying,multifd,postcopy,tls] [--quick] [--set KEY=VALUE]... [--keep-logs DIR] [--qemu auto|off|PATH]</c>: the migration benchmark.</summary>
+/// <summary><c>modular bench [--memory 1G] [--transports tcp,unix] [--scenarios idle,dirtying,multifd,postcopy,tls,recovery] [--quick] [--set KEY=VALUE]... [--keep-logs DIR] [--qemu auto|off|PATH]</c>: the migration benchmark.</summary>
 internal static class BenchCommand
 {
     private static readonly Option<string?> MemoryOption = new("--memory") { Description = "Guest RAM of the migrated guests (default 1G; 256M with --quick)." };
     private static readonly Option<string?> TransportsOption = new("--transports") { Description = "Comma-separated transports to migrate over (default tcp,unix)." };
-    private static readonly Option<string?> ScenariosOption = new("--scenarios") { Description = "Comma-separated migration rows to run: idle, dirtying, multifd (the idle guest with the multifd capability), postcopy, tls (the idle guest with every channel in TLS) (default all)." };
+    private static readonly Option<string?> ScenariosOption = new("--scenarios") { Description = "Comma-separated migration rows to run: idle, dirtying, multifd (the idle guest with the multifd capability), postcopy, tls (the idle guest with every channel in TLS), recovery (postcopy paused with migrate-pause after a quarter of RAM and recovered; the same QMP runs QEMU's recovery) (default all)." };
     private static readonly Option<bool> QuickOption = new("--quick") { Description = "A short run: 256 MiB guests, 512 MiB through the plain sockets." };
     private static readonly Option<string[]> SetOption = new("--set") { Description = "A config override KEY=VALUE for every migrated guest's process, both sides (repeatable), e.g. machine.memory-backend=anonymous.", AllowMultipleArgumentsPerToken = false, Arity = ArgumentArity.ZeroOrMore };
     private static readonly Option<string?> KeepLogsOption = new("--keep-logs") { Description = "Keep each process's Debug log in this directory (created if missing)." };

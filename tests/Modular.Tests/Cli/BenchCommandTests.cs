@@ -89,4 +89,16 @@ public sealed class BenchCommandTests
         StringAssert.Contains(result.StdOut, "QEMU, the same migration: could not run (/bin/true (qdst");
         StringAssert.Contains(result.StdOut, "the remaining rows run without QEMU");
     }
+
+    [TestMethod]
+    public void TheRecoveryRow_PausesAndResumesPostcopy_AndSaysHowLongEachTook()
+    {
+        Machine.MachineTesting.RequireKvm();
+        CliProcess.Result result = CliProcess.Run(TimeSpan.FromMinutes(3),
+            "bench", "--quick", "--memory", "512M", "--transports", "unix", "--scenarios", "recovery", "--qemu", "off");
+
+        Assert.AreEqual(0, result.ExitCode, result.StdOut + result.StdErr);
+        StringAssert.Matches(result.StdOut, new System.Text.RegularExpressions.Regex(@"unix\s+postcopy, paused\s+completed"), result.StdOut);
+        StringAssert.Matches(result.StdOut, new System.Text.RegularExpressions.Regex(@"Modular's recovery: paused \(migrate-pause to both sides postcopy-paused\) in [0-9.]+ ms; resumed \(migrate resume=true to postcopy-active\) in [0-9.]+ ms; [0-9]+ MB sent before the pause, [0-9]+ MB after the resume"), result.StdOut);
+    }
 }

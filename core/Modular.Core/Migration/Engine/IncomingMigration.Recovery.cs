@@ -74,6 +74,7 @@ public sealed partial class IncomingMigration
         }
 
         _pauseRequested = true;
+        _logger.LogInformation("Incoming postcopy migration: migrate-pause, ending the connection");
         _connection?.Abort(new IOException("paused by migrate-pause"));
         return true;
     }

@@ -76,6 +76,7 @@ public sealed partial class OutgoingMigration
         }
 
         _pauseRequested = true;
+        _logger.LogInformation("Postcopy migration to {Endpoint}: migrate-pause, ending the connection", _endpoint);
         _connection?.Abort(new IOException("paused by migrate-pause"));
         return true;
     }
