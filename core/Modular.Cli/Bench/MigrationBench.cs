@@ -1,9 +1,7 @@
-using Modular.Cli.Children;
 using System.Diagnostics;
 using System.Globalization;
-using System.Net;
-using System.Net.Sockets;
 using System.Text.Json.Nodes;
+using Modular.Cli.Children;
 using Modular.Core.Config;
 using Modular.Core.Memory;
 using Modular.Core.Migration.Tls;
@@ -335,7 +333,7 @@ internal static class MigrationBench
         }
 
         JsonNode? parameters = await source.Qmp.ExecuteAsync("query-migrate-parameters");
-        string recoverUri = transport == "unix" ? "unix:" + Path.Combine(directory, $"rec{n}.sock") : $"{transport}:127.0.0.1:{FreeTcpPort()}";
+        string recoverUri = transport == "unix" ? "unix:" + Path.Combine(directory, $"rec{n}.sock") : $"{transport}:127.0.0.1:{LoopbackPort.Free()}";
         return await RunMigrationAsync(source, destination, uri, scenario, Number(parameters?["downtime-limit"]), Number(parameters?["max-bandwidth"]), MigrationTimeout, recoverUri);
     }
 
@@ -346,7 +344,7 @@ internal static class MigrationBench
     /// </summary>
     private static async Task<Outcome> MigrateQemuAsync(string qemu, string transport, Scenario scenario, BenchOptions options, string directory, int n, Outcome modular)
     {
-        string uri = transport == "unix" ? "unix:" + Path.Combine(directory, $"qmig{n}.sock") : $"tcp:127.0.0.1:{FreeTcpPort()}";
+        string uri = transport == "unix" ? "unix:" + Path.Combine(directory, $"qmig{n}.sock") : $"tcp:127.0.0.1:{LoopbackPort.Free()}";
         await using QemuChild destination = await QemuChild.StartAsync(qemu, directory, $"qdst{n}", scenario.Kernel, options.MemoryBytes, incomingDefer: true);
         await using QemuChild source = await QemuChild.StartAsync(qemu, directory, $"qsrc{n}", scenario.Kernel, options.MemoryBytes, incomingDefer: false);
         using var keepLogs = new LogKeeper(options.LogDirectory, $"{transport}-{scenario.Key}-qemu", source, destination);
@@ -369,7 +367,7 @@ internal static class MigrationBench
             ["downtime-limit"] = (long)modular.DowntimeLimitMs,
             ["max-bandwidth"] = modular.MaxBandwidth > 0 ? (long)modular.MaxBandwidth : UnlimitedForQemu,
         });
-        string recoverUri = transport == "unix" ? "unix:" + Path.Combine(directory, $"qrec{n}.sock") : $"tcp:127.0.0.1:{FreeTcpPort()}";
+        string recoverUri = transport == "unix" ? "unix:" + Path.Combine(directory, $"qrec{n}.sock") : $"tcp:127.0.0.1:{LoopbackPort.Free()}";
         Outcome outcome = await RunMigrationAsync(source, destination, uri, scenario, modular.DowntimeLimitMs, modular.MaxBandwidth, QemuMigrationTimeout, recoverUri);
         return outcome with { Program = "QEMU " + source.Version };
     }
@@ -399,12 +397,6 @@ internal static class MigrationBench
         return new JsonObject { ["capabilities"] = list };
     }
 
-    private static int FreeTcpPort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
 
     /// <summary>Starts the migration on <paramref name="source"/> (and postcopy at once, for a postcopy row), then polls until it ends.</summary>
     private static async Task<Outcome> RunMigrationAsync(GuestChild source, GuestChild destination, string uri, Scenario scenario, double downtimeLimitMs, double maxBandwidth, TimeSpan timeout, string recoverUri)

@@ -173,7 +173,7 @@ internal static class DemoRunner
             return paused;
         }
 
-        string recover = options.Transport == "unix" ? "unix:" + Path.Combine(work, "recover.sock") : $"tcp:127.0.0.1:{FreeTcpPort()}";
+        string recover = options.Transport == "unix" ? "unix:" + Path.Combine(work, "recover.sock") : $"tcp:127.0.0.1:{LoopbackPort.Free()}";
         await dst.ExecuteAsync("migrate-recover", new JsonObject { ["uri"] = recover }, cancellationToken);
         await output.WriteLineAsync($"  destination: migrate-recover {recover}; source: migrate {recover} resume=true");
         return await MigrationMonitor.MigrateAsync(src, recover, postcopy: false, output, cancellationToken, resume: true);
@@ -199,12 +199,6 @@ internal static class DemoRunner
         }
     }
 
-    private static int FreeTcpPort()
-    {
-        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        listener.Start();
-        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
-    }
 
     private static async Task<string> WaitForSerialAsync(string path, Func<string, bool> done, TimeSpan timeout, CancellationToken cancellationToken)
     {

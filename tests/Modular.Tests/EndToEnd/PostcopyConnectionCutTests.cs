@@ -210,7 +210,7 @@ public sealed class PostcopyConnectionCutTests
         await pair.SourceQmp.WaitForEventAsync(e => e.Name == "MIGRATION" && e.Data?["status"]?.ToString() == "postcopy-paused", "MIGRATION postcopy-paused", TimeSpan.FromSeconds(5));
 
         // A resume to where nobody listens fails and pauses again, saying why.
-        string nobody = $"tcp:127.0.0.1:{FreeTcpPort()}";
+        string nobody = $"tcp:127.0.0.1:{PostcopyPair.FreeTcpPort()}";
         await pair.SourceQmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = nobody, ["resume"] = true });
         source = await PostcopyPair.WaitForAsync(pair.SourceQmp, r => r["x-modular-postcopy-pause-reason"]?.ToString().Contains(nobody, StringComparison.Ordinal) == true, TimeSpan.FromSeconds(30), "the source to pause again after a failed resume");
         Assert.AreEqual("postcopy-paused", PostcopyPair.Status(source), source.ToJsonString());
@@ -221,7 +221,7 @@ public sealed class PostcopyConnectionCutTests
         {
             // The recovered connection fails too (the cut transport again, after as many bytes): both
             // sides pause again after one recovery, and the received bitmaps are exchanged a second time.
-            int first = FreeTcpPort();
+            int first = PostcopyPair.FreeTcpPort();
             await pair.DestinationQmp.ExecuteAsync("migrate-recover", new JsonObject { ["uri"] = $"tcp:127.0.0.1:{first}" });
             await pair.SourceQmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = $"cut:127.0.0.1:{first}", ["resume"] = true });
             source = await PostcopyPair.WaitForAsync(pair.SourceQmp, r => r["x-modular-postcopy-recoveries"]?.GetValue<long>() == 1 && PostcopyPair.Status(r) is "postcopy-paused" || PostcopyPair.Status(r) is "completed" or "failed", TimeSpan.FromSeconds(60), "the source to pause a second time");
@@ -232,7 +232,7 @@ public sealed class PostcopyConnectionCutTests
         }
 
         // The destination listens again; the source resumes there over plain tcp.
-        int port = FreeTcpPort();
+        int port = PostcopyPair.FreeTcpPort();
         string recoverUri = $"tcp:127.0.0.1:{port}";
         await pair.DestinationQmp.ExecuteAsync("migrate-recover", new JsonObject { ["uri"] = recoverUri });
         QmpErrorException twice = await Assert.ThrowsExactlyAsync<QmpErrorException>(() => pair.DestinationQmp.ExecuteAsync("migrate-recover", new JsonObject { ["uri"] = "tcp:127.0.0.1:0" }));
@@ -257,10 +257,4 @@ public sealed class PostcopyConnectionCutTests
         TestContext.WriteLine("destination stderr: " + pair.DestinationStderr);
     }
 
-    private static int FreeTcpPort()
-    {
-        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        listener.Start();
-        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
-    }
 }

@@ -95,6 +95,14 @@ internal sealed class PostcopyPair : IAsyncDisposable
         return pair;
     }
 
+    /// <summary>A free loopback tcp port, for a migrate-recover URI (QEMU's migrate-recover does not report a port 0 bound).</summary>
+    public static int FreeTcpPort()
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+    }
+
     /// <summary>Sets capabilities on both sides.</summary>
     public async Task SetCapabilitiesAsync(params string[] names)
     {

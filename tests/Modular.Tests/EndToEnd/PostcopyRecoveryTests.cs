@@ -95,18 +95,7 @@ public sealed class PostcopyRecoveryTests
     {
         string pki = Path.Combine(TestPluginCompiler.TempDirectory("recovery-pki"), "pki");
         Core.Migration.Tls.TlsCredentialsWriter.Write(pki, ["localhost", "127.0.0.1"], TimeSpan.FromDays(1));
-        await using PostcopyPair pair = await PostcopyPair.StartAsync("tcp:127.0.0.1:0", destinationArgs:
-        [
-            "--set", "objects[0].qom-type=tls-creds-x509",
-            "--set", "objects[0].id=tls0",
-            "--set", "objects[0].dir=" + pki,
-            "--set", "objects[0].endpoint=server",
-            "--set", "migration.parameters.tls-creds=tls0",
-            "--set", "objects[1].qom-type=authz-simple",
-            "--set", "objects[1].id=auth0",
-            "--set", "objects[1].identity=CN=Modular migration source",
-            "--set", "migration.parameters.tls-authz=auth0",
-        ]);
+        await using PostcopyPair pair = await PostcopyPair.StartAsync("tcp:127.0.0.1:0", destinationArgs: TlsEndToEndTests.DestinationArguments(pki));
         await pair.SourceQmp.ExecuteAsync("object-add", new JsonObject { ["qom-type"] = "tls-creds-x509", ["id"] = "tls0", ["dir"] = pki, ["endpoint"] = "client" });
         await pair.SourceQmp.ExecuteAsync("migrate-set-parameters", JsonNode.Parse("""{ "tls-creds": "tls0", "max-postcopy-bandwidth": 25165824 }""")!.AsObject());
 
@@ -130,7 +119,7 @@ public sealed class PostcopyRecoveryTests
         QmpErrorException again = await Assert.ThrowsExactlyAsync<QmpErrorException>(() => pair.SourceQmp.ExecuteAsync("migrate-pause"));
         StringAssert.Contains(again.Message, "only supported during postcopy-active or postcopy-recover state");
 
-        string recoverUri = $"tcp:127.0.0.1:{FreeTcpPort()}";
+        string recoverUri = $"tcp:127.0.0.1:{PostcopyPair.FreeTcpPort()}";
         await pair.DestinationQmp.ExecuteAsync("migrate-recover", new JsonObject { ["uri"] = recoverUri });
         await pair.SourceQmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = recoverUri, ["resume"] = true });
         source = await PostcopyPair.WaitForAsync(pair.SourceQmp, r => PostcopyPair.Status(r) is "completed" or "failed", TimeSpan.FromSeconds(90), "the source to complete after the recovery");
@@ -182,12 +171,6 @@ public sealed class PostcopyRecoveryTests
         }
     }
 
-    private static int FreeTcpPort()
-    {
-        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        listener.Start();
-        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
-    }
 
     /// <summary>Whether <c>ss -K</c> can destroy sockets here (iproute2, CAP_NET_ADMIN, a kernel with INET_DIAG_DESTROY): tried on a loopback connection of our own.</summary>
     private static bool CanDestroySockets(out string why)

@@ -41,25 +41,30 @@ public sealed class TlsEndToEndTests
         await PrecopyEndToEndTests.AssertGuestContinuesAsync(pair.Destination);
     }
 
+    /// <summary>
+    /// A TLS destination's config overrides: server credentials tls0 from <paramref name="pki"/> and
+    /// tls-authz auth0, which lets in only the source certificate TlsCredentialsWriter issues.
+    /// </summary>
+    internal static string[] DestinationArguments(string pki) =>
+    [
+        "--set", "objects[0].qom-type=tls-creds-x509",
+        "--set", "objects[0].id=tls0",
+        "--set", "objects[0].dir=" + pki,
+        "--set", "objects[0].endpoint=server",
+        "--set", "migration.parameters.tls-creds=tls0",
+        "--set", "objects[1].qom-type=authz-simple",
+        "--set", "objects[1].id=auth0",
+        "--set", "objects[1].identity=CN=Modular migration source",
+        "--set", "migration.parameters.tls-authz=auth0",
+    ];
+
     /// <summary>Both processes, with TLS set up on each side, the source's guest running.</summary>
     private static async Task StartInTlsAsync(MigrationPair pair, string scheme)
     {
         string pki = pair.PathFor("pki");
         TlsCredentialsWriter.Write(pki, ["localhost", "127.0.0.1"], TimeSpan.FromDays(1));
         string listen = scheme == "tcp" ? "tcp:127.0.0.1:0" : "unix:" + pair.PathFor("mig.sock");
-        await pair.StartDestinationAsync(listen, extra:
-        [
-            "--set", "objects[0].qom-type=tls-creds-x509",
-            "--set", "objects[0].id=tls0",
-            "--set", "objects[0].dir=" + pki,
-            "--set", "objects[0].endpoint=server",
-            "--set", "migration.parameters.tls-creds=tls0",
-            // Only the source certificate TlsCredentialsWriter issues may come in (tls-authz).
-            "--set", "objects[1].qom-type=authz-simple",
-            "--set", "objects[1].id=auth0",
-            "--set", "objects[1].identity=CN=Modular migration source",
-            "--set", "migration.parameters.tls-authz=auth0",
-        ]);
+        await pair.StartDestinationAsync(listen, extra: DestinationArguments(pki));
         await pair.StartSourceAsync();
         await pair.Source.Qmp.ExecuteAsync("object-add", new JsonObject
         {
