@@ -418,9 +418,9 @@ internal static class MigrationBench
         {
             JsonObject info = await source.QueryMigrateAsync();
             string status = info["status"]?.GetValue<string>() ?? "none";
-            if (pauseDue && status == "postcopy-active" && Number(info["ram"]?["transferred"]) > Number(info["ram"]?["total"]) / 4)
+            if (pauseDue && status == "postcopy-active" && Number(info["ram"]?["transferred"]) > Number(info["ram"]?["total"]) / 8)
             {
-                // A quarter of RAM sent in postcopy: pause, as a failed link would, and recover.
+                // An eighth of RAM sent in postcopy: pause, as a failed link would, and recover.
                 pauseDue = false;
                 recovery = await PauseAndRecoverAsync(source, destination, recoverUri, Number(info["ram"]?["transferred"]));
                 continue;
@@ -484,10 +484,23 @@ internal static class MigrationBench
     /// the source is postcopy-active again. AfterBytes holds the bytes sent at the resume, until the
     /// caller subtracts them from the final figure.
     /// </summary>
-    private static async Task<RecoveryFigures> PauseAndRecoverAsync(GuestChild source, GuestChild destination, string recoverUri, double sentBefore)
+    private static async Task<RecoveryFigures?> PauseAndRecoverAsync(GuestChild source, GuestChild destination, string recoverUri, double sentBefore)
     {
         var clock = Stopwatch.StartNew();
-        await source.Qmp.ExecuteAsync("migrate-pause");
+        try
+        {
+            await source.Qmp.ExecuteAsync("migrate-pause");
+        }
+        catch (QmpErrorException)
+        {
+            if ((await source.QueryMigrateAsync())["status"]?.GetValue<string>() == "completed")
+            {
+                return null; // it ended between the poll and the pause: nothing to measure
+            }
+
+            throw;
+        }
+
         await WaitForStatusAsync(source, "postcopy-paused");
         await WaitForStatusAsync(destination, "postcopy-paused");
         double pauseMs = clock.Elapsed.TotalMilliseconds;
@@ -548,7 +561,7 @@ internal static class MigrationBench
     }
 
     private static string RecoveryLine(Outcome outcome) => outcome.Recovery is not { } r
-        ? $"    {outcome.Program}'s recovery: not measured (the migration {outcome.Status} before a quarter of RAM had been sent in postcopy)"
+        ? $"    {outcome.Program}'s recovery: not measured (the migration was {outcome.Status} before it could be paused)"
         : string.Create(CultureInfo.InvariantCulture,
             $"    {outcome.Program}'s recovery: paused (migrate-pause to both sides postcopy-paused) in {r.PauseMs:F1} ms; resumed (migrate resume=true to postcopy-active) in {r.ResumeMs:F1} ms; {r.BeforeBytes / 1e6:F0} MB sent before the pause, {r.AfterBytes / 1e6:F0} MB after the resume");
 
