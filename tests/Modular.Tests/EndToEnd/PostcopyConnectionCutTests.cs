@@ -176,6 +176,42 @@ public sealed class PostcopyConnectionCutTests
         await RecoverAfterCutAsync(["--set", "machine.hugepages=true"]);
     }
 
+    /// <summary>
+    /// The operator's CLI meets the pause: <c>modular migrate --postcopy --postcopy-recovery</c> stops
+    /// at postcopy-paused instead of waiting forever, says why and what to run next, and exits 1; the
+    /// recovery then goes on with the printed commands.
+    /// </summary>
+    [TestMethod]
+    public async Task CliMigrate_StopsAtThePause_AndSaysWhatToRunNext()
+    {
+        string plugins = TestPluginCompiler.TempDirectory("cut-plugin");
+        TestPluginCompiler.Compile(Path.Combine(plugins, "cut"), "Modular.Tests.CutTransport", CutTransportSource);
+        await using PostcopyPair pair = await PostcopyPair.StartAsync(
+            "tcp:127.0.0.1:0",
+            sourceEnvironment: new Dictionary<string, string> { ["MODULAR_TEST_CUT_AFTER"] = (100L << 20).ToString(System.Globalization.CultureInfo.InvariantCulture) },
+            extraArgs: ["--plugins", plugins]);
+        await pair.DestinationQmp.ExecuteAsync("migrate-set-capabilities", JsonNode.Parse("""{ "capabilities": [ { "capability": "postcopy-ram", "state": true }, { "capability": "x-modular-postcopy-recovery", "state": true } ] }""")!.AsObject());
+        await PostcopyEndToEndTests.WaitForSerialAsync(pair.SourceSerial, 'A', TimeSpan.FromSeconds(30));
+        string sourceSocket = Path.Combine(pair.Directory, "src.sock");
+
+        CliProcess.Result paused = await Task.Run(() => CliProcess.Run(TimeSpan.FromMinutes(2), "migrate", "--qmp", sourceSocket, "--postcopy", "--postcopy-recovery", "cut:" + pair.IncomingUri["tcp:".Length..]));
+
+        TestContext.WriteLine(paused.StdOut + paused.StdErr);
+        Assert.AreEqual(1, paused.ExitCode, "a paused migration is not a completed one: " + paused.StdOut + paused.StdErr);
+        StringAssert.Contains(paused.StdOut, "status:       postcopy-paused");
+        StringAssert.Contains(paused.StdOut, "paused:       the cut test transport cut the connection.");
+        StringAssert.Contains(paused.StdOut, "next:         on the destination, modular migrate-recover --qmp SOCKET URI; then here, modular migrate --qmp SOCKET --resume URI");
+
+        string recoverUri = $"tcp:127.0.0.1:{PostcopyPair.FreeTcpPort()}";
+        CliProcess.Result recover = await Task.Run(() => CliProcess.Run(TimeSpan.FromMinutes(1), "migrate-recover", "--qmp", Path.Combine(pair.Directory, "dst.sock"), recoverUri));
+        Assert.AreEqual(0, recover.ExitCode, recover.StdOut + recover.StdErr);
+        CliProcess.Result resumed = await Task.Run(() => CliProcess.Run(TimeSpan.FromMinutes(2), "migrate", "--qmp", sourceSocket, "--resume", recoverUri));
+        Assert.AreEqual(0, resumed.ExitCode, resumed.StdOut + resumed.StdErr);
+        StringAssert.Contains(resumed.StdOut, "status:       completed");
+        AbRamCheckResult check = await pair.CheckDestinationRamAsync(PostcopyEndToEndTests.Memory);
+        Assert.IsTrue(check.Passed, check.Message);
+    }
+
     /// <param name="extraArgs">Extra arguments for both processes.</param>
     /// <param name="cutTwice">Resume once over the cut transport too, which cuts the recovered connection as well: both sides pause again, and a second recovery completes.</param>
     private async Task RecoverAfterCutAsync(string[] extraArgs, bool cutTwice = false)
