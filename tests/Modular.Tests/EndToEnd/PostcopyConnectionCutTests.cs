@@ -119,17 +119,22 @@ public sealed class PostcopyConnectionCutTests
 
     public TestContext TestContext { get; set; } = null!;
 
-    [TestMethod]
-    public async Task ConnectionCutDuringPostcopy_BothSidesFail_DestinationExits_SourceKeepsStoppedGuest()
+    /// <summary>The pair, with the cut transport compiled into a plugin folder both processes load; the source's connections are cut after <paramref name="cutAfter"/> bytes each.</summary>
+    private static Task<PostcopyPair> StartCutPairAsync(long cutAfter, IReadOnlyList<string>? extraArgs = null)
     {
         string plugins = TestPluginCompiler.TempDirectory("cut-plugin");
         TestPluginCompiler.Compile(Path.Combine(plugins, "cut"), "Modular.Tests.CutTransport", CutTransportSource);
-
-        // 100 MiB: well past the package (postcopy starts at once) and well before the 256 MiB of RAM.
-        await using PostcopyPair pair = await PostcopyPair.StartAsync(
+        return PostcopyPair.StartAsync(
             "tcp:127.0.0.1:0",
-            sourceEnvironment: new Dictionary<string, string> { ["MODULAR_TEST_CUT_AFTER"] = (100L << 20).ToString(System.Globalization.CultureInfo.InvariantCulture) },
-            extraArgs: ["--plugins", plugins]);
+            sourceEnvironment: new Dictionary<string, string> { ["MODULAR_TEST_CUT_AFTER"] = cutAfter.ToString(System.Globalization.CultureInfo.InvariantCulture) },
+            extraArgs: ["--plugins", plugins, .. extraArgs ?? []]);
+    }
+
+    [TestMethod]
+    public async Task ConnectionCutDuringPostcopy_BothSidesFail_DestinationExits_SourceKeepsStoppedGuest()
+    {
+        // 100 MiB: well past the package (postcopy starts at once) and well before the 256 MiB of RAM.
+        await using PostcopyPair pair = await StartCutPairAsync(100L << 20);
         await pair.SetCapabilitiesAsync("events", "postcopy-ram");
         await PostcopyEndToEndTests.WaitForSerialAsync(pair.SourceSerial, 'A', TimeSpan.FromSeconds(30));
         string uri = "cut:" + pair.IncomingUri["tcp:".Length..];
@@ -184,12 +189,7 @@ public sealed class PostcopyConnectionCutTests
     [TestMethod]
     public async Task CliMigrate_StopsAtThePause_AndSaysWhatToRunNext()
     {
-        string plugins = TestPluginCompiler.TempDirectory("cut-plugin");
-        TestPluginCompiler.Compile(Path.Combine(plugins, "cut"), "Modular.Tests.CutTransport", CutTransportSource);
-        await using PostcopyPair pair = await PostcopyPair.StartAsync(
-            "tcp:127.0.0.1:0",
-            sourceEnvironment: new Dictionary<string, string> { ["MODULAR_TEST_CUT_AFTER"] = (100L << 20).ToString(System.Globalization.CultureInfo.InvariantCulture) },
-            extraArgs: ["--plugins", plugins]);
+        await using PostcopyPair pair = await StartCutPairAsync(100L << 20);
         await pair.DestinationQmp.ExecuteAsync("migrate-set-capabilities", JsonNode.Parse("""{ "capabilities": [ { "capability": "postcopy-ram", "state": true }, { "capability": "x-modular-postcopy-recovery", "state": true } ] }""")!.AsObject());
         await PostcopyEndToEndTests.WaitForSerialAsync(pair.SourceSerial, 'A', TimeSpan.FromSeconds(30));
         string sourceSocket = Path.Combine(pair.Directory, "src.sock");
@@ -216,14 +216,8 @@ public sealed class PostcopyConnectionCutTests
     /// <param name="cutTwice">Resume once over the cut transport too, which cuts the recovered connection as well: both sides pause again, and a second recovery completes.</param>
     private async Task RecoverAfterCutAsync(string[] extraArgs, bool cutTwice = false)
     {
-        string plugins = TestPluginCompiler.TempDirectory("cut-plugin");
-        TestPluginCompiler.Compile(Path.Combine(plugins, "cut"), "Modular.Tests.CutTransport", CutTransportSource);
-
         // 101 MiB and a bit: well past the package, and inside a host page's records.
-        await using PostcopyPair pair = await PostcopyPair.StartAsync(
-            "tcp:127.0.0.1:0",
-            sourceEnvironment: new Dictionary<string, string> { ["MODULAR_TEST_CUT_AFTER"] = ((101L << 20) + 12345).ToString(System.Globalization.CultureInfo.InvariantCulture) },
-            extraArgs: ["--plugins", plugins, .. extraArgs]);
+        await using PostcopyPair pair = await StartCutPairAsync((101L << 20) + 12345, extraArgs);
         await pair.SetCapabilitiesAsync("events", "postcopy-ram", "x-modular-postcopy-recovery");
         await PostcopyEndToEndTests.WaitForSerialAsync(pair.SourceSerial, 'A', TimeSpan.FromSeconds(30));
 
