@@ -35,23 +35,8 @@ internal abstract class SocketChannelOpener
     }
 
     /// <summary>Reads exactly <see cref="HandshakeLength"/> bytes; null when the peer closed first.</summary>
-    internal static async ValueTask<byte[]?> ReadHandshakeAsync(Socket socket, CancellationToken cancellationToken)
-    {
-        byte[] bytes = new byte[HandshakeLength];
-        int got = 0;
-        while (got < bytes.Length)
-        {
-            int n = await socket.ReceiveAsync(bytes.AsMemory(got), SocketFlags.None, cancellationToken).ConfigureAwait(false);
-            if (n == 0)
-            {
-                return null;
-            }
-
-            got += n;
-        }
-
-        return bytes;
-    }
+    internal static Task<byte[]?> ReadHandshakeAsync(Socket socket, CancellationToken cancellationToken) =>
+        BlockingSocketCalls.ReceiveExactlyAsync(socket, HandshakeLength, cancellationToken);
 
     internal static bool Matches(byte[]? handshake, ReadOnlySpan<byte> magic, int index) =>
         handshake is not null && handshake.AsSpan(0, 8).SequenceEqual(magic) && BinaryPrimitives.ReadInt32BigEndian(handshake.AsSpan(8)) == index;
@@ -68,9 +53,9 @@ internal abstract class SocketChannelOpener
             var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, protocol);
             try
             {
-                await socket.ConnectAsync(endPoint, cancellationToken).ConfigureAwait(false);
+                await BlockingSocketCalls.ConnectAsync(socket, endPoint, cancellationToken).ConfigureAwait(false);
                 SocketPipeTuning.Configure(socket);
-                await socket.SendAsync(Handshake(HelloMagic, index), SocketFlags.None, cancellationToken).ConfigureAwait(false);
+                await BlockingSocketCalls.SendAsync(socket, Handshake(HelloMagic, index), cancellationToken).ConfigureAwait(false);
                 byte[]? ack = await ReadHandshakeAsync(socket, cancellationToken).ConfigureAwait(false);
                 if (!Matches(ack, AckMagic, index))
                 {
@@ -116,7 +101,7 @@ internal abstract class SocketChannelOpener
                     byte[]? hello = await ReadHandshakeAsync(accepted, helloTimeout.Token).ConfigureAwait(false);
                     if (Matches(hello, HelloMagic, index))
                     {
-                        await accepted.SendAsync(Handshake(AckMagic, index), SocketFlags.None, cancellationToken).ConfigureAwait(false);
+                        await BlockingSocketCalls.SendAsync(accepted, Handshake(AckMagic, index), cancellationToken).ConfigureAwait(false);
                         SocketPipeTuning.Configure(accepted);
                         return accepted;
                     }

@@ -61,6 +61,27 @@ internal static unsafe partial class SocketInterop
     /// blocking in its own calls); raw calls that should block need the flag cleared.
     /// </summary>
     /// <returns>0, or the errno.</returns>
+    internal static int MakeBlocking(System.Net.Sockets.Socket socket)
+    {
+        socket.Blocking = true;
+        bool added = false;
+        System.Net.Sockets.SafeSocketHandle handle = socket.SafeHandle;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            return MakeBlocking((int)handle.DangerousGetHandle());
+        }
+        finally
+        {
+            if (added)
+            {
+                handle.DangerousRelease();
+            }
+        }
+    }
+
+    /// <inheritdoc cref="MakeBlocking(System.Net.Sockets.Socket)"/>
+    /// <param name="fd">The descriptor.</param>
     internal static int MakeBlocking(int fd)
     {
         int flags = Fcntl(fd, FGetFl, 0);

@@ -39,8 +39,7 @@ internal sealed unsafe class SocketRawChannel : IRawChannel
     {
         _socket = socket;
         Description = $"{remoteDescription} (raw channel {index})";
-        socket.Blocking = true;
-        int errno = WithDescriptor(SocketInterop.MakeBlocking);
+        int errno = SocketInterop.MakeBlocking(socket);
         if (errno != 0)
         {
             throw new TransportException($"Opening {Description} failed: cannot make its socket blocking: {Marshal.GetPInvokeErrorMessage(errno)}.");
@@ -174,24 +173,6 @@ internal sealed unsafe class SocketRawChannel : IRawChannel
 
     /// <summary>Closes the socket (the peer sees the end after what was sent); harmless twice.</summary>
     public void Dispose() => _socket.Dispose();
-
-    private T WithDescriptor<T>(Func<int, T> action)
-    {
-        bool added = false;
-        SafeSocketHandle handle = _socket.SafeHandle;
-        try
-        {
-            handle.DangerousAddRef(ref added);
-            return action((int)handle.DangerousGetHandle());
-        }
-        finally
-        {
-            if (added)
-            {
-                handle.DangerousRelease();
-            }
-        }
-    }
 
     /// <summary>
     /// Only should the descriptor be non-blocking after all (the constructor clears O_NONBLOCK):

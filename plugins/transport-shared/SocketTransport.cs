@@ -19,7 +19,7 @@ internal static class SocketPipeTuning
     public const long ResumeWriterThreshold = 2 * 1024 * 1024;
 
     public static PipeOptions Options { get; } = new(
-        pool: null,
+        pool: RecyclingMemoryPool.Segments,
         readerScheduler: PipeScheduler.ThreadPool,
         writerScheduler: PipeScheduler.ThreadPool,
         pauseWriterThreshold: PauseWriterThreshold,
@@ -43,7 +43,7 @@ internal static class SocketPipeTuning
     /// thread pool. Extra channels go further (<see cref="ThreadedSocketPipe"/>).
     /// </summary>
     public static PipeOptions ChannelOptions { get; } = new(
-        pool: null,
+        pool: RecyclingMemoryPool.Segments,
         readerScheduler: PipeScheduler.Inline,
         writerScheduler: PipeScheduler.Inline,
         pauseWriterThreshold: PauseWriterThreshold,
@@ -352,7 +352,7 @@ internal static class SocketEndpoints
         var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, protocol);
         try
         {
-            await socket.ConnectAsync(endPoint, cancellationToken).ConfigureAwait(false);
+            await BlockingSocketCalls.ConnectAsync(socket, endPoint, cancellationToken).ConfigureAwait(false);
         }
         catch (SocketException ex)
         {

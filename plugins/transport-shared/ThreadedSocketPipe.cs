@@ -22,7 +22,7 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
     private const int ReceiveChunk = SocketPipeTuning.SegmentSize;
 
     private static readonly PipeOptions InlineOptions = new(
-        pool: null,
+        pool: RecyclingMemoryPool.Segments,
         readerScheduler: PipeScheduler.Inline,
         writerScheduler: PipeScheduler.Inline,
         pauseWriterThreshold: SocketPipeTuning.PauseWriterThreshold,
@@ -50,6 +50,16 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
         _socket = socket;
         _description = description;
         _send = new Pipe(InlineOptions);
+        // The connect or accept and the channel handshake ran async, and .NET leaves such a
+        // descriptor non-blocking for good: its blocking Receive then waits for its epoll thread
+        // to say that data came, and that thread wakes this one, two wake-ups per arrival. On a
+        // busy host the epoll thread (normal priority) waited behind the bulk threads for a core:
+        // a postcopy request went through it twice (source's return path, destination's preempt
+        // channel), measured 0.7-6 ms in the slow ones. With O_NONBLOCK cleared, recv(2) blocks
+        // in the kernel and an arrival wakes this thread itself. Closing still unblocks it (.NET
+        // shuts a socket down under a blocked call). Should clearing fail, the emulation stays.
+        _ = SocketInterop.MakeBlocking(socket);
+        RecyclingMemoryPool.Segments.EnsureFree(2); // the receive loop takes one at once; the other waits for the first send
         StandbyThreads.Run(ReceiveLoop, threadName);
         if (gatherSends)
         {

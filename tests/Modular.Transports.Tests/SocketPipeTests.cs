@@ -126,6 +126,48 @@ public sealed class SocketPipeTests
         }
     }
 
+    /// <summary>
+    /// The threaded pipe clears O_NONBLOCK, which the async connect left on the descriptor: its
+    /// receive thread then waits in recv(2) itself rather than for .NET's epoll thread (one wake-up
+    /// per arrival instead of two). Closing still ends a receive blocked in the kernel.
+    /// </summary>
+    [TestMethod]
+    public async Task TheThreadedPipeReceivesBlockingAndClosingEndsABlockedReceive()
+    {
+        (Socket a, Socket b) = await ConnectedPairAsync();
+        Assert.IsTrue(IsNonBlocking(a), "precondition: the async connect left the descriptor non-blocking");
+        var source = new ThreadedSocketPipe(a, "test source", "test recv", gatherSends: true);
+        var destination = new ThreadedSocketPipe(b, "test destination", "test recv", latencyReceive: false);
+        try
+        {
+            Assert.IsFalse(IsNonBlocking(a), "the source's descriptor blocks");
+            Assert.IsFalse(IsNonBlocking(b), "the destination's descriptor blocks");
+            await Task.Delay(100); // both receive threads are now inside recv(2), nothing having arrived
+            // .NET's close waits until no call holds the socket, so it returns only once the
+            // blocked recv(2) has ended: a close that hung here would time out.
+            await Task.Run(destination.Close).WithTimeout();
+            Assert.IsTrue(destination.Socket.SafeHandle.IsClosed, "the destination's socket is closed");
+            (long bytes, _) = await TransportTestKit.ReceiveAllAsync(source.Input).WithTimeout();
+            Assert.AreEqual(0L, bytes, "the source's blocked receive sees the end of the stream");
+        }
+        finally
+        {
+            source.Close();
+            destination.Close();
+        }
+    }
+
+    private static bool IsNonBlocking(Socket socket)
+    {
+        const int FGetFl = 3, ONonBlock = 0x800;
+        int flags = Fcntl((int)socket.Handle, FGetFl, 0);
+        Assert.IsTrue(flags >= 0, "fcntl(F_GETFL)");
+        return (flags & ONonBlock) != 0;
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "fcntl", SetLastError = true)]
+    private static extern int Fcntl(int fd, int command, nint argument);
+
     private static ISocketPipe Wrap(string kind, Socket socket, bool connecting) => kind.StartsWith("threaded", StringComparison.Ordinal)
         ? connecting
             ? new ThreadedSocketPipe(socket, "test source", "test recv", gatherSends: true)
