@@ -457,6 +457,16 @@ public sealed partial class OutgoingMigration
         _rateClock.Restart();
     }
 
+    /// <summary>True while <paramref name="position"/> bytes sent are ahead of the rate limit (by more than a millisecond). Migration task.</summary>
+    private bool AheadOfRateLimit(long position) => SecondsAheadOfRateLimit(position) > 0.001;
+
+    // How long the bytes sent are ahead of the rate limit; zero without one.
+    private double SecondsAheadOfRateLimit(long position)
+    {
+        ulong max = _rateLimit;
+        return max == 0 ? 0 : (position - _rateBase) / (double)max - _rateClock.Elapsed.TotalSeconds;
+    }
+
     /// <summary>
     /// Waits while <paramref name="position"/> bytes sent are ahead of the rate limit. In postcopy
     /// without a preempt channel a page request ends the wait, so that requested pages are never
@@ -464,14 +474,7 @@ public sealed partial class OutgoingMigration
     /// </summary>
     private async ValueTask ThrottleAsync(long position)
     {
-        ulong max = _rateLimit;
-        if (max == 0)
-        {
-            return;
-        }
-
-        double due = (position - _rateBase) / (double)max;
-        double ahead = due - _rateClock.Elapsed.TotalSeconds;
+        double ahead = SecondsAheadOfRateLimit(position);
         if (ahead <= 0.001)
         {
             return;
