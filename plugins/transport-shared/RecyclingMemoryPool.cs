@@ -3,8 +3,8 @@ using System.Buffers;
 namespace Modular.Transports.Shared;
 
 /// <summary>
-/// The pipes' segment memory: fixed-size blocks on the pinned object heap that go back to this pool
-/// when a pipe is done with them and are handed out again, from any thread, without allocating.
+/// The pipes' segment memory: fixed-size blocks that go back to this pool when a pipe is done with
+/// them and are handed out again, from any thread, without allocating.
 /// </summary>
 /// <remarks>
 /// With the default pool (<see cref="ArrayPool{T}.Shared"/>) a 256 KiB segment returned on one thread
@@ -13,6 +13,10 @@ namespace Modular.Transports.Shared;
 /// page (the preempt channel's first page). The allocation set off a blocking collection, and the
 /// process stood still for it: measured 5.7 ms of GC pause, 6.5-11.7 ms added to the first request
 /// (its usual cost is about 0.1 ms). Blocks outside the cap of free blocks kept here are left to the GC.
+/// A pipe fills the pool up front with as many blocks as it can hold at once
+/// (<see cref="SegmentsPerPipe"/>): a pool that grew during a migration allocated on the receive
+/// thread when the listen thread fell behind at the postcopy switch, and on the fault thread at the
+/// first request.
 /// </remarks>
 internal sealed class RecyclingMemoryPool : MemoryPool<byte>
 {
@@ -29,6 +33,9 @@ internal sealed class RecyclingMemoryPool : MemoryPool<byte>
         _maxFree = maxFree;
         _free = new Stack<Block>(maxFree);
     }
+
+    /// <summary>How many segments one pipe holds at most: its pause threshold's worth, the one being written and one spare.</summary>
+    internal const int SegmentsPerPipe = (int)(SocketPipeTuning.PauseWriterThreshold / SocketPipeTuning.SegmentSize) + 2;
 
     /// <summary>The process's pool of <see cref="SocketPipeTuning.SegmentSize"/> blocks (at most 64 free, 16 MiB).</summary>
     internal static RecyclingMemoryPool Segments { get; } = new(SocketPipeTuning.SegmentSize, maxFree: 64);
@@ -109,7 +116,7 @@ internal sealed class RecyclingMemoryPool : MemoryPool<byte>
 
     private sealed class Block(RecyclingMemoryPool? pool, int size) : IMemoryOwner<byte>
     {
-        private readonly byte[] _array = GC.AllocateUninitializedArray<byte>(size, pinned: true);
+        private readonly byte[] _array = GC.AllocateUninitializedArray<byte>(size);
 
         internal bool Rented { get; set; } = true;
 

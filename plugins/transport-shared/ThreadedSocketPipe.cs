@@ -59,7 +59,7 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
         // in the kernel and an arrival wakes this thread itself. Closing still unblocks it (.NET
         // shuts a socket down under a blocked call). Should clearing fail, the emulation stays.
         _ = SocketInterop.MakeBlocking(socket);
-        RecyclingMemoryPool.Segments.EnsureFree(2); // the receive loop takes one at once; the other waits for the first send
+        RecyclingMemoryPool.Segments.EnsureFree(RecyclingMemoryPool.SegmentsPerPipe); // none allocated during a migration
         StandbyThreads.Run(ReceiveLoop, threadName);
         if (gatherSends)
         {

@@ -37,6 +37,9 @@ public sealed partial class IncomingMigration
     private PostcopyFaultThread? _faultThread;
     private Task? _listenTask;
     private readonly ListenThreadPriority _listenPriority;
+
+    // From POSTCOPY_ADVISE until postcopy ends: no garbage collection stops the fault thread or the preempt reader.
+    private GcQuietRegion? _gcQuiet;
     private int _postcopyAborted;
 
     /// <summary>The destination's postcopy state (ADVISE, LISTEN, RUNNING, END).</summary>
@@ -50,6 +53,7 @@ public sealed partial class IncomingMigration
             case PostcopyAdviseCommand advise:
                 long adviseStart = System.Diagnostics.Stopwatch.GetTimestamp();
                 Advise(advise, reader, at);
+                _gcQuiet ??= GcQuietRegion.Enter(_logger, "postcopy destination");
                 if (_returnPath is { } returnPath)
                 {
                     _ = StartFaultThread(connection, returnPath);
@@ -462,6 +466,7 @@ public sealed partial class IncomingMigration
         _faultThread!.Stop();
         await StopPreemptReaderAsync().ConfigureAwait(false);
         _postcopyRam.DisarmAll();
+        _gcQuiet?.Dispose();
         await _returnPath!.SendAsync(ReturnPathMessage.Shut(0)).ConfigureAwait(false);
         await WaitForSourceToCloseAsync(reader).ConfigureAwait(false);
     }
@@ -494,6 +499,7 @@ public sealed partial class IncomingMigration
     private void AbortPostcopy()
     {
         _listenPriority.Restore();
+        _gcQuiet?.Dispose();
         if (_postcopyRam is null || Interlocked.Exchange(ref _postcopyAborted, 1) != 0)
         {
             return;

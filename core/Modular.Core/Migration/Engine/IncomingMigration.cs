@@ -290,6 +290,7 @@ public sealed partial class IncomingMigration
 
             _multifd?.Dispose();
             _postcopyRam?.Dispose();
+            _gcQuiet?.Dispose();
             DisposeUnusedPostcopyPreparation();
             _pageChannel?.Dispose();
 

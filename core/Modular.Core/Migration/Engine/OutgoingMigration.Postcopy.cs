@@ -5,6 +5,7 @@ using System.IO.Pipelines;
 using Microsoft.Extensions.Logging;
 using Modular.Abstractions.Devices;
 using Modular.Core.Memory;
+using Modular.Core.Migration.Postcopy;
 using Modular.Core.Migration.State;
 using Modular.Core.Migration.Stream;
 using Modular.Core.Qmp;
@@ -123,6 +124,10 @@ public sealed partial class OutgoingMigration
     /// </summary>
     private async Task RunPostcopyAsync(MigrationStreamWriter writer, PipeWriter output, RamSaver ram, IReadOnlyList<ISaveVmSection> sections, uint ramSectionId, Func<long, ValueTask> afterFlush, Task returnPathReader)
     {
+        // No garbage collection from here until postcopy ends (it would stop the return-path thread,
+        // which sends requested pages); entering may collect once, while the guest still runs here.
+        using GcQuietRegion gcQuiet = GcQuietRegion.Enter(_logger, "postcopy source");
+
         // Switch: stop the guest, take the last dirty bits, tell the destination what to drop.
         long downtimeStart = Stopwatch.GetTimestamp();
         long stopped, discarded, built, flushed;
