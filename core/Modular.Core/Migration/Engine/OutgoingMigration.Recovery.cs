@@ -17,8 +17,8 @@ namespace Modular.Core.Migration.Engine;
 /// sending. It sends POSTCOPY_RESUME and, at RESUME_ACK, goes on with postcopy.
 /// </summary>
 /// <remarks>
-/// After a recovery, requested pages travel on the main connection: the preempt channel is not
-/// opened again. Threads: <see cref="Resume"/> runs on the QMP loop; the received bitmaps and
+/// With postcopy-preempt the preempt channel is opened again after RESUME_ACK, as QEMU does, so
+/// requested pages travel on their own channel after a recovery too. Threads: <see cref="Resume"/> runs on the QMP loop; the received bitmaps and
 /// RESUME_ACK arrive on the return-path reader; everything else runs on the migration task.
 /// </remarks>
 public sealed partial class OutgoingMigration
