@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
 using Modular.Core.Memory;
 using Modular.Core.Migration.Stream;
@@ -135,8 +136,25 @@ internal sealed class RamLoader
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void LoadBufferedRecords(MigrationStreamReader reader)
     {
-        while (reader.TryReadBufferedRamRecord(out RamRecordHeader header, out ReadOnlySequence<byte> page))
+        while (true)
         {
+            if (_hostPages is null)
+            {
+                // Precopy: most pages come as runs of records that continue one block (postcopy
+                // places whole host pages through its assembler, record by record).
+                ReadOnlySpan<byte> run = reader.TryReadBufferedPageRun(out string blockId, out long runStart);
+                if (!run.IsEmpty)
+                {
+                    LoadPageRun(run, blockId, runStart, reader);
+                    continue;
+                }
+            }
+
+            if (!reader.TryReadBufferedRamRecord(out RamRecordHeader header, out ReadOnlySequence<byte> page))
+            {
+                return;
+            }
+
             RamBlock block = Resolve(header, reader, reader.RecordStart);
             if (header.Kind == RamRecordFlags.Page)
             {
@@ -147,6 +165,29 @@ internal sealed class RamLoader
                 LoadZeroPage(block, header.Offset);
             }
         }
+    }
+
+    // A run of PAGE records continuing one block (MigrationStreamReader.TryReadBufferedPageRun):
+    // each page copied natively into guest RAM, its offset checked as Resolve checks a record's.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void LoadPageRun(ReadOnlySpan<byte> run, string blockId, long runStart, MigrationStreamReader reader)
+    {
+        RamBlock block = Resolve(new RamRecordHeader(RamRecordFlags.Page | RamRecordFlags.Continue, 0, blockId), reader, runStart);
+        int pages = 0;
+        for (int at = 0; at < run.Length; at += MigrationStreamReader.ContinuedPageRecordLength)
+        {
+            ulong offset = BinaryPrimitives.ReadUInt64BigEndian(run[at..]) & ~RamRecordHeader.FlagMask;
+            if (offset > block.Size - RamBlock.TargetPageSize)
+            {
+                _stats.AddNormal(pages);
+                throw reader.ErrorAt(runStart + at, $"page offset 0x{offset:x} lies outside RAM block '{block.Name}' (0x{block.Size:x} bytes)");
+            }
+
+            block.CopyIn(offset, run.Slice(at + 8, RamBlock.TargetPageSize));
+            pages++;
+        }
+
+        _stats.AddNormal(pages);
     }
 
     // Copies a page from the pipe's buffer into guest RAM natively; a page split across buffer

@@ -104,6 +104,52 @@ public sealed partial class MigrationStreamReader
         return true;
     }
 
+    /// <summary>The length of a PAGE record that continues the last block: its header word and the page.</summary>
+    public const int ContinuedPageRecordLength = 8 + StreamFormat.TargetPageSize;
+
+    /// <summary>
+    /// Takes the run of whole PAGE records that continue the last block named (header flags exactly
+    /// PAGE | CONTINUE) at the start of what the reader holds in one piece (the first buffer
+    /// segment), without a check per record beyond its flags: record i lies at
+    /// <c>i * <see cref="ContinuedPageRecordLength"/></c>, its big-endian header word (the page
+    /// offset) and then the page. This is how a precopy stream carries RAM (QEMU's too), so a loader
+    /// takes most pages here, a run at a time; it must check each offset itself. Returns an empty
+    /// span and consumes nothing when the next record is another kind, names its block, or is not
+    /// wholly in the first segment: read it with <see cref="TryReadBufferedRamRecord"/>.
+    /// </summary>
+    /// <param name="blockId">The block every record of the run continues.</param>
+    /// <param name="runStart">The stream offset of the run's first record (for errors: record i starts i * <see cref="ContinuedPageRecordLength"/> after it).</param>
+    /// <returns>The run, valid until the next call on this reader.</returns>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // once per run of pages (see RamSaver.SendPage)
+    public ReadOnlySpan<byte> TryReadBufferedPageRun(out string blockId, out long runStart)
+    {
+        blockId = _lastRamBlockId ?? "";
+        runStart = _position;
+        if (_lastRamBlockId is null)
+        {
+            return default;
+        }
+
+        ReadOnlySpan<byte> first = _buffer.FirstSpan;
+        const ulong continued = (ulong)(RamRecordFlags.Page | RamRecordFlags.Continue);
+        int length = 0;
+        while (length + ContinuedPageRecordLength <= first.Length
+            && (BinaryPrimitives.ReadUInt64BigEndian(first[length..]) & RamRecordHeader.FlagMask) == continued)
+        {
+            length += ContinuedPageRecordLength;
+        }
+
+        if (length == 0)
+        {
+            return default;
+        }
+
+        BeginRecord("ram record", _position + length - ContinuedPageRecordLength);
+        _buffer = _buffer.Slice(length);
+        _position += length;
+        return first[..length];
+    }
+
     private byte ByteAt(long index)
     {
         ReadOnlySpan<byte> first = _buffer.FirstSpan;

@@ -155,4 +155,37 @@ public sealed class RamLoaderTests
             await loader.LoadRecordsAsync(new MigrationStreamReader(new ChunkedPipeReader(stream, stream.Length, 100)), isStart: true));
         Assert.AreEqual($"Migration stream error at byte {bad}: ram record: page offset 0x10000 lies outside RAM block 'pc.ram' (0x10000 bytes).", ex.Message);
     }
+
+    [TestMethod]
+    public async Task PageOutsideTheBlockInsideARunOfPages_FailsAtThatRecord_AfterLoadingThePagesBeforeIt()
+    {
+        byte[] page = new byte[Page];
+        page[0] = 0x42;
+        long bad = 0;
+        byte[] stream = StreamTestPipes.Write(w =>
+        {
+            new RamBlockList([new RamBlockEntry(GuestRam.MainBlockName, 16 * Page)]).WriteTo(w);
+            for (int i = 0; i < 4; i++)
+            {
+                w.WriteRamPage(GuestRam.MainBlockName, (ulong)i * Page, page);
+            }
+
+            bad = w.Position;
+            w.WriteRamPage(GuestRam.MainBlockName, 16 * Page, page); // continues the block, one page past its end
+            w.WriteRamEos();
+        });
+
+        using GuestRam ram = GuestRam.Create(16 * Page);
+        var stats = new MigrationStats();
+        var loader = new RamLoader(ram, stats);
+        var ex = await Assert.ThrowsExactlyAsync<MigrationStreamException>(async () =>
+            await loader.LoadRecordsAsync(new MigrationStreamReader(new ChunkedPipeReader(stream, stream.Length, stream.Length)), isStart: true));
+        Assert.AreEqual($"Migration stream error at byte {bad}: ram record: page offset 0x10000 lies outside RAM block 'pc.ram' (0x10000 bytes).", ex.Message);
+        byte[] copy = new byte[1];
+        for (int i = 0; i < 4; i++)
+        {
+            ram.Blocks[0].CopyOut((ulong)i * Page, copy);
+            Assert.AreEqual(0x42, copy[0], $"page {i} before the bad record was loaded");
+        }
+    }
 }

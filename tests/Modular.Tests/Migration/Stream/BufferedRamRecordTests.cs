@@ -76,6 +76,67 @@ public sealed class BufferedRamRecordTests
     }
 
     [TestMethod]
+    public async Task PageRunsThenSingleRecordsThenTheSlowPath_ReadTheSameAsTheSlowPathAlone()
+    {
+        (byte[] bytes, List<Expected> expected) = MixedRecords(60, runs: true);
+        int[] chunks = [9, Page + 8, 3 * (Page + 8) + 5, 1 << 20];
+        int[] segments = [Page - 3, 2 * (Page + 8), 5 * (Page + 8) + 1, 1 << 20];
+        foreach (int chunk in chunks)
+        {
+            foreach (int segment in segments)
+            {
+                var reader = new MigrationStreamReader(new ChunkedPipeReader(bytes, chunk, segment));
+                var read = new List<Expected>();
+                int inRuns = 0;
+                while (read.Count < expected.Count)
+                {
+                    // As RamLoader does in precopy: runs first, then single records, then one the slow way.
+                    while (read.Count < expected.Count)
+                    {
+                        long before = reader.Position;
+                        ReadOnlySpan<byte> run = reader.TryReadBufferedPageRun(out string blockId, out long runStart);
+                        if (!run.IsEmpty)
+                        {
+                            Assert.AreEqual(before, runStart, $"chunk {chunk}, segment {segment}");
+                            Assert.AreEqual(0, run.Length % MigrationStreamReader.ContinuedPageRecordLength);
+                            Assert.AreEqual(before + run.Length, reader.Position, "the run is consumed");
+                            for (int at = 0; at < run.Length; at += MigrationStreamReader.ContinuedPageRecordLength)
+                            {
+                                ulong word = BinaryPrimitives.ReadUInt64BigEndian(run[at..]);
+                                var flags = (RamRecordFlags)(word & RamRecordHeader.FlagMask);
+                                read.Add(new Expected(new RamRecordHeader(flags, word & ~RamRecordHeader.FlagMask, blockId), run.Slice(at + 8, Page).ToArray()));
+                                inRuns++;
+                            }
+
+                            continue;
+                        }
+
+                        Assert.AreEqual(before, reader.Position, "an empty run consumes nothing");
+                        if (!reader.TryReadBufferedRamRecord(out RamRecordHeader header, out ReadOnlySequence<byte> page))
+                        {
+                            break;
+                        }
+
+                        read.Add(new Expected(header, page.ToArray()));
+                    }
+
+                    if (read.Count < expected.Count)
+                    {
+                        read.Add(await ReadSlowAsync(reader));
+                    }
+                }
+
+                AssertSame(expected, read, $"chunk {chunk}, segment {segment}");
+                Assert.AreEqual(RamRecordFlags.Eos, (await reader.ReadRamRecordHeaderAsync()).Kind, $"chunk {chunk}, segment {segment}");
+                if (chunk >= 3 * (Page + 8) && segment >= 2 * (Page + 8))
+                {
+                    Assert.IsGreaterThan(0, inRuns, $"chunk {chunk}, segment {segment}: no page came in a run");
+                }
+            }
+        }
+    }
+
+    [TestMethod]
     public async Task ZeroWithNonZeroFillByte_IsLeftToTheSlowPathWhichNamesIt()
     {
         byte[] bytes = Write(w =>
@@ -142,7 +203,7 @@ public sealed class BufferedRamRecordTests
     private sealed record Expected(RamRecordHeader Header, byte[] Page);
 
     // Pages with distinct contents, zero pages, and block changes (with and without CONTINUE), then EOS.
-    private static (byte[] Bytes, List<Expected> Records) MixedRecords(int count)
+    private static (byte[] Bytes, List<Expected> Records) MixedRecords(int count, bool runs = false)
     {
         var random = new Random(count);
         var records = new List<Expected>();
@@ -150,9 +211,11 @@ public sealed class BufferedRamRecordTests
         {
             for (int i = 0; i < count; i++)
             {
-                string block = i % 7 < 5 ? "pc.ram" : "vga.vram";
+                // With runs: stretches of pages in one block (the usual precopy stream), between them
+                // a block change and a zero page.
+                string block = runs ? (i / 10 % 3 == 2 ? "vga.vram" : "pc.ram") : i % 7 < 5 ? "pc.ram" : "vga.vram";
                 ulong offset = (ulong)i * Page;
-                bool zero = i % 4 == 3;
+                bool zero = runs ? i % 10 == 9 : i % 4 == 3;
                 if (zero)
                 {
                     bool continues = records.Count > 0 && records[^1].Header.BlockId == block;
