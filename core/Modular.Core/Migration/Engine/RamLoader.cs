@@ -177,10 +177,10 @@ internal sealed class RamLoader
         for (int at = 0; at < run.Length; at += MigrationStreamReader.ContinuedPageRecordLength)
         {
             ulong offset = BinaryPrimitives.ReadUInt64BigEndian(run[at..]) & ~RamRecordHeader.FlagMask;
-            if (offset > block.Size - RamBlock.TargetPageSize)
+            if (!PageFits(block, offset))
             {
                 _stats.AddNormal(pages);
-                throw reader.ErrorAt(runStart + at, $"page offset 0x{offset:x} lies outside RAM block '{block.Name}' (0x{block.Size:x} bytes)");
+                throw PageOutsideBlock(reader, runStart + at, block, offset);
             }
 
             block.CopyIn(offset, run.Slice(at + 8, RamBlock.TargetPageSize));
@@ -269,6 +269,12 @@ internal sealed class RamLoader
         _stats.AddDuplicate();
     }
 
+    // A target page at offset lies wholly inside the block (no overflow for any offset).
+    private static bool PageFits(RamBlock block, ulong offset) => offset <= block.Size - RamBlock.TargetPageSize;
+
+    private static MigrationStreamException PageOutsideBlock(MigrationStreamReader reader, long at, RamBlock block, ulong offset) =>
+        reader.ErrorAt(at, $"page offset 0x{offset:x} lies outside RAM block '{block.Name}' (0x{block.Size:x} bytes)");
+
     private RamBlock Resolve(RamRecordHeader header, MigrationStreamReader reader, long at)
     {
         if (!SawMemSize)
@@ -286,9 +292,9 @@ internal sealed class RamLoader
             throw reader.ErrorAt(at, $"RAM block '{header.BlockId}' does not exist on this machine (it has {string.Join(", ", _ram.Blocks.Select(b => b.Name))})");
         }
 
-        if (header.Offset + RamBlock.TargetPageSize > block.Size)
+        if (!PageFits(block, header.Offset))
         {
-            throw reader.ErrorAt(at, $"page offset 0x{header.Offset:x} lies outside RAM block '{block.Name}' (0x{block.Size:x} bytes)");
+            throw PageOutsideBlock(reader, at, block, header.Offset);
         }
 
         _lastBlock = block;
