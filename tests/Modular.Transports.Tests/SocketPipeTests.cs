@@ -157,6 +157,75 @@ public sealed class SocketPipeTests
         }
     }
 
+    /// <summary>
+    /// A latency receive thread (the source's return path) waits for data in poll(2), so bulk data
+    /// sent the other way on the same socket does not wake it: on a unix socket a thread blocked in
+    /// recv(2) is woken by every write-space wake-up of the socket (the peer reading frees room),
+    /// hundreds of times for this transfer, each a switch to a nice -20 thread. It must still get
+    /// what arrives, and end when closed.
+    /// </summary>
+    [TestMethod]
+    [DataRow("unix")]
+    [DataRow("tcp")]
+    public async Task ALatencyReceiveThreadSleepsThroughBulkSentTheOtherWay(string family)
+    {
+        (Socket a, Socket b) = family == "unix" ? await UnixPairAsync() : await ConnectedPairAsync();
+        var source = new ThreadedSocketPipe(a, "test source", "wake test recv", gatherSends: true);
+        var destination = new ThreadedSocketPipe(b, "test destination", "test recv", latencyReceive: false);
+        try
+        {
+            await Task.Delay(100); // the source's receive thread is now waiting
+            string task = FindThread("wake test recv");
+            long before = VoluntarySwitches(task);
+            const long bulk = 512L << 20;
+            Task<ulong> send = TransportTestKit.SendAsync(source.Output, bulk);
+            (long received, ulong sum) = await TransportTestKit.ReceiveAllAsync(destination.Input).WithTimeout();
+            Assert.AreEqual((bulk, await send.WithTimeout()), (received, sum), "the bulk data arrived intact");
+            long woken = VoluntarySwitches(task) - before;
+            Assert.IsTrue(woken < 20, $"{family}: the waiting receive thread was woken {woken} times by data sent the other way (a recv(2) wait is woken for each freed buffer)");
+
+            Task<ulong> back = TransportTestKit.SendAsync(destination.Output, 1 << 20);
+            Assert.AreEqual((1L << 20, await back.WithTimeout()), await TransportTestKit.ReceiveAllAsync(source.Input).WithTimeout(), "what does come the other way still arrives");
+        }
+        finally
+        {
+            source.Close();
+            destination.Close();
+        }
+
+        static string FindThread(string name)
+        {
+            foreach (string task in Directory.GetDirectories("/proc/self/task"))
+            {
+                if (File.ReadAllText(Path.Combine(task, "comm")).TrimEnd('\n') == name)
+                {
+                    return task;
+                }
+            }
+
+            Assert.Fail($"no thread named '{name}'");
+            return "";
+        }
+
+        static long VoluntarySwitches(string task) => long.Parse(File.ReadAllLines(Path.Combine(task, "status"))
+            .Single(line => line.StartsWith("voluntary_ctxt_switches:", StringComparison.Ordinal))
+            .Split(':')[1].Trim(), System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    private static async Task<(Socket, Socket)> UnixPairAsync()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"modular-pipe-test-{Guid.NewGuid():N}.sock");
+        using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        listener.Bind(new UnixDomainSocketEndPoint(path));
+        listener.Listen(1);
+        var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        Task<Socket> accepted = listener.AcceptAsync();
+        await client.ConnectAsync(new UnixDomainSocketEndPoint(path));
+        Socket server = await accepted;
+        File.Delete(path);
+        return (client, server);
+    }
+
     private static bool IsNonBlocking(Socket socket)
     {
         const int FGetFl = 3, ONonBlock = 0x800;
