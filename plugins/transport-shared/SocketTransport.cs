@@ -109,7 +109,7 @@ internal static class SocketPipeTuning
 /// such sockets too, opened with the same handshake, each a <see cref="SocketRawChannel"/> for
 /// blocking calls over native memory. Both kinds end with the connection.
 /// </summary>
-internal sealed class SocketMigrationConnection : IMigrationConnection, IExtraChannels, IRawChannels
+internal sealed class SocketMigrationConnection : IMigrationConnection, IExtraChannels, IRawChannels, IDirectReceive
 {
     private readonly ISocketPipe _connection;
     private readonly AbortablePipe _pipe;
@@ -126,6 +126,25 @@ internal sealed class SocketMigrationConnection : IMigrationConnection, IExtraCh
         RemoteDescription = remoteDescription;
         _channels = channels;
         _pipe = new AbortablePipe(connection, remoteDescription, SignalClosed, EndError);
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>Only a main connection on a <see cref="ThreadedSocketPipe"/> (not <c>MODULAR_SOCKET_PIPES=pipelines-sockets</c>), and not once aborted.</remarks>
+    public bool CanReceiveDirect => _connection is ThreadedSocketPipe threaded && !_pipe.IsAborted && threaded.CanReceiveDirect;
+
+    /// <inheritdoc/>
+    public int ReceiveDirect(ReadOnlySpan<RawSegment> segments) =>
+        _connection is ThreadedSocketPipe threaded && !_pipe.IsAborted ? threaded.ReceiveDirect(segments) : 0;
+
+    /// <inheritdoc/>
+    public void GiveBack(ReadOnlySpan<byte> bytes)
+    {
+        if (_connection is not ThreadedSocketPipe threaded)
+        {
+            throw new InvalidOperationException($"{RemoteDescription} receives through its pipe only; nothing was received directly to hand back.");
+        }
+
+        threaded.GiveBack(bytes);
     }
 
     /// <inheritdoc/>

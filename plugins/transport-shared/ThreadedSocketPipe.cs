@@ -40,6 +40,12 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
     private readonly Task _sendLoop;
     private volatile SocketError _error = SocketError.Success;
     private volatile bool _closing;
+    private Thread? _receiveThread;
+    private bool _inFlush;          // the receive thread is inside its flush (the reader runs inline there)
+    private byte[] _givenBack = [];  // bytes the reader handed back (the first _givenBackLength), delivered before the next receive
+    private int _givenBackLength;
+    private bool _directEnded;      // a direct receive saw the end or a failure; the loop ends the pipe with it
+    private Exception? _directFailure;
 
     /// <param name="socket">A connected socket; the pipe owns it.</param>
     /// <param name="description">Names the connection in errors.</param>
@@ -121,6 +127,7 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
 
     private void ReceiveLoop()
     {
+        _receiveThread = Thread.CurrentThread;
         if (_latencyReceive)
         {
             _ = LatencyThread.RaiseCurrentThread();
@@ -132,21 +139,45 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
         {
             while (true)
             {
-                Memory<byte> memory = writer.GetMemory(ReceiveChunk);
-                if (_latencyReceive)
+                if (_givenBackLength > 0)
                 {
-                    WaitReadable();
+                    writer.Write(_givenBack.AsSpan(0, _givenBackLength));
+                    _givenBackLength = 0;
                 }
-
-                int received = _socket.Receive(memory.Span);
-                if (received == 0)
+                else if (_directEnded)
                 {
+                    failure = _directFailure;
                     break;
                 }
+                else
+                {
+                    Memory<byte> memory = writer.GetMemory(ReceiveChunk);
+                    if (_latencyReceive)
+                    {
+                        WaitReadable();
+                    }
 
-                writer.Advance(received);
-                ValueTask<FlushResult> flush = writer.FlushAsync();
-                FlushResult result = flush.IsCompletedSuccessfully ? flush.Result : flush.AsTask().GetAwaiter().GetResult();
+                    int received = _socket.Receive(memory.Span);
+                    if (received == 0)
+                    {
+                        break;
+                    }
+
+                    writer.Advance(received);
+                }
+
+                _inFlush = true;
+                FlushResult result;
+                try
+                {
+                    ValueTask<FlushResult> flush = writer.FlushAsync();
+                    result = flush.IsCompletedSuccessfully ? flush.Result : flush.AsTask().GetAwaiter().GetResult();
+                }
+                finally
+                {
+                    _inFlush = false;
+                }
+
                 if (result.IsCompleted || result.IsCanceled)
                 {
                     break;
@@ -175,6 +206,116 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
         {
             // Already completed.
         }
+    }
+
+    /// <inheritdoc cref="Modular.Abstractions.Transports.IDirectReceive.CanReceiveDirect"/>
+    internal bool CanReceiveDirect => _inFlush && _givenBackLength == 0 && !_directEnded && !_closing && Thread.CurrentThread == _receiveThread;
+
+    /// <inheritdoc cref="Modular.Abstractions.Transports.IDirectReceive.ReceiveDirect"/>
+    /// <remarks>
+    /// One recvmsg(2) over the segments on the receiving thread, which is inside its flush (the reader
+    /// runs inline there), so no receive of the loop runs meanwhile. The descriptor blocks (the
+    /// constructor cleared O_NONBLOCK); a close shuts the socket down first, which ends the call. The
+    /// end or a failure is kept for the loop, which ends the pipe with it after the reader's
+    /// continuation returns: the reader sees it on its next read.
+    /// </remarks>
+    internal unsafe int ReceiveDirect(ReadOnlySpan<Modular.Abstractions.Transports.RawSegment> segments)
+    {
+        if (!CanReceiveDirect || segments.IsEmpty)
+        {
+            return 0;
+        }
+
+        if (segments.Length > SocketInterop.MaxIovecs)
+        {
+            throw new ArgumentOutOfRangeException(nameof(segments), segments.Length, $"At most {SocketInterop.MaxIovecs} segments per receive.");
+        }
+
+        PipeReader reader = _receive.Reader;
+        if (reader.TryRead(out ReadResult unread))
+        {
+            bool any = !unread.Buffer.IsEmpty;
+            reader.AdvanceTo(unread.Buffer.Start);
+            if (any)
+            {
+                throw new InvalidOperationException($"A direct receive on {_description} while its input pipe still holds {unread.Buffer.Length} unread bytes: the reader must consume what it was given first.");
+            }
+        }
+
+        Iovec* iovecs = stackalloc Iovec[segments.Length];
+        for (int i = 0; i < segments.Length; i++)
+        {
+            iovecs[i] = new Iovec { Base = segments[i].Address, Length = (nuint)segments[i].Length };
+        }
+
+        bool added = false;
+        SafeSocketHandle handle = _socket.SafeHandle;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            int fd = (int)handle.DangerousGetHandle();
+            while (true)
+            {
+                var message = new MsgHdr { Iov = iovecs, IovLen = (nuint)segments.Length };
+                nint received = SocketInterop.RecvMsg(fd, &message, 0);
+                if (received > 0)
+                {
+                    return (int)received;
+                }
+
+                if (received == 0)
+                {
+                    _directEnded = true; // the peer ended the stream (or a close shut it down)
+                    return 0;
+                }
+
+                int errno = System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
+                if (errno == SocketInterop.EIntr)
+                {
+                    continue;
+                }
+
+                if (errno == SocketInterop.EAgain)
+                {
+                    WaitReadable();
+                    continue;
+                }
+
+                _error = errno == SocketInterop.EConnReset ? SocketError.ConnectionReset : SocketError.SocketError;
+                _directFailure = new IOException($"receiving on {_description} failed: {System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(errno)}");
+                _directEnded = true;
+                return 0;
+            }
+        }
+        catch (ObjectDisposedException)
+        {
+            _directEnded = true; // closed locally
+            return 0;
+        }
+        finally
+        {
+            if (added)
+            {
+                handle.DangerousRelease();
+            }
+        }
+    }
+
+    /// <inheritdoc cref="Modular.Abstractions.Transports.IDirectReceive.GiveBack"/>
+    internal void GiveBack(ReadOnlySpan<byte> bytes)
+    {
+        if (bytes.IsEmpty)
+        {
+            return;
+        }
+
+        if (_givenBack.Length - _givenBackLength < bytes.Length)
+        {
+            Array.Resize(ref _givenBack, Math.Max(_givenBackLength + bytes.Length, 2 * _givenBack.Length));
+        }
+
+        bytes.CopyTo(_givenBack.AsSpan(_givenBackLength));
+        _givenBackLength += bytes.Length;
     }
 
     /// <summary>

@@ -1,5 +1,7 @@
 extern alias tcp;
 
+using System.IO.Pipelines;
+using Modular.Abstractions.Transports;
 using System.Net;
 using System.Net.Sockets;
 using Pipelines.Sockets.Unofficial;
@@ -210,6 +212,88 @@ public sealed class SocketPipeTests
         static long VoluntarySwitches(string task) => long.Parse(File.ReadAllLines(Path.Combine(task, "status"))
             .Single(line => line.StartsWith("voluntary_ctxt_switches:", StringComparison.Ordinal))
             .Split(':')[1].Trim(), System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>
+    /// Direct receives (<c>IDirectReceive</c> on the main connection): the reader, running inline on
+    /// the receive thread inside a read, takes the stream's next bytes straight into native memory,
+    /// and hands some back, which the pipe delivers before anything received later. Over a real unix
+    /// socket, whatever the mix, the reader ends up with exactly the bytes sent, in order; and no
+    /// other thread may receive directly.
+    /// </summary>
+    [TestMethod]
+    public async Task DirectReceivesAndBytesHandedBackKeepTheStreamInOrder()
+    {
+        (Socket a, Socket b) = await UnixPairAsync();
+        var destination = new ThreadedSocketPipe(b, "test destination", "test recv", latencyReceive: false);
+        const int total = 16 << 20;
+        byte[] sent = new byte[total];
+        new Random(7).NextBytes(sent);
+        nint native = System.Runtime.InteropServices.Marshal.AllocHGlobal(256 * 1024);
+        try
+        {
+            Task sending = Task.Run(() =>
+            {
+                for (int at = 0; at < total;)
+                {
+                    at += a.Send(sent, at, Math.Min(total - at, 100_000), SocketFlags.None);
+                }
+
+                a.Shutdown(SocketShutdown.Send);
+            });
+            Assert.IsFalse(await Task.Run(() => destination.CanReceiveDirect), "a thread other than the receive thread may not receive directly");
+
+            var received = new MemoryStream();
+            long direct = 0, givenBack = 0;
+            var random = new Random(9);
+            PipeReader input = destination.Input;
+            while (true)
+            {
+                ReadResult read = await input.ReadAsync().ConfigureAwait(false); // continues on the receive thread
+                foreach (ReadOnlyMemory<byte> segment in read.Buffer)
+                {
+                    received.Write(segment.Span);
+                }
+
+                input.AdvanceTo(read.Buffer.End);
+                if (read.IsCompleted)
+                {
+                    break;
+                }
+
+                if (destination.CanReceiveDirect)
+                {
+                    int first = random.Next(1, 9), second = random.Next(1, 200_000);
+                    var segments = new[] { new RawSegment(native, first), new RawSegment(native + first, second) };
+                    int count = destination.ReceiveDirect(segments);
+                    if (count > 0)
+                    {
+                        int keep = random.Next(0, count + 1);
+                        unsafe
+                        {
+                            received.Write(new ReadOnlySpan<byte>((void*)native, keep));
+                            destination.GiveBack(new ReadOnlySpan<byte>((void*)(native + keep), count - keep));
+                        }
+
+                        direct += keep;
+                        givenBack += count - keep;
+                        Assert.AreEqual(count - keep > 0, !destination.CanReceiveDirect, "after bytes are handed back, no direct receive until they are delivered");
+                    }
+                }
+            }
+
+            await sending.WithTimeout();
+            Assert.AreEqual(total, received.Length, "every byte arrived once");
+            Assert.IsTrue(sent.AsSpan().SequenceEqual(received.GetBuffer().AsSpan(0, total)), "in the order sent");
+            Assert.IsGreaterThan(0L, direct, "some bytes were received directly");
+            Assert.IsGreaterThan(0L, givenBack, "some were handed back");
+        }
+        finally
+        {
+            System.Runtime.InteropServices.Marshal.FreeHGlobal(native);
+            destination.Close();
+            a.Dispose();
+        }
     }
 
     private static async Task<(Socket, Socket)> UnixPairAsync()

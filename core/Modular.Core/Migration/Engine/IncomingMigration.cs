@@ -242,6 +242,10 @@ public sealed partial class IncomingMigration
                 Stopwatch.GetElapsedTime(loaded, channelsEnded).TotalMilliseconds,
                 Stopwatch.GetElapsedTime(channelsEnded).TotalMilliseconds);
             _logger.LogInformation("Incoming migration on {Endpoint} completed in {Ms} ms", _endpoint, Stats.TotalMs);
+            if (_ramLoader is { Direct: not null } ram)
+            {
+                _logger.LogDebug("Pages received straight into guest RAM: {Pages}; direct receives that met another record: {Misses}", ram.DirectPages, ram.DirectMisses);
+            }
         }
         catch (Exception ex)
         {
@@ -301,6 +305,13 @@ public sealed partial class IncomingMigration
         }
     }
 
+    /// <summary>
+    /// Precopy pages received straight into guest RAM where the transport can (<see cref="IDirectReceive"/>,
+    /// RamLoader.Direct.cs); <c>MODULAR_DIRECT_RECEIVE=off</c> in the environment turns it off (for comparison).
+    /// </summary>
+    internal static bool DirectReceive { get; } =
+        !string.Equals(Environment.GetEnvironmentVariable("MODULAR_DIRECT_RECEIVE"), "off", StringComparison.Ordinal);
+
     /// <summary>The main incoming task: reads and applies the whole precopy stream.</summary>
     private async Task LoadAsync(IMigrationConnection connection)
     {
@@ -308,7 +319,11 @@ public sealed partial class IncomingMigration
         await StreamHeader.ReadFromAsync(reader).ConfigureAwait(false);
         Dictionary<(string, uint), ISaveVmSection> devices = _machine.StateSections().ToDictionary(s => (s.IdString, s.InstanceId));
         _devices = devices;
-        var ram = new RamLoader(_machine.Ram, Stats) { Multifd = _multifd };
+        var ram = new RamLoader(_machine.Ram, Stats)
+        {
+            Multifd = _multifd,
+            Direct = _multifd is null && DirectReceive ? connection as IDirectReceive : null,
+        };
         _ramLoader = ram;
         bool activeReported = false;
         while (true)

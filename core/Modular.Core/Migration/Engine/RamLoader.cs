@@ -10,7 +10,7 @@ namespace Modular.Core.Migration.Engine;
 /// The destination side of the "ram" section: checks the block list against this machine's RAM and
 /// copies pages in (natively). Main incoming task in precopy; the listen thread in postcopy.
 /// </summary>
-internal sealed class RamLoader
+internal sealed partial class RamLoader
 {
     private readonly GuestRam _ram;
     private readonly MigrationStats _stats;
@@ -18,6 +18,9 @@ internal sealed class RamLoader
     private readonly byte[] _zero = GC.AllocateArray<byte>(RamBlock.TargetPageSize, pinned: true);
     private readonly byte[] _xbzrle = GC.AllocateUninitializedArray<byte>(RamBlock.TargetPageSize, pinned: true);
     private RamBlock? _lastBlock;
+    private int _lastBlockIndex;
+    private readonly ulong[] _loadedEnd;  // per block (as _ram.Blocks): the end of the highest page any record loaded
+    private ulong _lastPageEnd;           // the end of the page the last record loaded, when it was a PAGE record; else 0
     private Postcopy.PostcopyRam? _postcopy;
     private Postcopy.HostPageAssembler? _hostPages;
 
@@ -25,6 +28,7 @@ internal sealed class RamLoader
     {
         _ram = ram;
         _stats = stats;
+        _loadedEnd = new ulong[ram.Blocks.Count];
     }
 
     /// <summary>
@@ -81,6 +85,7 @@ internal sealed class RamLoader
             _hostPages?.Flush(); // nothing waits in a postcopy run while this loader waits for data
             AfterBatch?.Invoke();
             long at = reader.Position;
+            _lastPageEnd = 0; // a PAGE record read below sets it again
             RamRecordHeader header = await reader.ReadRamRecordHeaderAsync().ConfigureAwait(false);
             switch (header.Kind)
             {
@@ -152,6 +157,11 @@ internal sealed class RamLoader
 
             if (!reader.TryReadBufferedRamRecord(out RamRecordHeader header, out ReadOnlySequence<byte> page))
             {
+                if (_lastPageEnd != 0 && Direct is not null && ReceivePagesDirect(reader))
+                {
+                    continue; // what the direct receive could not use came back through the pipe
+                }
+
                 return;
             }
 
@@ -184,6 +194,7 @@ internal sealed class RamLoader
             }
 
             block.CopyIn(offset, run.Slice(at + 8, RamBlock.TargetPageSize));
+            NotePageLoaded(offset);
             pages++;
         }
 
@@ -216,13 +227,15 @@ internal sealed class RamLoader
         }
         else
         {
+            ulong at = offset;
             foreach (ReadOnlyMemory<byte> piece in page)
             {
-                block.CopyIn(offset, piece.Span);
-                offset += (ulong)piece.Length;
+                block.CopyIn(at, piece.Span);
+                at += (ulong)piece.Length;
             }
         }
 
+        NotePageLoaded(offset);
         _stats.AddNormal();
     }
 
@@ -252,6 +265,7 @@ internal sealed class RamLoader
         }
 
         block.CopyIn(offset, _scratch);
+        NoteOtherLoaded(offset);
         _stats.AddNormal();
     }
 
@@ -266,6 +280,7 @@ internal sealed class RamLoader
             block.CopyIn(offset, _zero);
         }
 
+        NoteOtherLoaded(offset);
         _stats.AddDuplicate();
     }
 
@@ -297,7 +312,12 @@ internal sealed class RamLoader
             throw PageOutsideBlock(reader, at, block, header.Offset);
         }
 
-        _lastBlock = block;
+        if (!ReferenceEquals(block, _lastBlock))
+        {
+            _lastBlock = block;
+            _lastBlockIndex = IndexOf(block);
+        }
+
         return block;
     }
 
@@ -307,6 +327,39 @@ internal sealed class RamLoader
     /// </summary>
     private bool HasPageSizeEntry(string id) =>
         FindBlock(id) is { } block && block.HostPageSize != RamBlock.TargetPageSize;
+
+    // Where the last record's page ended, and how far the block's highest loaded page reaches
+    // (ReceivePagesDirect guesses only pages past it). Both after Resolve named the block.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void NotePageLoaded(ulong offset)
+    {
+        ulong end = offset + RamBlock.TargetPageSize;
+        _lastPageEnd = end;
+        ref ulong loaded = ref _loadedEnd[_lastBlockIndex];
+        if (end > loaded)
+        {
+            loaded = end;
+        }
+    }
+
+    private void NoteOtherLoaded(ulong offset)
+    {
+        NotePageLoaded(offset);
+        _lastPageEnd = 0;
+    }
+
+    private int IndexOf(RamBlock block)
+    {
+        for (int i = 0; i < _ram.Blocks.Count; i++)
+        {
+            if (ReferenceEquals(_ram.Blocks[i], block))
+            {
+                return i;
+            }
+        }
+
+        throw new InvalidOperationException($"RAM block '{block.Name}' is not one of this machine's.");
+    }
 
     /// <summary>The block named <paramref name="id"/>, or null.</summary>
     private RamBlock? FindBlock(string? id)

@@ -150,6 +150,46 @@ public sealed partial class MigrationStreamReader
         return first[..length];
     }
 
+    /// <summary>How many bytes the reader holds unconsumed (what the pipe's last read returned and no record has taken).</summary>
+    internal long HeldLength => _buffer.Length;
+
+    /// <summary>The big-endian word the held bytes start with; needs <see cref="HeldLength"/> of 8 or more.</summary>
+    internal ulong PeekHeldWord()
+    {
+        Span<byte> word = stackalloc byte[8];
+        _buffer.Slice(0, 8).CopyTo(word);
+        return BinaryPrimitives.ReadUInt64BigEndian(word);
+    }
+
+    /// <summary>True once the pipe said no more bytes will come after those the reader holds.</summary>
+    internal bool InputEnded => _completed;
+
+    /// <summary>
+    /// For a direct receive (<see cref="Modular.Abstractions.Transports.IDirectReceive"/>): copies the
+    /// bytes the reader holds into <paramref name="into"/> and consumes them, so that the pipe holds
+    /// nothing unread. <see cref="Position"/> stays where those bytes start: <see cref="SkipReceived"/>
+    /// moves it over what the caller used, and what it did not use it hands back to the transport.
+    /// </summary>
+    /// <param name="into">At least <see cref="HeldLength"/> bytes.</param>
+    /// <returns>The count copied.</returns>
+    internal int DetachHeld(Span<byte> into)
+    {
+        int length = checked((int)_buffer.Length);
+        _buffer.CopyTo(into);
+        if (_holdingResult)
+        {
+            _input.AdvanceTo(_buffer.End);
+            _holdingResult = false;
+        }
+
+        _buffer = default;
+        return length;
+    }
+
+    /// <summary>Moves <see cref="Position"/> over <paramref name="count"/> bytes the caller received and used outside the pipe.</summary>
+    /// <param name="count">The bytes, counted from the position (the first of them may be ones <see cref="DetachHeld"/> took).</param>
+    internal void SkipReceived(long count) => _position += count;
+
     private byte ByteAt(long index)
     {
         ReadOnlySpan<byte> first = _buffer.FirstSpan;

@@ -52,9 +52,18 @@ public sealed class CorruptStreamPropertyTests
 
     [TestMethod]
     [Timeout(600_000, CooperativeCancellation = true)]
-    public async Task RandomCorruptions_NeverCrashOrHang()
+    public async Task RandomCorruptions_NeverCrashOrHang() => await LoadCorruptionsAsync(iterations: 400, overUnixSocket: false);
+
+    /// <summary>The same over the unix transport, whose destination receives precopy pages straight into guest RAM and hands back what it did not expect.</summary>
+    [TestMethod]
+    [Timeout(600_000, CooperativeCancellation = true)]
+    public async Task RandomCorruptionsOverAUnixSocket_NeverCrashOrHang() => await LoadCorruptionsAsync(iterations: 120, overUnixSocket: true);
+
+    private static async Task LoadCorruptionsAsync(int iterations, bool overUnixSocket)
     {
         byte[] stream = await RealStream.GetAsync();
+        IncomingMigrationException? intact = await RealStream.LoadAsync(stream, LoadTimeout, overUnixSocket: overUnixSocket);
+        Assert.IsNull(intact, $"the stream as it is loads: {intact?.Message}");
         Gen<Corruption> corruptions =
             from kind in Gen.Int[0, 3]
             from position in Gen.Double[0, 1]
@@ -66,7 +75,7 @@ public sealed class CorruptStreamPropertyTests
         corruptions.Sample(
             corruption =>
             {
-                IncomingMigrationException? failure = RealStream.LoadAsync(corruption.Apply(stream), LoadTimeout).GetAwaiter().GetResult();
+                IncomingMigrationException? failure = RealStream.LoadAsync(corruption.Apply(stream), LoadTimeout, overUnixSocket: overUnixSocket).GetAwaiter().GetResult();
                 if (failure is null)
                 {
                     completed++;
@@ -78,7 +87,7 @@ public sealed class CorruptStreamPropertyTests
                     failure.InnerException is MigrationStreamException or DeviceStateException or TransportException,
                     $"{corruption}: {failure.InnerException?.GetType().Name}: {failure.Message}");
             },
-            iter: 400,
+            iter: iterations,
             threads: 1);
         Assert.IsGreaterThan(0, failed, "no corruption was detected at all");
         Console.WriteLine($"{failed} corruptions failed cleanly, {completed} loaded (they hit page data)");

@@ -75,17 +75,34 @@ internal static class RealStream
     /// over file:, within <paramref name="timeout"/>. Returns null when the load completed, else the
     /// incoming migration's exception.
     /// </summary>
+    /// <param name="bytes">The stream.</param>
+    /// <param name="timeout">How long the load may take.</param>
+    /// <param name="memory">The destination's RAM.</param>
+    /// <param name="overUnixSocket">Send the bytes through the unix transport (a plain socket writes them; the destination receives pages straight into RAM there) rather than reading them from a file.</param>
     /// <exception cref="TimeoutException">The load neither completed nor failed in time (a hang).</exception>
-    public static async Task<IncomingMigrationException?> LoadAsync(byte[] bytes, TimeSpan timeout, ulong memory = Memory)
+    public static async Task<IncomingMigrationException?> LoadAsync(byte[] bytes, TimeSpan timeout, ulong memory = Memory, bool overUnixSocket = false)
     {
-        string path = Path.Combine(Path.GetTempPath(), $"modular-load-{Environment.ProcessId}-{Guid.NewGuid():n}.stream");
-        await File.WriteAllBytesAsync(path, bytes);
+        string path = Path.Combine(Path.GetTempPath(), $"modular-load-{Environment.ProcessId}-{Guid.NewGuid():n}.{(overUnixSocket ? "sock" : "stream")}");
+        if (!overUnixSocket)
+        {
+            await File.WriteAllBytesAsync(path, bytes);
+        }
+
+        System.Net.Sockets.Socket? sender = null;
         try
         {
             using VirtualMachine machine = VirtualMachine.Create(Config(memory), Catalog, MachineStartMode.Incoming);
             var controller = new MigrationController(machine, Catalog);
-            IncomingMigration incoming = await controller.StartIncomingAsync("file:" + path);
+            IncomingMigration incoming = await controller.StartIncomingAsync((overUnixSocket ? "unix:" : "file:") + path);
             machine.Start();
+            Task sending = Task.CompletedTask;
+            if (overUnixSocket)
+            {
+                sender = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+                await sender.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(path));
+                sending = SendAsync(sender, bytes);
+            }
+
             try
             {
                 await incoming.Completion.WaitAsync(timeout);
@@ -110,7 +127,21 @@ internal static class RealStream
         }
         finally
         {
+            sender?.Dispose();
             File.Delete(path);
+        }
+
+        // All of it, then the end of the stream; a destination that failed early stops reading, and the rest no longer matters.
+        static async Task SendAsync(System.Net.Sockets.Socket socket, byte[] bytes)
+        {
+            try
+            {
+                await socket.SendAsync(bytes);
+                socket.Shutdown(System.Net.Sockets.SocketShutdown.Send);
+            }
+            catch (Exception ex) when (ex is System.Net.Sockets.SocketException or ObjectDisposedException)
+            {
+            }
         }
     }
 
