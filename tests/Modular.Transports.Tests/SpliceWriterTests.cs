@@ -145,6 +145,47 @@ public sealed class SpliceWriterTests
         }
     }
 
+    /// <summary>
+    /// A peer that goes away fails the spliced flush with an error that names the connection and
+    /// records the reset; splice(2) raises SIGPIPE then (it has no MSG_NOSIGNAL), which .NET ignores.
+    /// </summary>
+    [TestMethod]
+    public async Task APeerThatGoesAwayFailsASplicedFlushNamingTheConnection()
+    {
+        (Socket a, Socket b) = await UnixPairAsync();
+        SocketError recorded = SocketError.Success;
+        var writer = new GatherSocketWriter(a, "unix:/test/peer-gone.sock", error => recorded = error, splice: true);
+        nint region = Allocate(1 << 20);
+        try
+        {
+            Assert.IsTrue(writer.Splices, "a unix socket on this kernel splices");
+            b.Dispose();
+            IOException? failure = null;
+            try
+            {
+                for (int flush = 0; flush < 10; flush++)
+                {
+                    WriteHeader(writer, new Fnv1a(), 9, flush, 0);
+                    writer.WriteByReference(region, 1 << 20);
+                    await writer.FlushAsync().AsTask().WithTimeout();
+                }
+            }
+            catch (IOException ex)
+            {
+                failure = ex;
+            }
+
+            Assert.IsNotNull(failure, "sending to a peer that closed fails");
+            StringAssert.Contains(failure.Message, "sending on unix:/test/peer-gone.sock failed (splice)", "the error names the connection and the call");
+            Assert.AreEqual(SocketError.ConnectionReset, recorded, "the broken pipe is recorded as a reset");
+        }
+        finally
+        {
+            a.Dispose();
+            Free(region);
+        }
+    }
+
     /// <summary>A header of <paramref name="length"/> bytes that says which record it is; returns its length.</summary>
     private static int WriteHeader(GatherSocketWriter writer, Fnv1a sent, int length, int flush, int record)
     {
