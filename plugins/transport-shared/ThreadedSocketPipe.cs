@@ -61,6 +61,8 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
         // channel), measured 0.7-6 ms in the slow ones. With O_NONBLOCK cleared, recv(2) blocks
         // in the kernel and an arrival wakes this thread itself. Closing still unblocks it (.NET
         // shuts a socket down under a blocked call). Should clearing fail, the emulation stays.
+        // A splicing writer sets the flag again (splice(2) has no MSG_DONTWAIT); the receive thread
+        // of such a pipe waits in poll(2) first, so its recv(2) finds data and does not need to block.
         _ = SocketInterop.MakeBlocking(socket);
         RecyclingMemoryPool.Segments.EnsureFree(RecyclingMemoryPool.SegmentsPerPipe); // none allocated during a migration
         StandbyThreads.Run(ReceiveLoop, threadName);
