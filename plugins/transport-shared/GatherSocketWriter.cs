@@ -19,11 +19,14 @@ namespace Modular.Transports.Shared;
 /// <para>Measured on this 2-core host (1 GiB, tcp, postcopy): the copy of each page into a pipe
 /// segment took about a fifth of the source's CPU, and the hand-over to a send loop on the thread
 /// pool another share in context switches; both are gone here.</para>
+/// <para>Over a unix socket the writer can splice instead (GatherSocketWriter.Splice.cs): the
+/// pages then reach the peer's queue by reference, not copied by sendmsg; written bytes then come
+/// from a <see cref="SpliceRing"/> rather than from the chunks.</para>
 /// <para>Threads: one writing thread at a time, which awaits each flush before writing again.
 /// <see cref="CancelPendingFlush"/> and <see cref="Abandon"/> may come from any thread: a flush
 /// waiting on a full socket then ends within <see cref="PollSlice"/>.</para>
 /// </remarks>
-internal sealed unsafe class GatherSocketWriter : PipeWriter, IGatherWriter, IValueTaskSource<FlushResult>
+internal sealed unsafe partial class GatherSocketWriter : PipeWriter, IGatherWriter, IValueTaskSource<FlushResult>
 {
     private const int ChunkSize = 64 * 1024;
     private const int MaxIovecs = SocketInterop.MaxIovecs;
@@ -38,7 +41,13 @@ internal sealed unsafe class GatherSocketWriter : PipeWriter, IGatherWriter, IVa
     private int _sendFrom;       // the first iovec a flush has not sent completely
     private int _chunk;          // the chunk GetSpan hands out
     private int _chunkUsed;      // its committed bytes
+    private int _spanLength;     // what is left of the memory GetMemory last handed out
+    private bool _spanInRing;    // which is the splice ring's (else a chunk's)
     private long _unflushed;
+    private long _referenced;    // bytes given by reference since the last flush
+    private long _written;       // bytes the socket has taken since the start
+    private bool _sending;       // a flush is being sent (perhaps waiting on the send thread)
+    private bool _splicing;      // and it goes out by splice
     private bool _completed;
     private volatile bool _cancelFlush;
     private volatile bool _abandoned;
@@ -52,12 +61,24 @@ internal sealed unsafe class GatherSocketWriter : PipeWriter, IGatherWriter, IVa
     /// <param name="socket">The connected socket; the owner closes it.</param>
     /// <param name="description">Names the connection in errors.</param>
     /// <param name="onError">Records the socket error that ended sending.</param>
-    internal GatherSocketWriter(Socket socket, string description, Action<SocketError> onError)
+    /// <param name="splice">
+    /// True to send flushes with pages by splice (unix sockets only, see GatherSocketWriter.Splice.cs)
+    /// where the kernel allows it; the socket's descriptor is then made non-blocking, so its reads
+    /// should wait in poll(2) first (<see cref="ThreadedSocketPipe"/>'s latency receive does).
+    /// </param>
+    /// <param name="ringSize">The splice ring's size (tests make it small).</param>
+    /// <param name="ringBlock">The splice ring's block size.</param>
+    internal GatherSocketWriter(Socket socket, string description, Action<SocketError> onError,
+        bool splice = false, int ringSize = DefaultRingSize, int ringBlock = DefaultRingBlock)
     {
         _socket = socket;
         _description = description;
         _onError = onError;
         _chunks.Add(NewChunk(ChunkSize));
+        if (splice)
+        {
+            StartSplicing(ringSize, ringBlock);
+        }
     }
 
     public override bool CanGetUnflushedBytes => true;
@@ -71,6 +92,7 @@ internal sealed unsafe class GatherSocketWriter : PipeWriter, IGatherWriter, IVa
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(length);
         AddIovec(address, length);
         _unflushed += length;
+        _referenced += length;
     }
 
     public override Span<byte> GetSpan(int sizeHint = 0) => GetMemory(sizeHint).Span;
@@ -79,21 +101,39 @@ internal sealed unsafe class GatherSocketWriter : PipeWriter, IGatherWriter, IVa
     {
         ThrowIfCompleted();
         sizeHint = Math.Max(sizeHint, 1);
+        Memory<byte> memory;
+        if (_ring is not null && !_copyFlush)
+        {
+            if (_ring.TryGetMemory(sizeHint, _consumed, out memory))
+            {
+                _spanLength = memory.Length;
+                _spanInRing = true;
+                return memory;
+            }
+
+            // The ring's next block may still be queued in the socket (or is this flush's own): this
+            // flush copies, and its bytes go to the chunks, which sendmsg leaves free after the flush.
+            _copyFlush = true;
+            RingFallbacks++;
+        }
+
         if (_chunks[_chunk].Length - _chunkUsed < sizeHint)
         {
             NextChunk(sizeHint);
         }
 
-        return _chunks[_chunk].AsMemory(_chunkUsed);
+        memory = _chunks[_chunk].AsMemory(_chunkUsed);
+        _spanLength = memory.Length;
+        _spanInRing = false;
+        return memory;
     }
 
     public override void Advance(int bytes)
     {
         ThrowIfCompleted();
-        byte[] chunk = _chunks[_chunk];
-        if ((uint)bytes > (uint)(chunk.Length - _chunkUsed))
+        if ((uint)bytes > (uint)_spanLength)
         {
-            throw new ArgumentOutOfRangeException(nameof(bytes), $"Advanced {bytes} bytes past the {chunk.Length - _chunkUsed} bytes handed out.");
+            throw new ArgumentOutOfRangeException(nameof(bytes), $"Advanced {bytes} bytes past the {_spanLength} bytes handed out.");
         }
 
         if (bytes == 0)
@@ -101,7 +141,7 @@ internal sealed unsafe class GatherSocketWriter : PipeWriter, IGatherWriter, IVa
             return;
         }
 
-        nint start = AddressOf(chunk) + _chunkUsed;
+        nint start = _spanInRing ? _ring!.Commit(bytes) : AddressOf(_chunks[_chunk]) + _chunkUsed;
         ref Iovec last = ref _iovecs[Math.Max(_iovecCount - 1, 0)];
         if (_iovecCount > 0 && last.Base + (nint)last.Length == start)
         {
@@ -112,7 +152,12 @@ internal sealed unsafe class GatherSocketWriter : PipeWriter, IGatherWriter, IVa
             AddIovec(start, bytes);
         }
 
-        _chunkUsed += bytes;
+        if (!_spanInRing)
+        {
+            _chunkUsed += bytes;
+        }
+
+        _spanLength -= bytes;
         _unflushed += bytes;
     }
 
@@ -232,6 +277,7 @@ internal sealed unsafe class GatherSocketWriter : PipeWriter, IGatherWriter, IVa
             _completed = true;
             _iovecCount = 0;
             StopSendThread();
+            ClosePipe();
         }
     }
 
@@ -249,6 +295,8 @@ internal sealed unsafe class GatherSocketWriter : PipeWriter, IGatherWriter, IVa
     {
         _abandoned = true;
         StopSendThread();
+        _pipeWrite?.Dispose(); // a splice under way holds the pipe open until its call returns; then it fails
+        _pipeRead?.Dispose();
     }
 
     private void ThrowIfCompleted()
@@ -303,6 +351,12 @@ internal sealed unsafe class GatherSocketWriter : PipeWriter, IGatherWriter, IVa
     /// </summary>
     private Outcome SendPending(CancellationToken cancellationToken, bool mayWait)
     {
+        if (!_sending)
+        {
+            _sending = true; // the first call for this flush: how it goes out is decided once
+            _splicing = ShouldSplice();
+        }
+
         bool added = false;
         SafeSocketHandle handle = _socket.SafeHandle;
         bool keep = false;
@@ -312,45 +366,10 @@ internal sealed unsafe class GatherSocketWriter : PipeWriter, IGatherWriter, IVa
             int fd = (int)handle.DangerousGetHandle();
             fixed (Iovec* iovecs = _iovecs)
             {
-                while (_sendFrom < _iovecCount)
-                {
-                    if (_abandoned || _cancelFlush || cancellationToken.IsCancellationRequested)
-                    {
-                        return Outcome.Canceled;
-                    }
-
-                    var message = new MsgHdr { Iov = iovecs + _sendFrom, IovLen = (nuint)Math.Min(_iovecCount - _sendFrom, MaxIovecs) };
-                    nint sent = SocketInterop.SendMsg(fd, &message, SocketInterop.MsgDontWait | SocketInterop.MsgNoSignal);
-                    if (sent < 0)
-                    {
-                        int errno = Marshal.GetLastPInvokeError();
-                        if (errno == SocketInterop.EAgain)
-                        {
-                            if (!mayWait)
-                            {
-                                keep = true;
-                                return Outcome.Full;
-                            }
-
-                            var poll = new PollFd { Fd = fd, Events = SocketInterop.PollOut };
-                            _ = SocketInterop.Poll(&poll, 1, PollSlice);
-                            continue;
-                        }
-
-                        if (errno == SocketInterop.EIntr)
-                        {
-                            continue;
-                        }
-
-                        throw Failed(errno);
-                    }
-
-                    // Skip what went out; a partly sent iovec goes on from where it stopped.
-                    SocketInterop.Advance(iovecs, ref _sendFrom, (nuint)sent);
-                }
+                Outcome outcome = _splicing ? SendBySplice(fd, iovecs, cancellationToken, mayWait) : SendByCopy(fd, iovecs, cancellationToken, mayWait);
+                keep = outcome == Outcome.Full;
+                return outcome;
             }
-
-            return Outcome.Sent;
         }
         catch (ObjectDisposedException ex)
         {
@@ -365,16 +384,81 @@ internal sealed unsafe class GatherSocketWriter : PipeWriter, IGatherWriter, IVa
 
             if (!keep)
             {
-                _sendFrom = 0;
-                _iovecCount = 0;
-                _chunk = 0;
-                _chunkUsed = 0;
-                _unflushed = 0;
+                EndFlush();
             }
         }
     }
 
-    private IOException Failed(int errno)
+    /// <summary>The flush is over (sent, canceled or failed): the chunks and the iovecs start again.</summary>
+    private void EndFlush()
+    {
+        if (_ring is not null)
+        {
+            EndSpliceFlush();
+        }
+
+        _sending = false;
+        _sendFrom = 0;
+        _iovecCount = 0;
+        _chunk = 0;
+        _chunkUsed = 0;
+        _spanLength = 0;
+        _unflushed = 0;
+        _referenced = 0;
+    }
+
+    /// <summary>sendmsg(2) over the iovecs, which the kernel copies into its skbs.</summary>
+    private Outcome SendByCopy(int fd, Iovec* iovecs, CancellationToken cancellationToken, bool mayWait)
+    {
+        while (_sendFrom < _iovecCount)
+        {
+            if (_abandoned || _cancelFlush || cancellationToken.IsCancellationRequested)
+            {
+                return Outcome.Canceled;
+            }
+
+            var message = new MsgHdr { Iov = iovecs + _sendFrom, IovLen = (nuint)Math.Min(_iovecCount - _sendFrom, MaxIovecs) };
+            nint sent = SocketInterop.SendMsg(fd, &message, SocketInterop.MsgDontWait | SocketInterop.MsgNoSignal);
+            if (sent < 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno == SocketInterop.EAgain)
+                {
+                    if (!mayWait)
+                    {
+                        return Outcome.Full;
+                    }
+
+                    WaitForRoom(fd);
+                    continue;
+                }
+
+                if (errno == SocketInterop.EIntr)
+                {
+                    continue;
+                }
+
+                throw Failed(errno);
+            }
+
+            // Skip what went out; a partly sent iovec goes on from where it stopped.
+            SocketInterop.Advance(iovecs, ref _sendFrom, (nuint)sent);
+            _written += sent;
+        }
+
+        return Outcome.Sent;
+    }
+
+    /// <summary>Waits until the socket has room, at most <see cref="PollSlice"/> (the caller looks for a cancel in between).</summary>
+    private static void WaitForRoom(int fd)
+    {
+        var poll = new PollFd { Fd = fd, Events = SocketInterop.PollOut };
+        _ = SocketInterop.Poll(&poll, 1, PollSlice);
+    }
+
+    /// <param name="errno">The error.</param>
+    /// <param name="call">The call that failed, when not sendmsg (named in the message).</param>
+    private IOException Failed(int errno, string? call = null)
     {
         SocketError error = errno switch
         {
@@ -384,6 +468,6 @@ internal sealed unsafe class GatherSocketWriter : PipeWriter, IGatherWriter, IVa
         };
         _onError(error);
         var inner = new SocketException((int)error, Marshal.GetPInvokeErrorMessage(errno));
-        return new IOException($"sending on {_description} failed: {inner.Message}", inner);
+        return new IOException($"sending on {_description} failed{(call is null ? "" : $" ({call})")}: {inner.Message}", inner);
     }
 }

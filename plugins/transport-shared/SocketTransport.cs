@@ -90,9 +90,16 @@ internal static class SocketPipeTuning
         }
 
         return connecting
-            ? new ThreadedSocketPipe(socket, name, "migration recv", gatherSends: true)
+            ? new ThreadedSocketPipe(socket, name, "migration recv", gatherSends: true, spliceSends: socket.AddressFamily == AddressFamily.Unix && SpliceSends)
             : new ThreadedSocketPipe(socket, name, "migration recv", latencyReceive: false);
     }
+
+    /// <summary>
+    /// Whether a unix source splices its pages (<see cref="GatherSocketWriter"/>'s splice path):
+    /// on unless <c>MODULAR_UNIX_SPLICE=off</c> is in the environment (for comparison; tcp never splices).
+    /// </summary>
+    internal static bool SpliceSends { get; } =
+        !string.Equals(Environment.GetEnvironmentVariable("MODULAR_UNIX_SPLICE"), "off", StringComparison.Ordinal);
 
     /// <summary>
     /// <c>MODULAR_SOCKET_PIPES=pipelines-sockets</c> in the environment runs main connections on

@@ -52,7 +52,8 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
     /// <param name="threadName">The receive thread's name.</param>
     /// <param name="gatherSends">True for the source's bulk data: <see cref="Output"/> is a <see cref="GatherSocketWriter"/> (sendmsg on the flushing thread, RAM pages by reference). Otherwise a flush hands the bytes to send(2) at once on the flushing thread.</param>
     /// <param name="latencyReceive">True when what arrives is latency-critical (page requests, requested pages): the receive thread runs at nice -20 (<see cref="LatencyThread"/>). Not for bulk data, whose work would then crowd out everything else.</param>
-    internal ThreadedSocketPipe(Socket socket, string description, string threadName = "channel recv", bool latencyReceive = true, bool gatherSends = false)
+    /// <param name="spliceSends">With <paramref name="gatherSends"/> over a unix socket: flushes with pages go out by vmsplice and splice (<see cref="GatherSocketWriter"/>). Needs <paramref name="latencyReceive"/>, whose thread waits for data in poll(2): splicing makes the descriptor non-blocking again.</param>
+    internal ThreadedSocketPipe(Socket socket, string description, string threadName = "channel recv", bool latencyReceive = true, bool gatherSends = false, bool spliceSends = false)
     {
         _latencyReceive = latencyReceive;
         _socket = socket;
@@ -66,12 +67,14 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
         // channel), measured 0.7-6 ms in the slow ones. With O_NONBLOCK cleared, recv(2) blocks
         // in the kernel and an arrival wakes this thread itself. Closing still unblocks it (.NET
         // shuts a socket down under a blocked call). Should clearing fail, the emulation stays.
+        // A splicing writer sets the flag again (splice(2) has no MSG_DONTWAIT); the receive thread
+        // of such a pipe waits in poll(2) first, so its recv(2) finds data and does not need to block.
         _ = SocketInterop.MakeBlocking(socket);
         RecyclingMemoryPool.Segments.EnsureFree(RecyclingMemoryPool.SegmentsPerPipe); // none allocated during a migration
         StandbyThreads.Run(ReceiveLoop, threadName);
         if (gatherSends)
         {
-            _gather = new GatherSocketWriter(socket, description, error => _error = error);
+            _gather = new GatherSocketWriter(socket, description, error => _error = error, splice: spliceSends && latencyReceive);
             _sendLoop = Task.CompletedTask;
         }
         else

@@ -8,10 +8,12 @@ namespace Modular.Abstractions.Transports;
 /// then are not copied into the pipe first: on a busy host that copy was a fifth of the source's CPU.
 /// </summary>
 /// <remarks>
-/// When the <c>FlushAsync</c> that follows a write completes, every byte written before it (by copy
-/// or by reference) is out of the caller's memory, so the memory may change or go away after that,
-/// not before. Memory changed between the write and the flush goes
-/// out as it is at the flush; the migration source relies on dirty logging for that, as QEMU does.
+/// When the <c>FlushAsync</c> that follows a write completes, the memory given by reference may be
+/// unmapped, not before. A transport may hand the pages themselves to the kernel: the unix transport
+/// splices them, and the peer's read copies from the pages whenever it comes, after the flush. So
+/// memory changed after the write, even after the flush, may reach the peer changed; the migration
+/// source relies on dirty logging for that, as QEMU does (a page written is sent again). Bytes
+/// written by copy are the writer's own and never change.
 /// </remarks>
 public interface IGatherWriter
 {
