@@ -129,20 +129,14 @@ internal sealed unsafe partial class GatherSocketWriter
                 if (sent <= 0)
                 {
                     int errno = sent < 0 ? Marshal.GetLastPInvokeError() : 0;
-                    if (errno == SocketInterop.EAgain)
+                    if (TryAgain(errno, fd, mayWait, out bool full))
                     {
-                        if (!mayWait)
-                        {
-                            return Outcome.Full;
-                        }
-
-                        WaitForRoom(fd);
                         continue;
                     }
 
-                    if (errno == SocketInterop.EIntr)
+                    if (full)
                     {
-                        continue;
+                        return Outcome.Full;
                     }
 
                     throw errno == 0 ? new IOException($"sending on {_description} failed: splice(2) moved nothing out of a full pipe") : Failed(errno, "splice");

@@ -407,6 +407,34 @@ internal sealed unsafe partial class GatherSocketWriter : PipeWriter, IGatherWri
         _referenced = 0;
     }
 
+    /// <summary>
+    /// After a send call failed with <paramref name="errno"/>: true to call again (EINTR; EAGAIN once
+    /// room came, with <paramref name="mayWait"/>); false with <paramref name="full"/> set for EAGAIN
+    /// without it (the flush stops at a full socket); false otherwise (a real failure).
+    /// </summary>
+    private bool TryAgain(int errno, int fd, bool mayWait, out bool full)
+    {
+        full = false;
+        if (errno == SocketInterop.EIntr)
+        {
+            return true;
+        }
+
+        if (errno != SocketInterop.EAgain)
+        {
+            return false;
+        }
+
+        if (!mayWait)
+        {
+            full = true;
+            return false;
+        }
+
+        WaitForRoom(fd);
+        return true;
+    }
+
     /// <summary>sendmsg(2) over the iovecs, which the kernel copies into its skbs.</summary>
     private Outcome SendByCopy(int fd, Iovec* iovecs, CancellationToken cancellationToken, bool mayWait)
     {
@@ -422,20 +450,14 @@ internal sealed unsafe partial class GatherSocketWriter : PipeWriter, IGatherWri
             if (sent < 0)
             {
                 int errno = Marshal.GetLastPInvokeError();
-                if (errno == SocketInterop.EAgain)
+                if (TryAgain(errno, fd, mayWait, out bool full))
                 {
-                    if (!mayWait)
-                    {
-                        return Outcome.Full;
-                    }
-
-                    WaitForRoom(fd);
                     continue;
                 }
 
-                if (errno == SocketInterop.EIntr)
+                if (full)
                 {
-                    continue;
+                    return Outcome.Full;
                 }
 
                 throw Failed(errno);

@@ -86,7 +86,7 @@ public sealed class SocketPipeTests
     [DataRow("close", "unix")]
     public async Task AFlushBlockedOnAFullSocketEndsOnCancelOrClose(string how, string family)
     {
-        (Socket a, Socket b) = family == "unix" ? await UnixPairAsync() : await ConnectedPairAsync();
+        (Socket a, Socket b) = family == "unix" ? await TransportTestKit.UnixPairAsync() : await ConnectedPairAsync();
         var source = new ThreadedSocketPipe(a, "test source", "test recv", gatherSends: true, spliceSends: family == "unix");
         var gather = (Modular.Abstractions.Transports.IGatherWriter)source.Output;
         const int size = 64 << 20; // far more than both socket buffers: the flush must wait for the reader
@@ -174,7 +174,7 @@ public sealed class SocketPipeTests
     [DataRow("tcp")]
     public async Task ALatencyReceiveThreadSleepsThroughBulkSentTheOtherWay(string family)
     {
-        (Socket a, Socket b) = family == "unix" ? await UnixPairAsync() : await ConnectedPairAsync();
+        (Socket a, Socket b) = family == "unix" ? await TransportTestKit.UnixPairAsync() : await ConnectedPairAsync();
         var source = new ThreadedSocketPipe(a, "test source", "wake test recv", gatherSends: true, spliceSends: family == "unix"); // unix: its descriptor is non-blocking then
         var destination = new ThreadedSocketPipe(b, "test destination", "test recv", latencyReceive: false);
         try
@@ -227,7 +227,7 @@ public sealed class SocketPipeTests
     [TestMethod]
     public async Task DirectReceivesAndBytesHandedBackKeepTheStreamInOrder()
     {
-        (Socket a, Socket b) = await UnixPairAsync();
+        (Socket a, Socket b) = await TransportTestKit.UnixPairAsync();
         var destination = new ThreadedSocketPipe(b, "test destination", "test recv", latencyReceive: false);
         const int total = 16 << 20;
         byte[] sent = new byte[total];
@@ -299,19 +299,6 @@ public sealed class SocketPipeTests
         }
     }
 
-    private static async Task<(Socket, Socket)> UnixPairAsync()
-    {
-        string path = Path.Combine(Path.GetTempPath(), $"modular-pipe-test-{Guid.NewGuid():N}.sock");
-        using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        listener.Bind(new UnixDomainSocketEndPoint(path));
-        listener.Listen(1);
-        var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        Task<Socket> accepted = listener.AcceptAsync();
-        await client.ConnectAsync(new UnixDomainSocketEndPoint(path));
-        Socket server = await accepted;
-        File.Delete(path);
-        return (client, server);
-    }
 
     private static bool IsNonBlocking(Socket socket)
     {

@@ -32,7 +32,7 @@ public sealed class SpliceWriterTests
     [DataRow(true)]
     public async Task ASplicedStreamArrivesExactlyWhileTheRingIsReused(bool slowReceiver)
     {
-        (Socket a, Socket b) = await UnixPairAsync();
+        (Socket a, Socket b) = await TransportTestKit.UnixPairAsync();
         a.SendBufferSize = 4 << 20; // the kernel doubles it: 8 MiB may be queued, several laps of the ring
         var writer = new GatherSocketWriter(a, "test unix source", _ => { }, splice: true, ringSize: 64 << 10, ringBlock: 4096);
         nint region = Allocate(RegionSize);
@@ -110,7 +110,7 @@ public sealed class SpliceWriterTests
         tcpSource.Close();
         tcpB.Dispose();
 
-        (Socket a, Socket b) = await UnixPairAsync();
+        (Socket a, Socket b) = await TransportTestKit.UnixPairAsync();
         var source = (ThreadedSocketPipe)SocketPipeTuning.Wrap(a, "test unix source", connecting: true);
         var destination = (ThreadedSocketPipe)SocketPipeTuning.Wrap(b, "test unix destination", connecting: false);
         var writer = (GatherSocketWriter)source.Output;
@@ -152,7 +152,7 @@ public sealed class SpliceWriterTests
     [TestMethod]
     public async Task APeerThatGoesAwayFailsASplicedFlushNamingTheConnection()
     {
-        (Socket a, Socket b) = await UnixPairAsync();
+        (Socket a, Socket b) = await TransportTestKit.UnixPairAsync();
         SocketError recorded = SocketError.Success;
         var writer = new GatherSocketWriter(a, "unix:/test/peer-gone.sock", error => recorded = error, splice: true);
         nint region = Allocate(1 << 20);
@@ -229,19 +229,6 @@ public sealed class SpliceWriterTests
 
     private static unsafe Span<byte> At(nint address, int length) => new((void*)address, length);
 
-    private static async Task<(Socket, Socket)> UnixPairAsync()
-    {
-        string path = Path.Combine(Path.GetTempPath(), $"modular-splice-test-{Guid.NewGuid():N}.sock");
-        using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        listener.Bind(new UnixDomainSocketEndPoint(path));
-        listener.Listen(1);
-        var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        Task<Socket> accepted = listener.AcceptAsync();
-        await client.ConnectAsync(new UnixDomainSocketEndPoint(path));
-        Socket server = await accepted;
-        File.Delete(path);
-        return (client, server);
-    }
 
     private static async Task<(Socket, Socket)> TcpPairAsync()
     {

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.IO.Pipelines;
+using System.Net.Sockets;
 using Modular.Abstractions.Transports;
 
 namespace Modular.Transports.Tests;
@@ -62,6 +63,21 @@ internal static class TransportTestKit
     public static async Task<T> WithTimeout<T>(this Task<T> task) => await task.WaitAsync(Timeout);
 
     public static async Task WithTimeout(this Task task) => await task.WaitAsync(Timeout);
+
+    /// <summary>A connected pair of unix stream sockets (the socket file is removed once connected).</summary>
+    public static async Task<(Socket Client, Socket Server)> UnixPairAsync()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"modular-test-{Guid.NewGuid():N}.sock");
+        using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        listener.Bind(new UnixDomainSocketEndPoint(path));
+        listener.Listen(1);
+        var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        Task<Socket> accepted = listener.AcceptAsync();
+        await client.ConnectAsync(new UnixDomainSocketEndPoint(path));
+        Socket server = await accepted;
+        File.Delete(path);
+        return (client, server);
+    }
 }
 
 /// <summary>FNV-1a, 64-bit: an order-sensitive checksum fed in pieces of any size.</summary>
