@@ -160,7 +160,16 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
                         WaitReadable();
                     }
 
-                    int received = _socket.Receive(memory.Span);
+                    int received;
+                    try
+                    {
+                        received = _socket.Receive(memory.Span);
+                    }
+                    catch (SocketException ex) when (ex.SocketErrorCode == SocketError.WouldBlock)
+                    {
+                        continue; // a splicing writer made the descriptor non-blocking, and nothing was there after all
+                    }
+
                     if (received == 0)
                     {
                         break;
@@ -333,8 +342,16 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
     private unsafe void WaitReadable()
     {
         var poll = new PollFd { Fd = (int)_socket.Handle, Events = SocketInterop.PollIn };
-        while (SocketInterop.Poll(&poll, 1, PollSlice) == 0 && !_closing)
+        while (!_closing)
         {
+            int ready = SocketInterop.Poll(&poll, 1, PollSlice);
+            if (ready > 0 || (ready < 0 && System.Runtime.InteropServices.Marshal.GetLastPInvokeError() != SocketInterop.EIntr))
+            {
+                return; // readable, ended, or a failure the receive then reports
+            }
+
+            // Nothing yet, or a signal interrupted the wait: under splicing the descriptor is
+            // non-blocking, so a receive now could find nothing and fail; wait again.
         }
     }
 

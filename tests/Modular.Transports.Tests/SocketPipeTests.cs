@@ -198,20 +198,6 @@ public sealed class SocketPipeTests
             destination.Close();
         }
 
-        static string FindThread(string name)
-        {
-            foreach (string task in Directory.GetDirectories("/proc/self/task"))
-            {
-                if (File.ReadAllText(Path.Combine(task, "comm")).TrimEnd('\n') == name)
-                {
-                    return task;
-                }
-            }
-
-            Assert.Fail($"no thread named '{name}'");
-            return "";
-        }
-
         static long VoluntarySwitches(string task) => long.Parse(File.ReadAllLines(Path.Combine(task, "status"))
             .Single(line => line.StartsWith("voluntary_ctxt_switches:", StringComparison.Ordinal))
             .Split(':')[1].Trim(), System.Globalization.CultureInfo.InvariantCulture);
@@ -299,6 +285,69 @@ public sealed class SocketPipeTests
         }
     }
 
+
+    /// <summary>
+    /// A latency receive thread waiting in poll(2) goes on waiting when a signal interrupts it
+    /// (EINTR), even on a non-blocking descriptor (a splicing writer makes the source's one so): a
+    /// receive after an interrupted wait would find nothing and fail the return path.
+    /// </summary>
+    [TestMethod]
+    [System.Runtime.Versioning.SupportedOSPlatform("linux")]
+    public async Task ASignalDuringTheWaitForDataDoesNotFailTheReceive()
+    {
+        // A socketpair(2) that .NET never used asynchronously: its blocking Receive is then a plain
+        // recv(2), which on a non-blocking descriptor fails at once when nothing is there.
+        int[] fds = new int[2];
+        Assert.AreEqual(0, SocketPair(1 /* AF_UNIX */, 1 /* SOCK_STREAM */, 0, fds), "socketpair");
+        var a = new Socket(new SafeSocketHandle(fds[0], ownsHandle: true));
+        var b = new Socket(new SafeSocketHandle(fds[1], ownsHandle: true));
+        using var handler = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGWINCH, context => context.Cancel = true);
+        var source = new ThreadedSocketPipe(a, "test source", "eintr test recv");
+        try
+        {
+            await Task.Delay(100);
+            const int FSetFl = 4, FGetFl = 3, ONonBlock = 0x800;
+            Assert.AreEqual(0, Fcntl((int)a.Handle, FSetFl, Fcntl((int)a.Handle, FGetFl, 0) | ONonBlock), "fcntl(F_SETFL, O_NONBLOCK)");
+            int tid = int.Parse(Path.GetFileName(FindThread("eintr test recv")), System.Globalization.CultureInfo.InvariantCulture);
+            for (int i = 0; i < 20; i++)
+            {
+                if (TgKill(Environment.ProcessId, tid, 28 /* SIGWINCH */) != 0)
+                {
+                    break; // the receive thread has ended: the read below says why
+                }
+
+                await Task.Delay(5);
+            }
+
+            Task<ulong> sending = TransportTestKit.SendAsync(new ThreadedSocketPipe(b, "test destination", "test recv", latencyReceive: false).Output, 1 << 20);
+            Assert.AreEqual((1L << 20, await sending.WithTimeout()), await TransportTestKit.ReceiveAllAsync(source.Input).WithTimeout(), "the data after the signals arrives, and the receive did not fail");
+        }
+        finally
+        {
+            source.Close();
+            b.Dispose();
+        }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "socketpair", SetLastError = true)]
+    private static extern int SocketPair(int domain, int type, int protocol, int[] fds);
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "tgkill", SetLastError = true)]
+    private static extern int TgKill(int pid, int tid, int signal);
+
+    private static string FindThread(string name)
+    {
+        foreach (string task in Directory.GetDirectories("/proc/self/task"))
+        {
+            if (File.ReadAllText(Path.Combine(task, "comm")).TrimEnd('\n') == name)
+            {
+                return task;
+            }
+        }
+
+        Assert.Fail($"no thread named '{name}'");
+        return "";
+    }
 
     private static bool IsNonBlocking(Socket socket)
     {

@@ -125,11 +125,14 @@ public abstract partial class TransportConformanceTests
 
     /// <summary>
     /// When the forward path's writer is an <see cref="IGatherWriter"/>, bytes written by reference
-    /// arrive in order with the bytes copied around them (more pieces per flush than IOV_MAX), and a
-    /// flush has sent them: memory overwritten right after it does not change what arrives.
+    /// arrive in order with the bytes copied around them (more pieces per flush than IOV_MAX), the
+    /// copied bytes as they were written even though the writer reuses its buffers after each flush.
+    /// The referenced memory is left as it is until everything arrived: a transport may hand the
+    /// pages themselves to the kernel (the unix transport splices them), so what arrives is what the
+    /// memory holds when the peer reads it (see <see cref="IGatherWriter"/>).
     /// </summary>
     [TestMethod]
-    public async Task BytesWrittenByReferenceArriveInOrderAndAreOutWhenTheFlushReturns()
+    public async Task BytesWrittenByReferenceArriveInOrderWithTheCopiedBytes()
     {
         RequireLivePeer("writing by reference");
         await using ConnectedPair pair = await ConnectPairAsync().ConfigureAwait(false);
@@ -172,11 +175,6 @@ public abstract partial class TransportConformanceTests
 
                 FlushResult flushed = await Step(output.FlushAsync().AsTask(), "FlushAsync after writes by reference").ConfigureAwait(false);
                 Expect.That(!flushed.IsCanceled && !flushed.IsCompleted, $"{Name}: a flush with a live reader must neither be canceled nor completed.");
-                unsafe
-                {
-                    // Out of our memory once the flush returned: scribbling on it must change nothing.
-                    new Span<byte>((void*)region, at).Fill(0xEE);
-                }
             }
 
             await output.CompleteAsync().ConfigureAwait(false);
