@@ -74,7 +74,7 @@ internal sealed unsafe partial class GatherSocketWriter
         }
 
         SpliceRing? ring = SpliceRing.Create(ringSize, ringBlock);
-        if (ring is null || !OpenPipe() || SpliceInterop.MakeNonBlocking((int)_socket.Handle) != 0)
+        if (ring is null || !OpenPipe() || SocketInterop.MakeNonBlocking((int)_socket.Handle) != 0)
         {
             ClosePipe(); // and copy, as over tcp
             return;

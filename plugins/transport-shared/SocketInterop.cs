@@ -34,7 +34,7 @@ internal static unsafe partial class SocketInterop
     internal static partial int Poll(PollFd* fds, nuint count, int timeoutMs);
 
     [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
-    private static partial int Fcntl(int fd, int command, nint argument);
+    internal static partial int Fcntl(int fd, int command, nint argument);
 
     /// <summary>
     /// Skips <paramref name="done"/> bytes of the iovecs from <paramref name="from"/> on: whole iovecs
@@ -82,7 +82,18 @@ internal static unsafe partial class SocketInterop
 
     /// <inheritdoc cref="MakeBlocking(System.Net.Sockets.Socket)"/>
     /// <param name="fd">The descriptor.</param>
-    internal static int MakeBlocking(int fd)
+    internal static int MakeBlocking(int fd) => SetNonBlocking(fd, false);
+
+    /// <summary>
+    /// Sets O_NONBLOCK on the descriptor: splice(2) has no MSG_DONTWAIT and takes the blocking mode
+    /// from the socket's file (splice_to_socket). This restores what .NET set itself for the
+    /// socket's async calls; its blocking receives then wait in its epoll emulation when no data is there.
+    /// </summary>
+    /// <returns>0, or the errno.</returns>
+    internal static int MakeNonBlocking(int fd) => SetNonBlocking(fd, true);
+
+    // fcntl(F_SETFL) with O_NONBLOCK set or cleared, only when it differs. Returns 0, or the errno.
+    private static int SetNonBlocking(int fd, bool nonBlocking)
     {
         int flags = Fcntl(fd, FGetFl, 0);
         if (flags < 0)
@@ -90,7 +101,8 @@ internal static unsafe partial class SocketInterop
             return Marshal.GetLastPInvokeError();
         }
 
-        if ((flags & ONonBlock) != 0 && Fcntl(fd, FSetFl, flags & ~ONonBlock) < 0)
+        int wanted = nonBlocking ? flags | ONonBlock : flags & ~ONonBlock;
+        if (wanted != flags && Fcntl(fd, FSetFl, wanted) < 0)
         {
             return Marshal.GetLastPInvokeError();
         }

@@ -18,9 +18,6 @@ internal static unsafe partial class SpliceInterop
     internal const int ENoSys = 38;
     internal const int PipeSize = 1 << 20; // the default /proc/sys/fs/pipe-max-size: 256 slots of a page
     private const int OCloExec = 0x80000;
-    private const int ONonBlock = 0x800;
-    private const int FGetFl = 3;
-    private const int FSetFl = 4;
     private const int FSetPipeSz = 1031;
     private const int SiocOutQ = 0x5411; // TIOCOUTQ
     private const int ProtRead = 0x1;
@@ -38,9 +35,6 @@ internal static unsafe partial class SpliceInterop
 
     [LibraryImport("libc", EntryPoint = "pipe2", SetLastError = true)]
     private static partial int Pipe2(int* fds, int flags);
-
-    [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
-    private static partial int Fcntl(int fd, int command, nint argument);
 
     [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
     private static partial int Ioctl(int fd, nuint request, int* argument);
@@ -119,7 +113,7 @@ internal static unsafe partial class SpliceInterop
 
         read = new SafeFileHandle(fds[0], ownsHandle: true);
         write = new SafeFileHandle(fds[1], ownsHandle: true);
-        _ = Fcntl(fds[1], FSetPipeSz, PipeSize); // EPERM above pipe-max-size or the user's pipe quota: keep the default
+        _ = SocketInterop.Fcntl(fds[1], FSetPipeSz, PipeSize); // EPERM above pipe-max-size or the user's pipe quota: keep the default
         return 0;
     }
 
@@ -133,28 +127,6 @@ internal static unsafe partial class SpliceInterop
     {
         int queued;
         return Ioctl(socketFd, SiocOutQ, &queued) == 0 ? queued : -1;
-    }
-
-    /// <summary>
-    /// Sets O_NONBLOCK on the descriptor: splice(2) has no MSG_DONTWAIT and takes the blocking mode
-    /// from the socket's file (splice_to_socket). This restores what .NET set itself for the
-    /// socket's async calls; its blocking receives then wait in its epoll emulation when no data is there.
-    /// </summary>
-    /// <returns>0, or the errno.</returns>
-    internal static int MakeNonBlocking(int fd)
-    {
-        int flags = Fcntl(fd, FGetFl, 0);
-        if (flags < 0)
-        {
-            return Marshal.GetLastPInvokeError();
-        }
-
-        if ((flags & ONonBlock) == 0 && Fcntl(fd, FSetFl, flags | ONonBlock) < 0)
-        {
-            return Marshal.GetLastPInvokeError();
-        }
-
-        return 0;
     }
 
     /// <summary>Private anonymous memory of <paramref name="size"/> bytes, readable and writable, or 0 when mmap fails.</summary>
