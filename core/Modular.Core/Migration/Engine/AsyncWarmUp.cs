@@ -49,7 +49,7 @@ internal static class AsyncWarmUp
             {
                 // The awaited ValueTask<T> and ConfigureAwait's result: compiled per T.
                 Type result = awaiter.GetGenericArguments()[0];
-                PrepareMembers(typeof(ValueTask<>).MakeGenericType(result), "get_IsCompleted", "get_IsCompletedSuccessfully", "get_Result", "ConfigureAwait");
+                PrepareMembers(typeof(ValueTask<>).MakeGenericType(result), ".ctor", "get_IsCompleted", "get_IsCompletedSuccessfully", "get_Result", "ConfigureAwait");
                 PrepareMembers(typeof(ConfiguredValueTaskAwaitable<>).MakeGenericType(result), "GetAwaiter");
             }
         }
@@ -228,13 +228,26 @@ internal static class AsyncWarmUp
         TryPrepare(method);
     }
 
-    private static void TryPrepare(MethodBase method)
+    /// <summary>
+    /// Compiles <paramref name="method"/> (or binds its ReadyToRun code) without running it; a method
+    /// that cannot be prepared on its own is left to its first use, as without the warm-up.
+    /// </summary>
+    /// <remarks>
+    /// <see cref="RuntimeHelpers.PrepareMethod(RuntimeMethodHandle)"/> alone does nothing for a method
+    /// the runtime has not yet given an entry point (.NET 10 makes them lazily): measured, the
+    /// parameterless MoveNext of an async method's box, which runs each time the method resumes
+    /// inline, was still compiled at the first resume, on the postcopy preempt channel's thread
+    /// while the guest's first requested page waited. Asking for the function pointer first gives
+    /// the method its entry point, and then it is compiled here.
+    /// </remarks>
+    internal static void TryPrepare(MethodBase method)
     {
         try
         {
+            _ = method.MethodHandle.GetFunctionPointer();
             RuntimeHelpers.PrepareMethod(method.MethodHandle);
         }
-        catch (Exception ex) when (ex is ArgumentException or NotSupportedException or TypeLoadException or BadImageFormatException or InvalidProgramException or InvalidOperationException)
+        catch (Exception ex) when (ex is ArgumentException or NotSupportedException or TypeLoadException or BadImageFormatException or InvalidProgramException or InvalidOperationException or MissingMethodException)
         {
             // Compiled on first use instead, as without the warm-up.
         }

@@ -223,6 +223,11 @@ public sealed partial class IncomingMigration
                 Status.MoveTo(MigrationStatus.Completed);
                 PostcopyState.MoveTo(State.PostcopyState.End);
                 _logger.LogInformation("Incoming postcopy migration on {Endpoint} completed in {Ms} ms; {Requests} page requests, {Reads} page-channel reads", _endpoint, Stats.TotalMs, _faultThread?.RequestsSent ?? 0, _pageChannel?.Reads ?? 0);
+                if (_postcopyRam is { } placed && _logger.IsEnabled(LogLevel.Debug))
+                {
+                    _logger.LogDebug("Postcopy fault-to-placement latencies in microseconds, in placement order: {Samples}", placed.Latency.Samples());
+                }
+
                 return;
             }
 

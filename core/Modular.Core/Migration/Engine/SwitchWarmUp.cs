@@ -183,6 +183,11 @@ internal static class SwitchWarmUp
         OutgoingMigration.WarmUpRequestQueue();
         // The postcopy listen thread's priority change, made on it right after RUN.
         _ = new List<NiceScope> { default }.Count;
+        // The fault thread reads faults into an array given as a span: generic code over a type of
+        // Modular.Abstractions, compiled at the first guest fault without this (measured, inside the
+        // first page request).
+        Span<Abstractions.Faults.PageFault> faults = new Abstractions.Faults.PageFault[1];
+        _ = faults.Length;
         StreamWarmUp.Exercise();
     }
 
@@ -281,15 +286,9 @@ internal static class SwitchWarmUp
                 continue;
             }
 
-            try
-            {
-                RuntimeHelpers.PrepareMethod(method.MethodHandle);
-            }
-            catch (Exception ex) when (ex is ArgumentException or NotSupportedException or TypeLoadException or BadImageFormatException or InvalidProgramException)
-            {
-                // Not compilable on its own (e.g. a method of a type that needs an instantiation):
-                // it is compiled on first use, as without the warm-up.
-            }
+            // Not compilable on its own (e.g. a method of a type that needs an instantiation): it is
+            // compiled on first use, as without the warm-up.
+            AsyncWarmUp.TryPrepare(method);
         }
 
         if (IsMigrationCodeFor(type, incoming))
