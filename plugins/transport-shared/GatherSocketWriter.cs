@@ -35,6 +35,7 @@ internal sealed unsafe partial class GatherSocketWriter : PipeWriter, IGatherWri
     private readonly Socket _socket;
     private readonly string _description;
     private readonly Action<SocketError> _onError;
+    private readonly SocketLockTurns? _turns; // tcp: receives on the same socket (the return path) get its lock in turn
     private readonly List<byte[]> _chunks = [];
     private Iovec[] _iovecs = new Iovec[2 * MaxIovecs];
     private int _iovecCount;
@@ -68,12 +69,14 @@ internal sealed unsafe partial class GatherSocketWriter : PipeWriter, IGatherWri
     /// </param>
     /// <param name="ringSize">The splice ring's size (tests make it small).</param>
     /// <param name="ringBlock">The splice ring's block size.</param>
+    /// <param name="turns">Over tcp, the turns at the socket's lock that the same socket's latency receives (the return path) take (<see cref="SocketLockTurns"/>); null for none.</param>
     internal GatherSocketWriter(Socket socket, string description, Action<SocketError> onError,
-        bool splice = false, int ringSize = DefaultRingSize, int ringBlock = DefaultRingBlock)
+        bool splice = false, int ringSize = DefaultRingSize, int ringBlock = DefaultRingBlock, SocketLockTurns? turns = null)
     {
         _socket = socket;
         _description = description;
         _onError = onError;
+        _turns = turns;
         _chunks.Add(NewChunk(ChunkSize));
         if (splice)
         {
@@ -445,7 +448,13 @@ internal sealed unsafe partial class GatherSocketWriter : PipeWriter, IGatherWri
                 return Outcome.Canceled;
             }
 
-            var message = new MsgHdr { Iov = iovecs + _sendFrom, IovLen = (nuint)Math.Min(_iovecCount - _sendFrom, MaxIovecs) };
+            int count = Math.Min(_iovecCount - _sendFrom, MaxIovecs);
+            if (_turns is not null)
+            {
+                count = IovecsUpTo(iovecs + _sendFrom, count, _turns.BeforeBulkCall(int.MaxValue));
+            }
+
+            var message = new MsgHdr { Iov = iovecs + _sendFrom, IovLen = (nuint)count };
             nint sent = SocketInterop.SendMsg(fd, &message, SocketInterop.MsgDontWait | SocketInterop.MsgNoSignal);
             if (sent < 0)
             {
@@ -469,6 +478,22 @@ internal sealed unsafe partial class GatherSocketWriter : PipeWriter, IGatherWri
         }
 
         return Outcome.Sent;
+    }
+
+    /// <summary>How many of the first <paramref name="count"/> iovecs fit in <paramref name="bytes"/> (at least one).</summary>
+    private static int IovecsUpTo(Iovec* iovecs, int count, int bytes)
+    {
+        long total = 0;
+        for (int i = 0; i < count; i++)
+        {
+            total += (long)iovecs[i].Length;
+            if (total >= bytes)
+            {
+                return i + 1;
+            }
+        }
+
+        return count;
     }
 
     /// <summary>Waits until the socket has room, at most <see cref="PollSlice"/> (the caller looks for a cancel in between).</summary>

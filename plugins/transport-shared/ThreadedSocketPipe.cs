@@ -37,6 +37,7 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
     private readonly Pipe _send;
     private readonly GatherSocketWriter? _gather;
     private readonly bool _latencyReceive;
+    private readonly SocketLockTurns? _turns; // tcp: the latency direction gets the socket's lock in turn (null for unix)
     private readonly Task _sendLoop;
     private volatile SocketError _error = SocketError.Success;
     private volatile bool _closing;
@@ -57,6 +58,7 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
     {
         _latencyReceive = latencyReceive;
         _socket = socket;
+        _turns = SocketLockTurns.For(socket);
         _description = description;
         _send = new Pipe(InlineOptions);
         // The connect or accept and the channel handshake ran async, and .NET leaves such a
@@ -74,7 +76,7 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
         StandbyThreads.Run(ReceiveLoop, threadName);
         if (gatherSends)
         {
-            _gather = new GatherSocketWriter(socket, description, error => _error = error, splice: spliceSends && latencyReceive);
+            _gather = new GatherSocketWriter(socket, description, error => _error = error, splice: spliceSends && latencyReceive, turns: latencyReceive ? _turns : null);
             _sendLoop = Task.CompletedTask;
         }
         else
@@ -92,6 +94,9 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
 
     /// <inheritdoc/>
     public Socket Socket => _socket;
+
+    /// <summary>The turns at the socket's lock (tcp), or null (unix, or switched off).</summary>
+    internal SocketLockTurns? Turns => _turns;
 
     /// <summary>Completes both pipes and closes the socket; the receive thread ends with it. Never throws.</summary>
     public void Close()
@@ -154,20 +159,31 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
                 }
                 else
                 {
-                    Memory<byte> memory = writer.GetMemory(ReceiveChunk);
+                    // Bulk data with latency-critical sends the other way (the destination's page
+                    // requests): smaller receives while they come, and never one ahead of a waiting send.
+                    int chunk = !_latencyReceive && _turns is not null ? _turns.BeforeBulkCall(ReceiveChunk) : ReceiveChunk;
+                    Memory<byte> memory = writer.GetMemory(chunk);
                     if (_latencyReceive)
                     {
                         WaitReadable();
                     }
 
+                    // A latency receive with bulk sends the other way (the source's return path): the
+                    // writer lets it have the socket's lock before its next sendmsg.
+                    SocketLockTurns? turn = _latencyReceive && _gather is not null ? _turns : null;
+                    turn?.Enter();
                     int received;
                     try
                     {
-                        received = _socket.Receive(memory.Span);
+                        received = _socket.Receive(memory.Span[..Math.Min(chunk, memory.Length)]);
                     }
                     catch (SocketException ex) when (ex.SocketErrorCode == SocketError.WouldBlock)
                     {
                         continue; // a splicing writer made the descriptor non-blocking, and nothing was there after all
+                    }
+                    finally
+                    {
+                        turn?.Exit();
                     }
 
                     if (received == 0)
@@ -365,12 +381,23 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
             {
                 ReadResult read = await reader.ReadAsync().ConfigureAwait(false);
                 ReadOnlySequence<byte> buffer = read.Buffer;
-                foreach (ReadOnlyMemory<byte> segment in buffer)
+                // Sent on the flushing thread; against bulk receives (the destination's return path
+                // while pages arrive) it takes its turn at the socket's lock.
+                SocketLockTurns? turn = _latencyReceive ? null : _turns;
+                turn?.Enter();
+                try
                 {
-                    for (int sent = 0; sent < segment.Length;)
+                    foreach (ReadOnlyMemory<byte> segment in buffer)
                     {
-                        sent += _socket.Send(segment.Span[sent..]);
+                        for (int sent = 0; sent < segment.Length;)
+                        {
+                            sent += _socket.Send(segment.Span[sent..]);
+                        }
                     }
+                }
+                finally
+                {
+                    turn?.Exit();
                 }
 
                 reader.AdvanceTo(buffer.End);
