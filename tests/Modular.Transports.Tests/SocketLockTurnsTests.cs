@@ -76,44 +76,13 @@ public sealed class SocketLockTurnsTests
     }
 
     /// <summary>
-    /// The destination's end of a tcp main connection: pages arrive in bulk while page requests go
-    /// the other way from another thread. After a request the receive thread takes small receives;
-    /// the bytes both ways stay intact.
+    /// Both ends of a tcp main connection: the source's gather writer sends pages in bulk while page
+    /// requests come back on the same socket from a thread of the destination's own, as the fault
+    /// thread sends them. Once requests flow, the destination's receive thread takes small receives
+    /// and the source's writer small sendmsg calls; the bytes both ways stay intact.
     /// </summary>
     [TestMethod]
-    public async Task TheBulkReceiverTakesSmallReceivesOnceRequestsGoTheOtherWay()
-    {
-        (Socket a, Socket b) = await TcpPairAsync();
-        var source = new ThreadedSocketPipe(a, "test source", "turns src recv", gatherSends: true);
-        var destination = new ThreadedSocketPipe(b, "test destination", "turns dst recv", latencyReceive: false);
-        try
-        {
-            Assert.IsNotNull(destination.Turns);
-            const long bulk = 256L << 20;
-            Task<ulong> send = TransportTestKit.SendAsync(source.Output, bulk);
-            Task<(long, ulong)> receive = TransportTestKit.ReceiveAllAsync(destination.Input);
-            Task<(long, ulong)> requestsIn = TransportTestKit.ReceiveAllAsync(source.Input);
-            long before = destination.Turns!.SmallCalls;
-
-            // Requests, as the fault thread sends them: small flushes from a thread of its own, while the pages arrive.
-            long requested = await SendRequestsWhileAsync(destination.Output, send);
-            Assert.AreEqual((bulk, await send.WithTimeout()), await receive.WithTimeout(), "the bulk data arrived intact");
-            Assert.AreEqual(requested, (await requestsIn.WithTimeout()).Item1, "the requests arrived");
-            Assert.IsGreaterThan(before, destination.Turns.SmallCalls, "receives after a request were small");
-        }
-        finally
-        {
-            source.Close();
-            destination.Close();
-        }
-    }
-
-    /// <summary>
-    /// The source's end: its gather writer sends bulk pages while the return path's receive thread
-    /// takes requests on the same tcp socket. After a request the writer's sendmsg calls are small.
-    /// </summary>
-    [TestMethod]
-    public async Task TheBulkSenderTakesSmallSendsOnceRequestsArrive()
+    public async Task BothEndsMoveBulkInSmallCallsOnceRequestsFlow()
     {
         (Socket a, Socket b) = await TcpPairAsync();
         var source = new ThreadedSocketPipe(a, "test source", "turns src recv", gatherSends: true);
@@ -121,7 +90,9 @@ public sealed class SocketLockTurnsTests
         try
         {
             Assert.IsNotNull(source.Turns);
-            long before = source.Turns!.SmallCalls;
+            Assert.IsNotNull(destination.Turns);
+            long sourceBefore = source.Turns!.SmallCalls;
+            long destinationBefore = destination.Turns!.SmallCalls;
             const long bulk = 256L << 20;
             Task<ulong> send = TransportTestKit.SendAsync(source.Output, bulk, chunk: 1 << 20);
             Task<(long, ulong)> receive = TransportTestKit.ReceiveAllAsync(destination.Input);
@@ -129,7 +100,8 @@ public sealed class SocketLockTurnsTests
             long requested = await SendRequestsWhileAsync(destination.Output, send);
             Assert.AreEqual((bulk, await send.WithTimeout()), await receive.WithTimeout(), "the bulk data arrived intact");
             Assert.AreEqual(requested, (await requestsIn.WithTimeout()).Item1, "the requests arrived");
-            Assert.IsGreaterThan(before, source.Turns.SmallCalls, "sends after a request were small");
+            Assert.IsGreaterThan(destinationBefore, destination.Turns.SmallCalls, "the destination's receives after a request were small");
+            Assert.IsGreaterThan(sourceBefore, source.Turns.SmallCalls, "the source's sends after a request were small");
         }
         finally
         {
