@@ -42,6 +42,111 @@ internal static class StreamWarmUp
         var last = new Segment(new byte[8], 8);
         first.SetNext(last);
         new ReadOnlySequence<byte>(first, 0, last, 8).CopyTo(new byte[16]);
+
+        _ = ExerciseRequestPath();
+    }
+
+    /// <summary>
+    /// A postcopy page request's path, rehearsed on scratch RAM and a backend that places nothing:
+    /// the fault thread's handling of two faults (REQ_PAGES_ID, then REQ_PAGES) written through the
+    /// return-path writer, the source's parsing of them, and the requested pages' arrival through a
+    /// postcopy RAM loader (placement, page map, latency). ReadyToRun code resolves a call site's
+    /// helper (a static base, an allocation, a generic lookup) when it first runs, each a small stub
+    /// written to executable memory: measured, the first request's fault thread made six of them,
+    /// 100-250 us of a request that later takes 10-50 us there. Running the same code once here
+    /// resolves them before any guest waits. Measured over 16 alternating postcopy runs over tcp:
+    /// the first request took a median of 0.49-0.61 ms against 0.72-1.31 ms without this.
+    /// </summary>
+    /// <returns>The requests the source side read and the pages the loader marked received, over both backings (4 and 4 expected).</returns>
+    internal static (int Requests, ulong PagesReceived) ExerciseRequestPath()
+    {
+        int requestsRead = 0;
+        ulong received = 0;
+        foreach (GuestRamBacking backing in (GuestRamBacking[])[GuestRamBacking.Anonymous, GuestRamBacking.SharedMemfd])
+        {
+            using GuestRam scratch = GuestRam.Create(1 << 20, backing);
+            RamBlock block = scratch.Blocks[0];
+            var ram = new Postcopy.PostcopyRam(scratch, new ScratchFaultBackend());
+            ram.Arm();
+
+            var requests = new Pipe(new PipeOptions(pauseWriterThreshold: 0, readerScheduler: PipeScheduler.Inline, writerScheduler: PipeScheduler.Inline, useSynchronizationContext: false));
+            var faults = new Postcopy.PostcopyFaultThread(ram, new ReturnPathWriter(requests.Writer), _ => { });
+            faults.Handle(new Abstractions.Faults.PageFault(block.HostAddress, Environment.CurrentManagedThreadId, IsWrite: true));
+            faults.Handle(new Abstractions.Faults.PageFault(block.HostAddress + RamBlock.TargetPageSize, Environment.CurrentManagedThreadId, IsWrite: false));
+            requests.Writer.Complete();
+            requestsRead += ReadRequestsAsync(new MigrationStreamReader(requests.Reader)).AsTask().GetAwaiter().GetResult();
+            ulong before = ram.PagesNotReceived;
+
+            var pages = new ArrayBufferWriter<byte>(16 * 1024);
+            var writer = new MigrationStreamWriter(pages);
+            byte[] page = new byte[RamBlock.TargetPageSize];
+            page[0] = 1;
+            writer.WriteRamPage(block.Name, 0, page);
+            writer.WriteRamPage(block.Name, RamBlock.TargetPageSize, page);
+            writer.WriteRamEos();
+            var loader = new RamLoader(scratch, new MigrationStats()) { Postcopy = ram };
+            loader.TrustBlockList();
+            foreach (int chunk in (int[])[int.MaxValue, 7])
+            {
+                Feed(pages.WrittenSpan.ToArray(), chunk, reader => loader.LoadRecordsAsync(reader, isStart: false));
+            }
+
+            received += before - ram.PagesNotReceived;
+        }
+
+        return (requestsRead, received);
+    }
+
+    private static async ValueTask<int> ReadRequestsAsync(MigrationStreamReader reader)
+    {
+        int count = 0;
+        while (!await reader.IsAtEndAsync().ConfigureAwait(false))
+        {
+            ReturnPathMessage message = await ReturnPathMessage.ReadFromAsync(reader).ConfigureAwait(false);
+            count += message.Type is ReturnPathMessageType.ReqPages or ReturnPathMessageType.ReqPagesId ? 1 : 0;
+        }
+
+        return count;
+    }
+
+    /// <summary>A fault backend that places nothing and reports each page placed (the warm-up's scratch RAM is never armed for real).</summary>
+    private sealed class ScratchFaultBackend : Abstractions.Faults.IFaultBackend, Abstractions.Faults.ISharedRamFaultBackend
+    {
+        public string? SharedRamUnavailableReason => null;
+
+        public void Arm(Abstractions.Faults.HostRamRange range)
+        {
+        }
+
+        public void ArmShared(Abstractions.Faults.HostRamRange range)
+        {
+        }
+
+        public void Disarm(Abstractions.Faults.HostRamRange range)
+        {
+        }
+
+        public int ReadFaults(Span<Abstractions.Faults.PageFault> faults) => 0;
+
+        public Abstractions.Faults.PlaceResult PlacePage(nint hostAddress, ReadOnlySpan<byte> contents) => Abstractions.Faults.PlaceResult.Placed;
+
+        public int PlacePages(nint hostAddress, ReadOnlySpan<byte> contents, ulong pageSize) => (int)((ulong)contents.Length / pageSize);
+
+        public Abstractions.Faults.PlaceResult PlaceZeroPage(nint hostAddress, ulong pageSize) => Abstractions.Faults.PlaceResult.Placed;
+
+        public int MapPages(nint hostAddress, ulong length) => (int)(length / RamBlock.TargetPageSize);
+
+        public void Wake(nint hostAddress, ulong length)
+        {
+        }
+
+        public void Shutdown()
+        {
+        }
+
+        public void Dispose()
+        {
+        }
     }
 
     private sealed class Segment : ReadOnlySequenceSegment<byte>

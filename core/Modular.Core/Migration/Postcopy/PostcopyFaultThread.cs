@@ -119,7 +119,7 @@ internal sealed class PostcopyFaultThread
             ? ReturnPathMessage.ReqPages(offset, (uint)block.HostPageSize)
             : ReturnPathMessage.ReqPagesId(offset, (uint)block.HostPageSize, block.Name);
 
-    private void Handle(PageFault fault)
+    internal void Handle(PageFault fault)
     {
         FaultOutcome outcome = _ram.OnFault(fault.HostAddress, fault.ThreadId, out RamBlock? block, out ulong offset);
         switch (outcome)

@@ -21,6 +21,16 @@ public sealed class WarmUpTests
     }
 
     [TestMethod]
+    public void ThePageRequestRehearsalRequestsAndReceivesItsPages()
+    {
+        // Two faults on scratch RAM (anonymous, then shared memory) become two requests each, and the
+        // pages that answer them are placed and marked received: the rehearsal runs the real path.
+        (int requests, ulong received) = StreamWarmUp.ExerciseRequestPath();
+        Assert.AreEqual(4, requests);
+        Assert.AreEqual(4UL, received);
+    }
+
+    [TestMethod]
     public async Task AnAsyncMethodsMachineryIsCompiledAheadOfItsFirstRun()
     {
         // Two async methods alike, neither run before, each with a result type of its own (so that no
