@@ -79,37 +79,44 @@ public sealed partial class IncomingMigration
         var reader = new MigrationStreamReader(channel.Input, cancellationToken: stop.Token);
         var loader = new RamLoader(_machine.Ram, Stats) { Postcopy = _postcopyRam };
         loader.TrustBlockList();
-        _preemptTask = Task.Run(async () =>
-        {
-            try
-            {
-                while (!await reader.IsAtEndAsync().ConfigureAwait(false))
-                {
-                    await loader.LoadRecordsAsync(reader, isStart: false).ConfigureAwait(false);
-                }
-            }
-            catch (Exception) when (stop.IsCancellationRequested)
-            {
-                // Stopped: every page has arrived (or postcopy is being given up).
-            }
-            catch (Exception ex)
-            {
-                // Requested pages no longer arrive: the guest would wait forever. Fail the migration;
-                // aborting the connection ends the listen thread, which reports the error.
-                if (_recovery)
-                {
-                    // The listen thread pauses when the connection ends; requested pages then come
-                    // on the recovered connection.
-                    _logger.LogWarning("The postcopy preempt channel failed: {Error}", ex.Message);
-                    connection.Abort(new IOException("the postcopy preempt channel failed: " + ex.Message, ex));
-                    return;
-                }
+        // Started here rather than queued to the thread pool: the loop runs on this thread up to
+        // its first wait for data, so from then on the channel's receive thread runs it inline when
+        // a requested page arrives. Queued, it started only when a pool thread got a core: in a
+        // traced run the first requested page waited 2.1 ms for that, placed by a pool thread.
+        _preemptTask = RunPreemptReaderAsync(reader, loader, stop, connection);
+    }
 
-                _logger.LogError("The postcopy preempt channel failed: {Error}", ex.Message);
-                AbortPostcopy();
-                connection.Abort(new IOException("the postcopy preempt channel failed: " + ex.Message, ex));
+    /// <summary>The preempt reader's loop: places requested pages until stopped. Started at LISTEN; runs inline on the channel's receive thread.</summary>
+    private async Task RunPreemptReaderAsync(MigrationStreamReader reader, RamLoader loader, CancellationTokenSource stop, IMigrationConnection connection)
+    {
+        try
+        {
+            while (!await reader.IsAtEndAsync().ConfigureAwait(false))
+            {
+                await loader.LoadRecordsAsync(reader, isStart: false).ConfigureAwait(false);
             }
-        });
+        }
+        catch (Exception) when (stop.IsCancellationRequested)
+        {
+            // Stopped: every page has arrived (or postcopy is being given up).
+        }
+        catch (Exception ex)
+        {
+            // Requested pages no longer arrive: the guest would wait forever. Fail the migration;
+            // aborting the connection ends the listen thread, which reports the error.
+            if (_recovery)
+            {
+                // The listen thread pauses when the connection ends; requested pages then come
+                // on the recovered connection.
+                _logger.LogWarning("The postcopy preempt channel failed: {Error}", ex.Message);
+                connection.Abort(new IOException("the postcopy preempt channel failed: " + ex.Message, ex));
+                return;
+            }
+
+            _logger.LogError("The postcopy preempt channel failed: {Error}", ex.Message);
+            AbortPostcopy();
+            connection.Abort(new IOException("the postcopy preempt channel failed: " + ex.Message, ex));
+        }
     }
 
     /// <summary>Stops the preempt reader and waits for it. Listen thread (at the end) or the incoming task (failure).</summary>
