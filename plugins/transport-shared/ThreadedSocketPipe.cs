@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.IO.Pipelines;
 using System.Net.Sockets;
+using Modular.Abstractions.Threading;
 
 namespace Modular.Transports.Shared;
 
@@ -52,7 +53,7 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
     /// <param name="description">Names the connection in errors.</param>
     /// <param name="threadName">The receive thread's name.</param>
     /// <param name="gatherSends">True for the source's bulk data: <see cref="Output"/> is a <see cref="GatherSocketWriter"/> (sendmsg on the flushing thread, RAM pages by reference). Otherwise a flush hands the bytes to send(2) at once on the flushing thread.</param>
-    /// <param name="latencyReceive">True when what arrives is latency-critical (page requests, requested pages): the receive thread runs at nice -20 (<see cref="LatencyThread"/>). Not for bulk data, whose work would then crowd out everything else.</param>
+    /// <param name="latencyReceive">True when what arrives is latency-critical (page requests, requested pages): the receive thread is raised (<see cref="Modular.Abstractions.Threading.LatencyThreads"/>: real-time where permitted). Not for bulk data, whose work would then crowd out everything else.</param>
     /// <param name="spliceSends">With <paramref name="gatherSends"/> over a unix socket: flushes with pages go out by vmsplice and splice (<see cref="GatherSocketWriter"/>). Needs <paramref name="latencyReceive"/>, whose thread waits for data in poll(2): splicing makes the descriptor non-blocking again.</param>
     internal ThreadedSocketPipe(Socket socket, string description, string threadName = "channel recv", bool latencyReceive = true, bool gatherSends = false, bool spliceSends = false)
     {
@@ -138,7 +139,7 @@ internal sealed class ThreadedSocketPipe : ISocketPipe
         _receiveThread = Thread.CurrentThread;
         if (_latencyReceive)
         {
-            _ = LatencyThread.RaiseCurrentThread();
+            _ = LatencyThreads.RaiseCurrentThread();
         }
 
         PipeWriter writer = _receive.Writer;

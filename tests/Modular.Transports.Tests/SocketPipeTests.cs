@@ -329,6 +329,47 @@ public sealed class SocketPipeTests
         }
     }
 
+    [TestMethod]
+    public async Task ALatencyReceiveThreadRunsRealTime_ABulkOneStaysFair()
+    {
+        if (Modular.Abstractions.Threading.LatencyThreads.Policy != Modular.Abstractions.Threading.LatencyThreadPolicy.RealTime)
+        {
+            Assert.Fail("the process-wide default is realtime");
+        }
+
+        (Socket a, Socket b) = await TransportTestKit.UnixPairAsync();
+        var latency = new ThreadedSocketPipe(a, "test source", "rt test recv");
+        var bulk = new ThreadedSocketPipe(b, "test destination", "bulk test recv", latencyReceive: false);
+        try
+        {
+            await Task.Delay(100); // the receive threads start and raise themselves
+            (int latencyPolicy, int latencyPriority) = Scheduling(FindThread("rt test recv"));
+            (int bulkPolicy, _) = Scheduling(FindThread("bulk test recv"));
+            if (latencyPolicy == 0)
+            {
+                Assert.Inconclusive("this process may not use SCHED_FIFO (no CAP_SYS_NICE or RLIMIT_RTPRIO 0)");
+            }
+
+            Assert.AreEqual(1, latencyPolicy, "the latency receive thread runs SCHED_FIFO");
+            Assert.AreEqual(1, latencyPriority, "at the lowest real-time priority");
+            Assert.AreEqual(0, bulkPolicy, "the bulk receive thread stays SCHED_OTHER: its work would crowd out everything else");
+        }
+        finally
+        {
+            latency.Close();
+            bulk.Close();
+        }
+    }
+
+    /// <summary>A thread's scheduling policy and real-time priority, from /proc/self/task/TID/stat (fields 41 and 40).</summary>
+    private static (int Policy, int Priority) Scheduling(string task)
+    {
+        string stat = File.ReadAllText(Path.Combine(task, "stat"));
+        string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+        // fields[0] is field 3 (state): field N is fields[N - 3].
+        return (int.Parse(fields[41 - 3], System.Globalization.CultureInfo.InvariantCulture), int.Parse(fields[40 - 3], System.Globalization.CultureInfo.InvariantCulture));
+    }
+
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "socketpair", SetLastError = true)]
     private static extern int SocketPair(int domain, int type, int protocol, int[] fds);
 

@@ -54,6 +54,7 @@ public static partial class ConfigLoader
                     TriggerThreshold: (int)Integer("migration.parameters.throttle-trigger-threshold", 1, 100),
                     TailSlow: Boolean("migration.parameters.cpu-throttle-tailslow")),
                 XbzrleCacheSize = Size("migration.parameters.xbzrle-cache-size"),
+                LatencyThreads = Abstractions.Threading.LatencyThreads.TryParse(Choice("migration.latency-threads"), out Abstractions.Threading.LatencyThreadPolicy latency) ? latency : default,
                 MaxPostcopyBandwidth = Size("migration.parameters.max-postcopy-bandwidth"),
                 TlsCreds = Text("migration.parameters.tls-creds") ?? string.Empty,
                 TlsHostname = Text("migration.parameters.tls-hostname") ?? string.Empty,

@@ -41,6 +41,9 @@ public sealed record MigrationConfig(IReadOnlyDictionary<string, bool> Capabilit
     /// <summary>The auto-converge parameters (cpu-throttle-initial and the rest); QEMU's defaults unless the config sets them.</summary>
     public Migration.State.ThrottleParameters Throttle { get; init; } = Migration.State.ThrottleParameters.Default;
 
+    /// <summary>migration.latency-threads: how the threads a page request travels through are scheduled.</summary>
+    public Modular.Abstractions.Threading.LatencyThreadPolicy LatencyThreads { get; init; } = Modular.Abstractions.Threading.LatencyThreadPolicy.RealTime;
+
     /// <summary>QEMU's default xbzrle-cache-size: 64 MiB.</summary>
     public const ulong DefaultXbzrleCacheSize = 64UL << 20;
 

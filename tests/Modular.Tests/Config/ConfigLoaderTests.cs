@@ -96,6 +96,18 @@ public sealed class ConfigLoaderTests : ConfigFileTestBase
     }
 
     [TestMethod]
+    public void LatencyThreadsDefaultToRealTime_TakeNiceOrOff_AndNameTheChoicesOtherwise()
+    {
+        Assert.AreEqual(Abstractions.Threading.LatencyThreadPolicy.RealTime, ConfigLoader.Load(Write("{}")).Migration.LatencyThreads);
+        Assert.AreEqual(Abstractions.Threading.LatencyThreadPolicy.Nice, ConfigLoader.Load(Write("""{ "migration": { "latency-threads": "nice" } }""")).Migration.LatencyThreads);
+        Assert.AreEqual(Abstractions.Threading.LatencyThreadPolicy.Off, ConfigLoader.Load(Write("""{ "migration": { "latency-threads": "off" } }""")).Migration.LatencyThreads);
+
+        ConfigException ex = Fails(Write("""{ "migration": { "latency-threads": "fifo" } }"""));
+
+        Assert.AreEqual("migration.latency-threads: expected one of realtime, nice, off, found 'fifo'.", ex.Errors.Single());
+    }
+
+    [TestMethod]
     public void MemoryMustBeAMultipleOfThePageSize()
     {
         ConfigException ex = Fails(Write("""{ "machine": { "memory": "1000000" } }"""));

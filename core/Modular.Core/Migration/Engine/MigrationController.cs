@@ -37,6 +37,9 @@ public sealed class MigrationController
         _plugins = plugins;
         _loggers = loggers ?? NullLoggerFactory.Instance;
         Settings = new MigrationSettings(machine.Config.Migration);
+
+        // Process-wide: the transport plugins' receive threads read it too. One machine per process.
+        Abstractions.Threading.LatencyThreads.Policy = Settings.LatencyThreads;
         DirtyRate = new DirtyRateMeter(machine.Ram);
     }
 

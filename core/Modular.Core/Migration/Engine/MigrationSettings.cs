@@ -43,6 +43,7 @@ public sealed class MigrationSettings
         _tlsAuthz = config.TlsAuthz;
         FaultBackend = config.FaultBackend;
         PostcopyListenNice = config.PostcopyListenNice;
+        LatencyThreads = config.LatencyThreads;
         foreach (TlsCredentialsConfig tls in config.TlsObjects)
         {
             TlsCredentials.Add(tls.Load());
@@ -62,6 +63,9 @@ public sealed class MigrationSettings
 
     /// <summary>The nice value of a postcopy destination's listen thread while postcopy runs (0: unchanged); see <see cref="ListenThreadPriority"/>.</summary>
     public int PostcopyListenNice { get; }
+
+    /// <summary>How the threads a page request travels through are scheduled (migration.latency-threads).</summary>
+    public Abstractions.Threading.LatencyThreadPolicy LatencyThreads { get; }
 
     /// <summary>The capability names Modular knows.</summary>
     public static IReadOnlyList<string> KnownCapabilities => ConfigSchema.Capabilities;

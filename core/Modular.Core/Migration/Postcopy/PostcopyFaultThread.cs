@@ -1,4 +1,5 @@
 using Modular.Abstractions.Faults;
+using Modular.Abstractions.Threading;
 using Modular.Core.Memory;
 using Modular.Core.Migration.Engine;
 using Modular.Core.Migration.Stream;
@@ -80,9 +81,9 @@ internal sealed class PostcopyFaultThread
 
     private void Run()
     {
-        // Every missing page's request starts here: run ahead of the bulk threads (the thread
-        // ends with the migration, so nothing is restored).
-        _ = NiceScope.RaiseCurrentThread();
+        // Every missing page's request starts here: run ahead of the bulk threads (real-time where
+        // permitted; the thread ends with the migration, so nothing is restored).
+        _ = LatencyThreads.RaiseCurrentThread();
         try
         {
             while (!_stopping)

@@ -30,7 +30,14 @@ internal sealed class RecordingFaultBackend : IFaultBackend
     {
     }
 
-    public int ReadFaults(Span<PageFault> faults) => 0;
+    /// <summary>Called on each ReadFaults, on the reading thread (the fault thread).</summary>
+    public Action? OnReadFaults { get; init; }
+
+    public int ReadFaults(Span<PageFault> faults)
+    {
+        OnReadFaults?.Invoke();
+        return 0;
+    }
 
     public PlaceResult PlacePage(nint hostAddress, ReadOnlySpan<byte> contents)
     {
