@@ -31,6 +31,44 @@ internal static class BenchTargets
 
         /// <summary>Throughput over the memory-to-memory socket measured just before the row (guest-sized memory at both ends), or null when not measured.</summary>
         public double? MemorySocketRatio { get; init; }
+
+        /// <summary>Every completed run of a repeated row (the postcopy row), the first included; empty when it ran once.</summary>
+        public IReadOnlyList<Run> Runs { get; init; } = [];
+    }
+
+    /// <summary>One run of a repeated row.</summary>
+    /// <param name="TotalMs">total-time.</param>
+    /// <param name="DowntimeMs">downtime.</param>
+    /// <param name="LatenciesUs">Each page request's fault-to-placement time in placement order (x-modular-fault-latency's samples-us).</param>
+    internal sealed record Run(double TotalMs, double DowntimeMs, IReadOnlyList<double> LatenciesUs)
+    {
+        /// <summary>A run from its figures and the destination's x-modular-fault-latency (null: no requests known).</summary>
+        internal static Run Of(double totalMs, double downtimeMs, JsonNode? faultLatency) =>
+            new(totalMs, downtimeMs, faultLatency?["samples-us"] is JsonArray samples ? samples.Select(Number).ToArray() : []);
+    }
+
+    /// <summary>The requests of every run, pooled: count, median, p90, p99, max (µs), as the destination computes its own.</summary>
+    internal static (int Count, double Median, double P90, double P99, double Max) Pool(IReadOnlyList<Run> runs)
+    {
+        double[] all = runs.SelectMany(r => r.LatenciesUs).Order().ToArray();
+        int n = all.Length;
+        if (n == 0)
+        {
+            return (0, 0, 0, 0, 0);
+        }
+
+        double At(double q) => all[Math.Clamp((int)Math.Ceiling(n * q) - 1, 0, n - 1)];
+        return (n, all[(n - 1) / 2], At(0.90), At(0.99), all[^1]);
+    }
+
+    /// <summary>The line the bench prints after a repeated row's runs.</summary>
+    internal static string PooledLine(IReadOnlyList<Run> runs)
+    {
+        (int count, double median, double p90, double p99, double max) = Pool(runs);
+        double[] totals = runs.Select(r => r.TotalMs / 1000).Order().ToArray();
+        double[] downtimes = runs.Select(r => r.DowntimeMs).Order().ToArray();
+        return string.Create(CultureInfo.InvariantCulture,
+            $"    {runs.Count} completed runs pooled: {count} page requests (each run's first included), median {median:F1} us, p90 {p90:F1} us, p99 {p99:F1} us, max {max:F1} us; total {totals[0]:F2}-{totals[^1]:F2} s (median {totals[(totals.Length - 1) / 2]:F2} s); downtime {downtimes[0]:F0}-{downtimes[^1]:F0} ms");
     }
 
     /// <summary>The lines to print: a heading and one line per target that the run's rows can judge.</summary>
@@ -75,7 +113,17 @@ internal static class BenchTargets
 
         if (Find("tcp", "postcopy") is { } tcpPostcopy)
         {
-            lines.Add(string.Create(c, $"  issue 5: postcopy of the dirtying 1 GiB guest over tcp in no more than QEMU's 1.05 s (the issue's figure): {tcpPostcopy.TotalMs / 1000:F2} s: {Verdict(tcpPostcopy.TotalMs <= 1050)}"));
+            if (tcpPostcopy.Runs.Count > 1)
+            {
+                double[] totals = tcpPostcopy.Runs.Select(r => r.TotalMs).Order().ToArray();
+                double median = totals[(totals.Length - 1) / 2];
+                lines.Add(string.Create(c, $"  issue 5: postcopy of the dirtying 1 GiB guest over tcp in no more than QEMU's 1.05 s (the issue's figure), median of {totals.Length} runs: {median / 1000:F2} s ({totals[0] / 1000:F2}-{totals[^1] / 1000:F2} s): {Verdict(median <= 1050)}"));
+            }
+            else
+            {
+                lines.Add(string.Create(c, $"  issue 5: postcopy of the dirtying 1 GiB guest over tcp in no more than QEMU's 1.05 s (the issue's figure): {tcpPostcopy.TotalMs / 1000:F2} s: {Verdict(tcpPostcopy.TotalMs <= 1050)}"));
+            }
+
             if (tcpPostcopy.QemuTotalMs is { } qemu)
             {
                 lines.Add(string.Create(c, $"  issue 5: postcopy of the dirtying 1 GiB guest over tcp in no more than QEMU's time in this run: {tcpPostcopy.TotalMs / 1000:F2} s against {qemu / 1000:F2} s: {Verdict(tcpPostcopy.TotalMs <= qemu)}"));
@@ -84,6 +132,23 @@ internal static class BenchTargets
 
         foreach (Row postcopy in rows.Where(r => r.Completed && r.Scenario == "postcopy"))
         {
+            if (postcopy.Runs.Count > 1)
+            {
+                // Repeated: the largest downtime of every run, and every run's requests pooled.
+                double largest = postcopy.Runs.Max(r => r.DowntimeMs);
+                lines.Add(string.Create(c, $"  issue 5: postcopy downtime at or under 3 ms, {postcopy.Transport}, largest of {postcopy.Runs.Count} runs: {largest:F0} ms: {Verdict(largest <= 3)}"));
+                (int count, double pooledMedian, _, double pooledP99, _) = Pool(postcopy.Runs);
+                if (count == 0)
+                {
+                    lines.Add($"  issue 5: page requests, {postcopy.Transport}: none were needed in {postcopy.Runs.Count} runs, so their latency is not judged");
+                    continue;
+                }
+
+                lines.Add(string.Create(c, $"  issue 5: page request median under 150 us, {postcopy.Transport}: {pooledMedian:F0} us over {count} requests of {postcopy.Runs.Count} runs: {Verdict(pooledMedian < 150)}"));
+                lines.Add(string.Create(c, $"  issue 5: page request p99 under 1 ms, {postcopy.Transport}: {pooledP99 / 1000:F2} ms over the same requests: {Verdict(pooledP99 < 1000)}"));
+                continue;
+            }
+
             lines.Add(string.Create(c, $"  issue 5: postcopy downtime at or under 3 ms, {postcopy.Transport}: {postcopy.DowntimeMs:F0} ms: {Verdict(postcopy.DowntimeMs <= 3)}"));
             if (postcopy.FaultLatency is not JsonObject latency || Number(latency["count"]) == 0)
             {

@@ -5,7 +5,7 @@ using Modular.Core.Config;
 
 namespace Modular.Cli.Commands;
 
-/// <summary><c>modular bench [--memory 1G] [--transports tcp,unix] [--scenarios idle,dirtying,multifd,postcopy,tls,recovery] [--quick] [--set KEY=VALUE]... [--keep-logs DIR] [--qemu auto|off|PATH]</c>: the migration benchmark.</summary>
+/// <summary><c>modular bench [--memory 1G] [--transports tcp,unix] [--scenarios idle,dirtying,multifd,postcopy,tls,recovery] [--quick] [--set KEY=VALUE]... [--keep-logs DIR] [--postcopy-runs N] [--qemu auto|off|PATH]</c>: the migration benchmark.</summary>
 internal static class BenchCommand
 {
     private static readonly Option<string?> MemoryOption = new("--memory") { Description = "Guest RAM of the migrated guests (default 1G; 256M with --quick)." };
@@ -14,6 +14,7 @@ internal static class BenchCommand
     private static readonly Option<bool> QuickOption = new("--quick") { Description = "A short run: 256 MiB guests, 512 MiB through the plain sockets." };
     private static readonly Option<string[]> SetOption = new("--set") { Description = "A config override KEY=VALUE for every migrated guest's process, both sides (repeatable), e.g. machine.memory-backend=anonymous.", AllowMultipleArgumentsPerToken = false, Arity = ArgumentArity.ZeroOrMore };
     private static readonly Option<string?> KeepLogsOption = new("--keep-logs") { Description = "Keep each process's Debug log in this directory (created if missing)." };
+    private static readonly Option<int?> PostcopyRunsOption = new("--postcopy-runs") { Description = "How many times the postcopy row runs, its page requests pooled for the targets (default 5; 2 with --quick; 1 to 50)." };
     private static readonly Option<string> QemuOption = new("--qemu") { Description = "Run each row again between two QEMUs for comparison: auto (qemu-system-x86_64 from PATH, if there and /dev/kvm exists), off, or the path of a qemu-system-x86_64.", DefaultValueFactory = _ => "auto" };
 
     internal static Command Create()
@@ -25,6 +26,7 @@ internal static class BenchCommand
         command.Options.Add(QuickOption);
         command.Options.Add(SetOption);
         command.Options.Add(KeepLogsOption);
+        command.Options.Add(PostcopyRunsOption);
         command.Options.Add(QemuOption);
         command.SetAction(async (parse, _) =>
         {
@@ -67,6 +69,17 @@ internal static class BenchCommand
                 }
 
                 options = options with { Scenarios = list };
+            }
+
+            if (parse.GetValue(PostcopyRunsOption) is { } runs)
+            {
+                if (runs is < 1 or > 50)
+                {
+                    await Console.Error.WriteLineAsync($"--postcopy-runs {runs}: give 1 to 50 runs.");
+                    return ExitCodes.Usage;
+                }
+
+                options = options with { PostcopyRuns = runs };
             }
 
             string[] settings = parse.GetValue(SetOption) ?? [];

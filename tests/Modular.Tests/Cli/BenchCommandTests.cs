@@ -101,4 +101,33 @@ public sealed class BenchCommandTests
         StringAssert.Matches(result.StdOut, new System.Text.RegularExpressions.Regex(@"unix\s+postcopy, paused\s+completed"), result.StdOut);
         StringAssert.Matches(result.StdOut, new System.Text.RegularExpressions.Regex(@"Modular's recovery: paused \(migrate-pause to both sides postcopy-paused\) in [0-9.]+ ms; resumed \(migrate resume=true to postcopy-active\) in [0-9.]+ ms; [0-9]+ MB sent before the pause, [0-9]+ MB after the resume"), result.StdOut);
     }
+
+    [TestMethod]
+    public void PostcopyRunsOutOfRange_IsAUsageError()
+    {
+        CliProcess.Result result = CliProcess.Run("bench", "--postcopy-runs", "0");
+        Assert.AreEqual(2, result.ExitCode, result.StdErr);
+        StringAssert.Contains(result.StdErr, "--postcopy-runs 0: give 1 to 50 runs.");
+    }
+
+    [TestMethod]
+    public void TheRepeatedPostcopyRow_RunsAgain_AndPoolsEveryRunsRequests()
+    {
+        Machine.MachineTesting.RequireKvm();
+        CliProcess.Result result = CliProcess.Run(TimeSpan.FromMinutes(3),
+            "bench", "--quick", "--memory", "256M", "--transports", "unix", "--scenarios", "postcopy", "--postcopy-runs", "2", "--qemu", "off");
+
+        Assert.AreEqual(0, result.ExitCode, result.StdOut + result.StdErr);
+        var requests = System.Text.RegularExpressions.Regex.Matches(result.StdOut, @"(?:postcopy:|run 2: completed, [0-9.]+ s, downtime [0-9]+ ms,) (\d+) page requests");
+        Assert.HasCount(2, requests, result.StdOut);
+        System.Text.RegularExpressions.Match pooled = System.Text.RegularExpressions.Regex.Match(result.StdOut, @"2 completed runs pooled: (\d+) page requests \(each run's first included\)");
+        Assert.IsTrue(pooled.Success, result.StdOut);
+
+        // Both runs' sources served requests, and the pool holds the latencies their destinations
+        // recorded (samples-us of each destination's query-migrate).
+        int pooledCount = int.Parse(pooled.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        int served = requests.Sum(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture));
+        Assert.IsGreaterThan(0, served, "a postcopy started at once on a dirtying guest requests pages");
+        Assert.IsGreaterThan(0, pooledCount, result.StdOut);
+    }
 }

@@ -518,7 +518,7 @@ public sealed partial class IncomingMigration
     /// Adds the destination's postcopy figures to a query-migrate reply: QEMU's postcopy-blocktime and
     /// postcopy-vcpu-blocktime (with the postcopy-blocktime capability), and the Modular-specific
     /// x-modular-fault-latency (count, median, p99, max in µs, fault to placement, page-channel reads
-    /// included), and x-modular-page-channel-reads (faults served by the page channel, without
+    /// included; once postcopy has ended also samples-us, each latency in placement order), and x-modular-page-channel-reads (faults served by the page channel, without
     /// REQ_PAGES; x-modular-page-channel-failures when some reads fell back), and
     /// x-modular-postcopy-placement ("map": shared memory mapped with minor faults; "copy"). QMP loop.
     /// </summary>
@@ -542,7 +542,7 @@ public sealed partial class IncomingMigration
             reply["postcopy-vcpu-blocktime"] = new JsonArray(perVcpu.Select(ms => (JsonNode)ms).ToArray());
         }
 
-        reply["x-modular-fault-latency"] = ram.Latency.ToQmp();
+        reply["x-modular-fault-latency"] = ram.Latency.ToQmp(withSamples: PostcopyState.Current == State.PostcopyState.End);
         if (_faultThread is { } faults)
         {
             reply["x-modular-fault-latency"]!["requests"] = faults.RequestsSent;

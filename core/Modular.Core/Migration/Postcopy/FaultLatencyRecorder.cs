@@ -95,21 +95,30 @@ internal sealed class FaultLatencyRecorder
 
     /// <summary>
     /// The latencies in microseconds, in the order their pages were placed (at most
-    /// <paramref name="limit"/>, the first ones), for the Debug log at the end of a migration: pooled
-    /// over several runs they show a distribution no single run's few requests can. Any thread, after postcopy.
+    /// <paramref name="limit"/>, the first ones): pooled over several runs they show a distribution
+    /// no single run's few requests can (the Debug log at the end of a migration, query-migrate's
+    /// samples-us once postcopy has ended). Any thread, after postcopy.
     /// </summary>
-    internal string Samples(int limit = 4096)
+    internal double[] SamplesUs(int limit = SamplesLimit)
     {
         int n = (int)Math.Min(Math.Min(Count, Capacity), limit);
         double us = 1e6 / Stopwatch.Frequency;
-        return string.Join(' ', _samples.Take(n).Where(t => t > 0).Select(t => Math.Round(t * us).ToString(System.Globalization.CultureInfo.InvariantCulture)));
+        return _samples.Take(n).Where(t => t > 0).Select(t => Math.Round(t * us, 1)).ToArray();
     }
 
+    /// <summary>The most samples <see cref="SamplesUs"/> returns by default.</summary>
+    internal const int SamplesLimit = 4096;
+
+    /// <summary><see cref="SamplesUs"/> as text, whole microseconds separated by spaces, for the Debug log.</summary>
+    internal string Samples() =>
+        string.Join(' ', SamplesUs().Select(us => Math.Round(us).ToString(System.Globalization.CultureInfo.InvariantCulture)));
+
     /// <summary>The Modular-specific query-migrate member "x-modular-fault-latency". QMP loop.</summary>
-    internal JsonObject ToQmp()
+    /// <param name="withSamples">Add "samples-us", every latency in placement order (the first <see cref="SamplesLimit"/>): only once postcopy has ended, so that polling during postcopy stays cheap.</param>
+    internal JsonObject ToQmp(bool withSamples = false)
     {
         (long count, double median, double p99, double max) = Distribution();
-        return new JsonObject
+        var reply = new JsonObject
         {
             ["count"] = count,
             ["median-us"] = Math.Round(median, 1),
@@ -117,5 +126,11 @@ internal sealed class FaultLatencyRecorder
             ["max-us"] = Math.Round(max, 1),
             ["first-us"] = Math.Round(FirstUs, 1),
         };
+        if (withSamples)
+        {
+            reply["samples-us"] = new JsonArray(SamplesUs().Select(us => (JsonNode)us).ToArray());
+        }
+
+        return reply;
     }
 }

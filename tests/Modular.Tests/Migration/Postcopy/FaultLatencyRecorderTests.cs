@@ -38,4 +38,22 @@ public sealed class FaultLatencyRecorderTests
         Assert.AreEqual(5L, blocktime[1], "vCPU 1 waited 5 ms");
         Assert.AreEqual(4L, blocktime[0], "vCPU 0 waited 1+2+...+99 us = 4.95 ms, whole milliseconds");
     }
+
+    [TestMethod]
+    public void EveryLatencyInPlacementOrder_OnlyWhenAskedFor()
+    {
+        var recorder = new FaultLatencyRecorder(vcpus: 1);
+        foreach (double us in new[] { 700.0, 120.2, 90.0 })
+        {
+            recorder.Add(Us(us), vcpu: 0);
+        }
+
+        Assert.IsNull(recorder.ToQmp()["samples-us"], "polled during postcopy: no samples, so the reply stays small");
+        double[] samples = recorder.ToQmp(withSamples: true)["samples-us"]!.AsArray().Select(n => n!.GetValue<double>()).ToArray();
+        Assert.HasCount(3, samples);
+        Assert.AreEqual(700.0, samples[0], 0.2, "placement order, not sorted");
+        Assert.AreEqual(120.2, samples[1], 0.2);
+        Assert.AreEqual(90.0, samples[2], 0.2);
+        Assert.AreEqual("700 120 90", recorder.Samples(), "the Debug log's whole microseconds");
+    }
 }
