@@ -342,7 +342,12 @@ public sealed class SocketPipeTests
         var bulk = new ThreadedSocketPipe(b, "test destination", "bulk test recv", latencyReceive: false);
         try
         {
-            await Task.Delay(100); // the receive threads start and raise themselves
+            // The receive threads start and raise themselves: wait for both (a loaded host may take a while).
+            for (int i = 0; i < 100 && (TryFindThread("rt test recv") is not { } t || Scheduling(t).Policy == 0 || TryFindThread("bulk test recv") is null); i++)
+            {
+                await Task.Delay(50);
+            }
+
             (int latencyPolicy, int latencyPriority) = Scheduling(FindThread("rt test recv"));
             (int bulkPolicy, _) = Scheduling(FindThread("bulk test recv"));
             if (latencyPolicy == 0)
@@ -376,18 +381,26 @@ public sealed class SocketPipeTests
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "tgkill", SetLastError = true)]
     private static extern int TgKill(int pid, int tid, int signal);
 
-    private static string FindThread(string name)
+    private static string FindThread(string name) => TryFindThread(name) ?? throw new AssertFailedException($"no thread named '{name}'");
+
+    private static string? TryFindThread(string name)
     {
         foreach (string task in Directory.GetDirectories("/proc/self/task"))
         {
-            if (File.ReadAllText(Path.Combine(task, "comm")).TrimEnd('\n') == name)
+            try
             {
-                return task;
+                if (File.ReadAllText(Path.Combine(task, "comm")).TrimEnd('\n') == name)
+                {
+                    return task;
+                }
+            }
+            catch (IOException)
+            {
+                // The thread ended while the directory was read.
             }
         }
 
-        Assert.Fail($"no thread named '{name}'");
-        return "";
+        return null;
     }
 
     private static bool IsNonBlocking(Socket socket)

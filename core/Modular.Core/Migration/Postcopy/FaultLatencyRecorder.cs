@@ -67,15 +67,8 @@ internal sealed class FaultLatencyRecorder
     internal (long Count, double MedianUs, double P99Us, double MaxUs) Distribution()
     {
         long count = Count;
-        int n = (int)Math.Min(count, Capacity);
-        if (n == 0)
-        {
-            return (0, 0, 0, 0);
-        }
-
-        // A slot claimed but not yet written still reads 0 (every sample is positive): leave it out.
-        long[] copy = _samples.Take(n).Where(t => t > 0).ToArray();
-        n = copy.Length;
+        long[] copy = Recorded(Capacity);
+        int n = copy.Length;
         if (n == 0)
         {
             return (0, 0, 0, 0);
@@ -101,9 +94,16 @@ internal sealed class FaultLatencyRecorder
     /// </summary>
     internal double[] SamplesUs(int limit = SamplesLimit)
     {
-        int n = (int)Math.Min(Math.Min(Count, Capacity), limit);
         double us = 1e6 / Stopwatch.Frequency;
-        return _samples.Take(n).Where(t => t > 0).Select(t => Math.Round(t * us, 1)).ToArray();
+        return Recorded(limit).Select(t => Math.Round(t * us, 1)).ToArray();
+    }
+
+    /// <summary>The first <paramref name="limit"/> samples in ticks, in placement order.</summary>
+    private long[] Recorded(int limit)
+    {
+        // A slot claimed but not yet written still reads 0 (every sample is positive): leave it out.
+        int n = (int)Math.Min(Math.Min(Count, Capacity), limit);
+        return _samples.Take(n).Where(t => t > 0).ToArray();
     }
 
     /// <summary>The most samples <see cref="SamplesUs"/> returns by default.</summary>
