@@ -40,6 +40,14 @@ internal static partial class MigrationBench
         /// <summary>The recovery row's figures (null for other rows, or when the migration ended before the pause).</summary>
         public RecoveryFigures? Recovery { get; init; }
 
+        /// <summary>A Modular source's postcopy switch in parts (x-modular-postcopy-switch), or null.</summary>
+        public JsonObject? Switch { get; init; }
+
+        /// <summary>The switch's parts for a line: where a postcopy downtime went.</summary>
+        public string SwitchText => Switch is null
+            ? "the source did not report its switch"
+            : string.Create(CultureInfo.InvariantCulture, $"vCPUs stopped in {Switch["stop-vcpus-ms"]} ms, sync and discards {Switch["sync-discards-ms"]} ms, package built in {Switch["package-ms"]} ms, sent in {Switch["send-ms"]} ms");
+
         /// <summary>Modular's fault-to-placement figures (x-modular-fault-latency) with the placement and the package-to-RUN time, from a postcopy destination.</summary>
         public JsonNode? FaultLatency
         {
@@ -226,6 +234,7 @@ internal static partial class MigrationBench
                             $"    postcopy: {outcome.Requests} page requests; fault to placement (destination, pages {(l?["placement"]?.ToString() == "map" ? "mapped from shared memory" : "copied")}): count {l?["count"]}, median {l?["median-us"]} us, p99 {l?["p99-us"]} us, max {l?["max-us"]} us, first {l?["first-us"]} us"));
                         await output.WriteLineAsync(string.Create(c,
                             $"    destination's vCPUs started {l?["run-after-package-ms"]} ms after it had read the package (the guest runs nowhere for the downtime, the package's transfer and this)"));
+                        await output.WriteLineAsync("    the downtime at the source: " + outcome.SwitchText);
                     }
 
                     if (scenario.Recovery)
@@ -256,7 +265,7 @@ internal static partial class MigrationBench
                             allCompleted &= again.Status == "completed";
                             JsonNode? l = again.FaultLatency;
                             await output.WriteLineAsync(string.Create(c,
-                                $"    run {run}: {again.Status}, {again.TotalMs / 1000:F2} s, downtime {again.DowntimeMs:F0} ms, {again.Requests} page requests: median {l?["median-us"]} us, p99 {l?["p99-us"]} us, first {l?["first-us"]} us{(again.Error is null ? "" : "; " + again.Error)}"));
+                                $"    run {run}: {again.Status}, {again.TotalMs / 1000:F2} s, downtime {again.DowntimeMs:F0} ms ({again.Switch?["stop-vcpus-ms"]} ms of it stopping the vCPUs), {again.Requests} page requests: median {l?["median-us"]} us, p99 {l?["p99-us"]} us, first {l?["first-us"]} us{(again.Error is null ? "" : "; " + again.Error)}"));
                             if (again.Status == "completed")
                             {
                                 runs.Add(BenchTargets.Run.Of(again.TotalMs, again.DowntimeMs, again.FaultLatency));
@@ -488,7 +497,7 @@ internal static partial class MigrationBench
                     sourceVcpuCpu,
                     destinationVcpuCpu,
                     downtimeLimitMs,
-                    maxBandwidth) { Recovery = recovery };
+                    maxBandwidth) { Recovery = recovery, Switch = info["x-modular-postcopy-switch"]?.DeepClone() as JsonObject };
             }
 
             await Task.Delay(20);

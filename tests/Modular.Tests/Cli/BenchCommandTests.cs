@@ -91,10 +91,11 @@ public sealed class BenchCommandTests
             "bench", "--quick", "--memory", "256M", "--transports", "unix", "--scenarios", "postcopy", "--postcopy-runs", "2", "--qemu", "off");
 
         Assert.AreEqual(0, result.ExitCode, result.StdOut + result.StdErr);
-        var requests = System.Text.RegularExpressions.Regex.Matches(result.StdOut, @"(?:postcopy:|run 2: completed, [0-9.]+ s, downtime [0-9]+ ms,) (\d+) page requests");
+        var requests = System.Text.RegularExpressions.Regex.Matches(result.StdOut, @"(?:postcopy:|run 2: completed, [0-9.]+ s, downtime [0-9]+ ms \([0-9.]+ ms of it stopping the vCPUs\),) (\d+) page requests");
         Assert.HasCount(2, requests, result.StdOut);
         System.Text.RegularExpressions.Match pooled = System.Text.RegularExpressions.Regex.Match(result.StdOut, @"2 completed runs pooled: (\d+) page requests \(each run's first included\)");
         Assert.IsTrue(pooled.Success, result.StdOut);
+        StringAssert.Matches(result.StdOut, new System.Text.RegularExpressions.Regex(@"the downtime at the source: vCPUs stopped in [0-9.]+ ms, sync and discards [0-9.]+ ms, package built in [0-9.]+ ms, sent in [0-9.]+ ms"), "the first run says where its downtime went");
 
         // Both runs' sources served requests, and the pool holds the latencies their destinations
         // recorded (samples-us of each destination's query-migrate).

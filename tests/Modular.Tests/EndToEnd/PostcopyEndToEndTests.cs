@@ -93,6 +93,12 @@ public sealed class PostcopyEndToEndTests
         testContext.WriteLine("source: " + source.ToJsonString());
         testContext.WriteLine("destination: " + destination.ToJsonString());
 
+        // Where the downtime went: the switch's four parts add up to it (downtime is whole ms, cut).
+        JsonNode parts = source["x-modular-postcopy-switch"] ?? throw new AssertFailedException("the source reports its switch: " + source.ToJsonString());
+        double sum = new[] { "stop-vcpus-ms", "sync-discards-ms", "package-ms", "send-ms" }.Sum(name => parts[name]!.GetValue<double>());
+        double downtime = source["downtime"]!.GetValue<long>();
+        Assert.IsTrue(sum >= downtime - 0.3 && sum < downtime + 1.3, $"the switch's parts ({sum:F1} ms) make the downtime ({downtime} ms): {parts.ToJsonString()}");
+
         // The source keeps the stopped guest (postmigrate); the destination runs it.
         Assert.AreEqual("postmigrate", (await pair.SourceQmp.ExecuteAsync("query-status"))!["status"]!.ToString());
         Assert.AreEqual("running", (await pair.DestinationQmp.ExecuteAsync("query-status"))!["status"]!.ToString());

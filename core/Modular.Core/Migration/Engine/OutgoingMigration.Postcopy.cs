@@ -174,6 +174,11 @@ public sealed partial class OutgoingMigration
             priority.Dispose();
         }
 
+        Stats.SetPostcopySwitch(
+            Stopwatch.GetElapsedTime(downtimeStart, stopped).TotalMilliseconds,
+            Stopwatch.GetElapsedTime(stopped, discarded).TotalMilliseconds,
+            Stopwatch.GetElapsedTime(discarded, built).TotalMilliseconds,
+            Stopwatch.GetElapsedTime(built, flushed).TotalMilliseconds);
         await afterFlush(0).ConfigureAwait(false);
         _logger.LogInformation(
             "Postcopy switch: vCPUs stopped in {Stop:F1} ms, sync and discards {Discard:F1} ms, package of {Bytes} bytes built in {Build:F1} ms and sent in {Package:F1} ms",
