@@ -174,19 +174,15 @@ public sealed partial class OutgoingMigration
             priority.Dispose();
         }
 
-        Stats.SetPostcopySwitch(
-            Stopwatch.GetElapsedTime(downtimeStart, stopped).TotalMilliseconds,
-            Stopwatch.GetElapsedTime(stopped, discarded).TotalMilliseconds,
-            Stopwatch.GetElapsedTime(discarded, built).TotalMilliseconds,
-            Stopwatch.GetElapsedTime(built, flushed).TotalMilliseconds);
+        double stopMs = Stopwatch.GetElapsedTime(downtimeStart, stopped).TotalMilliseconds;
+        double discardMs = Stopwatch.GetElapsedTime(stopped, discarded).TotalMilliseconds;
+        double buildMs = Stopwatch.GetElapsedTime(discarded, built).TotalMilliseconds;
+        double sendMs = Stopwatch.GetElapsedTime(built, flushed).TotalMilliseconds;
+        Stats.SetPostcopySwitch(stopMs, discardMs, buildMs, sendMs);
         await afterFlush(0).ConfigureAwait(false);
         _logger.LogInformation(
             "Postcopy switch: vCPUs stopped in {Stop:F1} ms, sync and discards {Discard:F1} ms, package of {Bytes} bytes built in {Build:F1} ms and sent in {Package:F1} ms",
-            Stopwatch.GetElapsedTime(downtimeStart, stopped).TotalMilliseconds,
-            Stopwatch.GetElapsedTime(stopped, discarded).TotalMilliseconds,
-            packageBytes,
-            Stopwatch.GetElapsedTime(discarded, built).TotalMilliseconds,
-            Stopwatch.GetElapsedTime(built, flushed).TotalMilliseconds);
+            stopMs, discardMs, packageBytes, buildMs, sendMs);
         Status.MoveTo(MigrationStatus.PostcopyActive);
         SetRateLimit(Settings.MaxPostcopyBandwidth, writer.Position);
 
