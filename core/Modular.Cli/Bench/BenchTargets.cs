@@ -34,7 +34,43 @@ internal static class BenchTargets
 
         /// <summary>Every completed run of a repeated row (the postcopy row), the first included; empty when it ran once.</summary>
         public IReadOnlyList<Run> Runs { get; init; } = [];
+
+        /// <summary>Every completed run of the repeated idle row, the first included; empty when it ran once.</summary>
+        public IReadOnlyList<PrecopyRun> PrecopyRuns { get; init; } = [];
+
+        /// <summary>The total time the targets read: the runs' median when the row was repeated.</summary>
+        internal double JudgedTotalMs => PrecopyRuns.Count > 1 ? Median(PrecopyRuns.Select(r => r.TotalMs)) : TotalMs;
+
+        /// <summary>The share of the plain socket the targets read: the runs' median when the row was repeated.</summary>
+        internal double JudgedSocketRatio => PrecopyRuns.Count > 1 ? Median(PrecopyRuns.Select(r => r.SocketRatio)) : SocketRatio;
+
+        /// <summary>The largest downtime of the row's runs.</summary>
+        internal double LargestDowntimeMs => PrecopyRuns.Count > 1 ? PrecopyRuns.Max(r => r.DowntimeMs) : DowntimeMs;
+
+        /// <summary>What a judged figure is: empty for one run, else ", median of N runs (low-high unit)" with <paramref name="format"/> for the range.</summary>
+        internal string RunsNote(Func<PrecopyRun, double> figure, Func<double, string> format, string unit) =>
+            PrecopyRuns.Count > 1
+                ? $", median of {PrecopyRuns.Count} runs ({format(PrecopyRuns.Min(figure))}-{format(PrecopyRuns.Max(figure))} {unit})"
+                : "";
     }
+
+    /// <summary>One run of the repeated idle row.</summary>
+    /// <param name="TotalMs">total-time.</param>
+    /// <param name="DowntimeMs">downtime.</param>
+    /// <param name="SocketRatio">Throughput over the plain socket measured just before this run.</param>
+    internal sealed record PrecopyRun(double TotalMs, double DowntimeMs, double SocketRatio);
+
+    /// <summary>The median (the lower one of an even count, as the pooled latencies').</summary>
+    internal static double Median(IEnumerable<double> values)
+    {
+        double[] sorted = values.Order().ToArray();
+        return sorted[(sorted.Length - 1) / 2];
+    }
+
+    /// <summary>The line the bench prints after the repeated idle row's runs.</summary>
+    internal static string PrecopyRunsLine(IReadOnlyList<PrecopyRun> runs) =>
+        string.Create(CultureInfo.InvariantCulture,
+            $"    {runs.Count} completed runs: total {runs.Min(r => r.TotalMs) / 1000:F2}-{runs.Max(r => r.TotalMs) / 1000:F2} s (median {Median(runs.Select(r => r.TotalMs)) / 1000:F2} s); {Median(runs.Select(r => r.SocketRatio)) * 100:F0} % of the plain socket measured just before each (median; {runs.Min(r => r.SocketRatio) * 100:F0}-{runs.Max(r => r.SocketRatio) * 100:F0} %); downtime {runs.Min(r => r.DowntimeMs):F0}-{runs.Max(r => r.DowntimeMs):F0} ms");
 
     /// <summary>One run of a repeated row.</summary>
     /// <param name="TotalMs">total-time.</param>
@@ -62,11 +98,8 @@ internal static class BenchTargets
     }
 
     /// <summary>The runs' total times in milliseconds: shortest, median (the lower one of an even count, as the pooled latencies'), longest.</summary>
-    internal static (double Min, double Median, double Max) TotalMs(IReadOnlyList<Run> runs)
-    {
-        double[] totals = runs.Select(r => r.TotalMs).Order().ToArray();
-        return (totals[0], totals[(totals.Length - 1) / 2], totals[^1]);
-    }
+    internal static (double Min, double Median, double Max) TotalMs(IReadOnlyList<Run> runs) =>
+        (runs.Min(r => r.TotalMs), Median(runs.Select(r => r.TotalMs)), runs.Max(r => r.TotalMs));
 
     /// <summary>The line the bench prints after a repeated row's runs.</summary>
     internal static string PooledLine(IReadOnlyList<Run> runs)
@@ -93,7 +126,8 @@ internal static class BenchTargets
 
         if (Find("tcp", "idle") is { } tcpIdle)
         {
-            lines.Add(string.Create(c, $"  issue 4: idle 1 GiB over tcp in under 1.3 s: {tcpIdle.TotalMs / 1000:F2} s: {Verdict(tcpIdle.TotalMs < 1300)}"));
+            string seconds(double ms) => string.Create(c, $"{ms / 1000:F2}");
+            lines.Add(string.Create(c, $"  issue 4: idle 1 GiB over tcp in under 1.3 s{tcpIdle.RunsNote(r => r.TotalMs, seconds, "s")}: {tcpIdle.JudgedTotalMs / 1000:F2} s: {Verdict(tcpIdle.JudgedTotalMs < 1300)}"));
             if (tcpIdle.QemuTotalMs is { } qemu)
             {
                 lines.Add(string.Create(c, $"  issue 4: idle 1 GiB over tcp at least twice QEMU's speed, QEMU in this run: {tcpIdle.TotalMs / 1000:F2} s against {qemu / 1000:F2} s ({qemu / Math.Max(tcpIdle.TotalMs, 1):F1} times as fast): {Verdict(tcpIdle.TotalMs * 2 <= qemu)}"));
@@ -103,18 +137,19 @@ internal static class BenchTargets
         foreach (Row idle in rows.Where(r => r.Completed && r.Scenario is "idle" or "multifd"))
         {
             string name = idle.Scenario == "multifd" ? $"{idle.Transport} with multifd" : idle.Transport;
-            lines.Add(string.Create(c, $"  issue 4: 70 % of the plain socket, idle guest, {name}: {idle.SocketRatio * 100:F0} %: {Verdict(idle.SocketRatio >= 0.70)}"));
+            string percent(double ratio) => string.Create(c, $"{ratio * 100:F0}");
+            lines.Add(string.Create(c, $"  issue 4: 70 % of the plain socket, idle guest, {name}{idle.RunsNote(r => r.SocketRatio, percent, "%")}: {idle.JudgedSocketRatio * 100:F0} %: {Verdict(idle.JudgedSocketRatio >= 0.70)}"));
             if (idle.MemorySocketRatio is { } memoryRatio)
             {
-                lines.Add(string.Create(c, $"    the same read against the memory-to-memory socket (a reading for the team, not the issue's yardstick): {memoryRatio * 100:F0} %: {(memoryRatio >= 0.70 ? "at least" : "under")} 70 %"));
+                lines.Add(string.Create(c, $"    the same read against the memory-to-memory socket (a reading for the team, not the issue's yardstick){(idle.PrecopyRuns.Count > 1 ? ", first run" : "")}: {memoryRatio * 100:F0} %: {(memoryRatio >= 0.70 ? "at least" : "under")} 70 %"));
             }
         }
 
         Row[] precopy = rows.Where(r => r.Completed && r.Scenario is "idle" or "dirtying" or "multifd").ToArray();
         if (precopy.Length > 0)
         {
-            Row worst = precopy.MaxBy(r => r.DowntimeMs / r.DowntimeLimitMs)!;
-            lines.Add(string.Create(c, $"  issue 4: downtime under the configured limit in every precopy row: largest {worst.DowntimeMs:F0} ms ({worst.Transport} {worst.Scenario}) against {worst.DowntimeLimitMs:F0} ms: {Verdict(precopy.All(r => r.DowntimeMs < r.DowntimeLimitMs))}"));
+            Row worst = precopy.MaxBy(r => r.LargestDowntimeMs / r.DowntimeLimitMs)!;
+            lines.Add(string.Create(c, $"  issue 4: downtime under the configured limit in every precopy row{(precopy.Any(r => r.PrecopyRuns.Count > 1) ? " and run" : "")}: largest {worst.LargestDowntimeMs:F0} ms ({worst.Transport} {worst.Scenario}) against {worst.DowntimeLimitMs:F0} ms: {Verdict(precopy.All(r => r.LargestDowntimeMs < r.DowntimeLimitMs))}"));
         }
 
         if (Find("tcp", "postcopy") is { } tcpPostcopy)

@@ -255,6 +255,28 @@ internal static partial class MigrationBench
                         }
                     }
 
+                    if (scenario.Key == "idle" && options.IdleRuns > 1 && outcome.Status == "completed")
+                    {
+                        // Further runs of the idle row, each against the plain socket measured just before it.
+                        var runs = new List<BenchTargets.PrecopyRun> { new(outcome.TotalMs, outcome.DowntimeMs, throughput / socketRate) };
+                        for (int run = 2; run <= options.IdleRuns; run++)
+                        {
+                            (double socketAgain, _, _) = await SocketRateAsync(transport, options.SocketBytes / 2);
+                            Outcome again = await MigrateAsync(transport, scenario, options, directory, n++, suffix: $"-run{run}");
+                            allCompleted &= again.Status == "completed";
+                            double rate = again.Transferred / Math.Max(again.TotalMs, 1) * 1000;
+                            await output.WriteLineAsync(string.Create(c,
+                                $"    run {run}: {again.Status}, {again.TotalMs / 1000:F2} s, downtime {again.DowntimeMs:F0} ms, {rate / 1e9:F2} GB/s, {rate / socketAgain * 100:F0} % of the plain socket just before ({socketAgain / 1e9:F2} GB/s){(again.Error is null ? "" : "; " + again.Error)}"));
+                            if (again.Status == "completed")
+                            {
+                                runs.Add(new BenchTargets.PrecopyRun(again.TotalMs, again.DowntimeMs, rate / socketAgain));
+                            }
+                        }
+
+                        row = row with { PrecopyRuns = runs };
+                        await output.WriteLineAsync(BenchTargets.PrecopyRunsLine(runs));
+                    }
+
                     if (scenario.Postcopy && !scenario.Recovery && options.PostcopyRuns > 1 && outcome.Status == "completed")
                     {
                         // Further runs of the same row, so that the targets read enough page requests.

@@ -5,7 +5,7 @@ using Modular.Core.Config;
 
 namespace Modular.Cli.Commands;
 
-/// <summary><c>modular bench [--memory 1G] [--transports tcp,unix] [--scenarios idle,dirtying,multifd,postcopy,tls,recovery] [--quick] [--set KEY=VALUE]... [--keep-logs DIR] [--postcopy-runs N] [--qemu auto|off|PATH]</c>: the migration benchmark.</summary>
+/// <summary><c>modular bench [--memory 1G] [--transports tcp,unix] [--scenarios idle,dirtying,multifd,postcopy,tls,recovery] [--quick] [--set KEY=VALUE]... [--keep-logs DIR] [--postcopy-runs N] [--idle-runs N] [--qemu auto|off|PATH]</c>: the migration benchmark.</summary>
 internal static class BenchCommand
 {
     private static readonly Option<string?> MemoryOption = new("--memory") { Description = "Guest RAM of the migrated guests (default 1G; 256M with --quick)." };
@@ -15,6 +15,7 @@ internal static class BenchCommand
     private static readonly Option<string[]> SetOption = new("--set") { Description = "A config override KEY=VALUE for every migrated guest's process, both sides (repeatable), e.g. machine.memory-backend=anonymous.", AllowMultipleArgumentsPerToken = false, Arity = ArgumentArity.ZeroOrMore };
     private static readonly Option<string?> KeepLogsOption = new("--keep-logs") { Description = "Keep each process's Debug log in this directory (created if missing)." };
     private static readonly Option<int?> PostcopyRunsOption = new("--postcopy-runs") { Description = "How many times the postcopy row runs, its page requests pooled for the targets (default 5; 2 with --quick; 1 to 50)." };
+    private static readonly Option<int?> IdleRunsOption = new("--idle-runs") { Description = "How many times the idle row runs, each against a plain socket measured just before it; the targets read the runs' median (default 3; 1 with --quick; 1 to 50)." };
     private static readonly Option<string> QemuOption = new("--qemu") { Description = "Run each row again between two QEMUs for comparison: auto (qemu-system-x86_64 from PATH, if there and /dev/kvm exists), off, or the path of a qemu-system-x86_64.", DefaultValueFactory = _ => "auto" };
 
     internal static Command Create()
@@ -27,6 +28,7 @@ internal static class BenchCommand
         command.Options.Add(SetOption);
         command.Options.Add(KeepLogsOption);
         command.Options.Add(PostcopyRunsOption);
+        command.Options.Add(IdleRunsOption);
         command.Options.Add(QemuOption);
         command.SetAction(async (parse, _) =>
         {
@@ -80,6 +82,17 @@ internal static class BenchCommand
                 }
 
                 options = options with { PostcopyRuns = runs };
+            }
+
+            if (parse.GetValue(IdleRunsOption) is { } idleRuns)
+            {
+                if (idleRuns is < 1 or > 50)
+                {
+                    await Console.Error.WriteLineAsync($"--idle-runs {idleRuns}: give 1 to 50 runs.");
+                    return ExitCodes.Usage;
+                }
+
+                options = options with { IdleRuns = idleRuns };
             }
 
             string[] settings = parse.GetValue(SetOption) ?? [];

@@ -13,6 +13,7 @@ public sealed class BenchCommandTests
     [DataRow(new[] { "--set", "machine.memory-backend" }, "--set 'machine.memory-backend': expected KEY=VALUE")]
     [DataRow(new[] { "--qemu", "/nonexistent/qemu-system-x86_64" }, "--qemu '/nonexistent/qemu-system-x86_64': no such file; give auto, off, or the path of a qemu-system-x86_64.")]
     [DataRow(new[] { "--postcopy-runs", "0" }, "--postcopy-runs 0: give 1 to 50 runs.")]
+    [DataRow(new[] { "--idle-runs", "51" }, "--idle-runs 51: give 1 to 50 runs.")]
     public void ABadOption_IsAUsageErrorNamingItAndWhatItTakes(string[] options, string message)
     {
         CliProcess.Result result = CliProcess.Run(["bench", .. options]);
@@ -103,5 +104,18 @@ public sealed class BenchCommandTests
         int served = requests.Sum(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture));
         Assert.IsGreaterThan(0, served, "a postcopy started at once on a dirtying guest requests pages");
         Assert.IsGreaterThan(0, pooledCount, result.StdOut);
+    }
+
+    [TestMethod]
+    public void TheRepeatedIdleRow_RunsAgain_EachAgainstTheSocketJustBefore_AndJudgesTheMedian()
+    {
+        Machine.MachineTesting.RequireKvm();
+        CliProcess.Result result = CliProcess.Run(TimeSpan.FromMinutes(3),
+            "bench", "--quick", "--memory", "256M", "--transports", "unix", "--scenarios", "idle", "--idle-runs", "2", "--qemu", "off");
+
+        Assert.AreEqual(0, result.ExitCode, result.StdOut + result.StdErr);
+        StringAssert.Matches(result.StdOut, new System.Text.RegularExpressions.Regex(@"unix\s+idle, filled\s+completed"), result.StdOut);
+        StringAssert.Matches(result.StdOut, new System.Text.RegularExpressions.Regex(@"run 2: completed, [0-9.]+ s, downtime [0-9]+ ms, [0-9.]+ GB/s, [0-9]+ % of the plain socket just before \([0-9.]+ GB/s\)"), result.StdOut);
+        StringAssert.Matches(result.StdOut, new System.Text.RegularExpressions.Regex(@"2 completed runs: total [0-9.]+-[0-9.]+ s \(median [0-9.]+ s\); [0-9]+ % of the plain socket measured just before each \(median; [0-9]+-[0-9]+ %\); downtime [0-9]+-[0-9]+ ms"), result.StdOut);
     }
 }
