@@ -66,6 +66,9 @@ internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
     /// <inheritdoc />
     public int[] VcpuThreadIds() => _threads.Select(t => t.KernelThreadId).ToArray();
 
+    /// <summary>How many times each vCPU has parked for a pause, by vCPU index (<see cref="VcpuThread.Parks"/>). Any thread.</summary>
+    internal int[] VcpuParks() => _threads.Select(t => t.Parks).ToArray();
+
     /// <summary>Sets vCPU 0 up for a Multiboot entry, as QEMU's -kernel does.</summary>
     /// <param name="boot">Where the loader put the entry point and the info block.</param>
     internal void SetBootState(MultibootBoot boot) =>

@@ -35,6 +35,7 @@ public sealed class VcpuThread : IDisposable
     private bool _halted;
     private int _threadId;
     private long _throttledUntil;
+    private int _parks;
 
     /// <summary>Creates the thread (not started) for <paramref name="vcpu"/>.</summary>
     public VcpuThread(KvmVcpu vcpu, IVcpuExitHandler handler)
@@ -61,6 +62,9 @@ public sealed class VcpuThread : IDisposable
             }
         }
     }
+
+    /// <summary>How many times the vCPU has parked for a pause (<see cref="Pause"/>, or a start paused). Any thread.</summary>
+    public int Parks => Volatile.Read(ref _parks);
 
     /// <summary>Why the thread ended (null while it runs): "stopped", or the shutdown/failure reason.</summary>
     public string? ExitReason { get; private set; }
@@ -137,12 +141,23 @@ public sealed class VcpuThread : IDisposable
     }
 
     /// <summary>Lets a paused or halted vCPU run again. Any thread.</summary>
+    /// <remarks>
+    /// The state is Running from here on, before the woken thread runs: it is on its way back into
+    /// KVM_RUN, so a <see cref="Pause"/> right after must kick it and wait for it to park again.
+    /// Left Paused until the thread woke, a stop right after a cont skipped the vCPU (whoever pauses
+    /// looks for running ones) and returned with the guest about to run on.
+    /// </remarks>
     public void Resume()
     {
         lock (_gate)
         {
             _pauseRequested = false;
             _halted = false;
+            if (_state is VcpuRunState.Paused or VcpuRunState.Halted && !_stopRequested)
+            {
+                _state = VcpuRunState.Running;
+            }
+
             Monitor.PulseAll(_gate);
         }
     }
@@ -349,6 +364,11 @@ public sealed class VcpuThread : IDisposable
                 while (!_stopRequested && (_pauseRequested || _halted))
                 {
                     _throttledUntil = 0;
+                    if (_pauseRequested && _state != VcpuRunState.Paused)
+                    {
+                        Interlocked.Increment(ref _parks);
+                    }
+
                     _state = _halted && !_pauseRequested ? VcpuRunState.Halted : VcpuRunState.Paused;
                     Monitor.PulseAll(_gate);
                     Monitor.Wait(_gate);

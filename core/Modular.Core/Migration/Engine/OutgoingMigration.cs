@@ -222,6 +222,7 @@ public sealed partial class OutgoingMigration
             await FlushAsync(output).ConfigureAwait(false);
             Stats.SetSetupDone();
             _logger.LogDebug("Migration to {Endpoint}: setup done in {Ms} ms", _endpoint, Stats.ElapsedMs);
+            _machine.RehearseStop(); // so that the stop at the switch runs warm code
             Status.MoveTo(MigrationStatus.Active);
 
             var bandwidth = new BandwidthEstimator();
