@@ -147,7 +147,11 @@ public interface ISaveVmSection
     /// <summary>The oldest version <see cref="Load"/> accepts.</summary>
     uint MinimumVersion { get; }
 
-    /// <summary>Writes the device state. Called with the vCPUs stopped, on the migration thread.</summary>
+    /// <summary>
+    /// Writes the device state. Called with the vCPUs stopped, on the migration thread, and may be
+    /// called more than once for one migration (a source rehearses the switch once, with the vCPUs
+    /// stopped for a moment, when the migration's setup is done), so it must not change the device.
+    /// </summary>
     /// <param name="writer">Receives the state.</param>
     void Save(SaveVmWriter writer);
 

@@ -96,7 +96,17 @@ public sealed class AbGuestRunTests : MachineTestBase
         machine.Start();
         WaitForBs(serial, 1, Patience);
         int parks = kvm.VcpuParks()[0];
-        machine.RehearseStop();
+        AbRamCheckResult? whileStopped = null;
+        machine.RehearseStop(() =>
+        {
+            // What the rehearsal runs sees a stopped guest: the RAM stays put while it looks.
+            whileStopped = AssertAbRam(machine);
+            Thread.Sleep(30);
+            AbRamCheckResult later = AssertAbRam(machine);
+            Assert.AreEqual((whileStopped.FirstByte, whileStopped.StepAddress), (later.FirstByte, later.StepAddress), "no guest code runs during the rehearsal's work");
+            Assert.IsFalse(machine.Accelerator.IsRunning);
+        });
+        Assert.IsNotNull(whileStopped, "the rehearsal ran its work");
         Assert.AreEqual(parks + 1, kvm.VcpuParks()[0], "the rehearsal kicked the vCPU out of the guest and parked it once");
         Assert.AreEqual(QmpRunState.Running, machine.RunState);
         Assert.IsTrue(machine.Accelerator.IsRunning);

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Diagnostics;
 using System.IO.Pipelines;
 using Microsoft.Extensions.Logging;
@@ -222,7 +223,8 @@ public sealed partial class OutgoingMigration
             await FlushAsync(output).ConfigureAwait(false);
             Stats.SetSetupDone();
             _logger.LogDebug("Migration to {Endpoint}: setup done in {Ms} ms", _endpoint, Stats.ElapsedMs);
-            _machine.RehearseStop(); // so that the stop at the switch runs warm code
+            // So that the stop and the device saves at the switch run warm code (scratch output).
+            _machine.RehearseStop(() => WriteDeviceSections(new MigrationStreamWriter(new ArrayBufferWriter<byte>(64 * 1024)), sections, firstSectionId: 1, description: null));
             Status.MoveTo(MigrationStatus.Active);
 
             var bandwidth = new BandwidthEstimator();
