@@ -35,6 +35,7 @@ public sealed partial class IncomingMigration
     private PostcopyRam? _postcopyRam;
     private Task<PostcopyRam>? _postcopyPrepared;
     private PostcopyFaultThread? _faultThread;
+    private PackageThread? _packageThread;
     private Task? _listenTask;
     private readonly ListenThreadPriority _listenPriority;
 
@@ -54,6 +55,7 @@ public sealed partial class IncomingMigration
                 long adviseStart = System.Diagnostics.Stopwatch.GetTimestamp();
                 Advise(advise, reader, at);
                 _gcQuiet ??= GcQuietRegion.Enter(_logger, "postcopy destination");
+                _packageThread ??= new PackageThread("postcopy package");
                 if (_returnPath is { } returnPath)
                 {
                     _ = StartFaultThread(connection, returnPath);
@@ -222,8 +224,14 @@ public sealed partial class IncomingMigration
         // A device load in the package may fault on a missing page and block this thread until the
         // listen thread places it. This continuation may be running on the transport's own receive
         // thread (a transport may continue reads inline, as tcp and unix do): blocking that thread
-        // would stop the very stream the page arrives on. Go on on a thread-pool thread.
-        await Task.Yield();
+        // would stop the very stream the page arrives on. Go on on the package thread, parked since ADVISE.
+        Func<Task> load = () => LoadPackageContentsAsync(blob, offset, read, connection, outer, at);
+        await (_packageThread?.RunAsync(load) ?? Task.Run(load)).ConfigureAwait(false);
+    }
+
+    /// <summary>The package's records, read from <paramref name="blob"/> (read in full at <paramref name="read"/>). The package thread.</summary>
+    private async Task LoadPackageContentsAsync(byte[] blob, long offset, long read, IMigrationConnection connection, MigrationStreamReader outer, long at)
+    {
         long listened = 0, loaded = 0;
         var inner = new MigrationStreamReader(PipeReader.Create(new ReadOnlySequence<byte>(blob)), outer.Limits, offset, _cancel.Token);
         while (!await inner.IsAtEndAsync().ConfigureAwait(false))

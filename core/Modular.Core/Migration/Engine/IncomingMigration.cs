@@ -298,6 +298,7 @@ public sealed partial class IncomingMigration
             }
 
             _multifd?.Dispose();
+            _packageThread?.Dispose();
             _postcopyRam?.Dispose();
             _gcQuiet?.Dispose();
             DisposeUnusedPostcopyPreparation();
