@@ -62,11 +62,7 @@ public sealed class BenchCommandTests
     [TestMethod]
     public void AQemuThatCannotRun_IsReportedOnItsRow_AndModularsRowsStillRun()
     {
-        Machine.MachineTesting.RequireKvm();
-        CliProcess.Result result = CliProcess.Run(TimeSpan.FromMinutes(3),
-            "bench", "--quick", "--memory", "64M", "--transports", "unix", "--scenarios", "idle", "--qemu", "/bin/true");
-
-        Assert.AreEqual(0, result.ExitCode, result.StdOut + result.StdErr);
+        CliProcess.Result result = RunQuickUnixBench("64M", "idle", "--qemu", "/bin/true");
         StringAssert.Matches(result.StdOut, new System.Text.RegularExpressions.Regex(@"unix\s+idle, filled\s+completed"), result.StdOut);
         StringAssert.Contains(result.StdOut, "QEMU, the same migration: could not run (/bin/true (qdst");
         StringAssert.Contains(result.StdOut, "the remaining rows run without QEMU");
@@ -75,11 +71,7 @@ public sealed class BenchCommandTests
     [TestMethod]
     public void TheRecoveryRow_PausesAndResumesPostcopy_AndSaysHowLongEachTook()
     {
-        Machine.MachineTesting.RequireKvm();
-        CliProcess.Result result = CliProcess.Run(TimeSpan.FromMinutes(3),
-            "bench", "--quick", "--memory", "512M", "--transports", "unix", "--scenarios", "recovery", "--qemu", "off");
-
-        Assert.AreEqual(0, result.ExitCode, result.StdOut + result.StdErr);
+        CliProcess.Result result = RunQuickUnixBench("512M", "recovery", "--qemu", "off");
         StringAssert.Matches(result.StdOut, new System.Text.RegularExpressions.Regex(@"unix\s+postcopy, paused\s+completed"), result.StdOut);
         StringAssert.Matches(result.StdOut, new System.Text.RegularExpressions.Regex(@"Modular's recovery: paused \(migrate-pause to both sides postcopy-paused\) in [0-9.]+ ms; resumed \(migrate resume=true to postcopy-active\) in [0-9.]+ ms; [0-9]+ MB sent before the pause, [0-9]+ MB after the resume"), result.StdOut);
     }
@@ -87,11 +79,7 @@ public sealed class BenchCommandTests
     [TestMethod]
     public void TheRepeatedPostcopyRow_RunsAgain_AndPoolsEveryRunsRequests()
     {
-        Machine.MachineTesting.RequireKvm();
-        CliProcess.Result result = CliProcess.Run(TimeSpan.FromMinutes(3),
-            "bench", "--quick", "--memory", "256M", "--transports", "unix", "--scenarios", "postcopy", "--postcopy-runs", "2", "--qemu", "off");
-
-        Assert.AreEqual(0, result.ExitCode, result.StdOut + result.StdErr);
+        CliProcess.Result result = RunQuickUnixBench("256M", "postcopy", "--postcopy-runs", "2", "--qemu", "off");
         var requests = System.Text.RegularExpressions.Regex.Matches(result.StdOut, @"(?:postcopy:|run 2: completed, [0-9.]+ s, downtime [0-9]+ ms \([0-9.]+ ms of it stopping the vCPUs\),) (\d+) page requests");
         Assert.HasCount(2, requests, result.StdOut);
         System.Text.RegularExpressions.Match pooled = System.Text.RegularExpressions.Regex.Match(result.StdOut, @"2 completed runs pooled: (\d+) page requests \(each run's first included\)");
@@ -109,13 +97,19 @@ public sealed class BenchCommandTests
     [TestMethod]
     public void TheRepeatedIdleRow_RunsAgain_EachAgainstTheSocketJustBefore_AndJudgesTheMedian()
     {
-        Machine.MachineTesting.RequireKvm();
-        CliProcess.Result result = CliProcess.Run(TimeSpan.FromMinutes(3),
-            "bench", "--quick", "--memory", "256M", "--transports", "unix", "--scenarios", "idle", "--idle-runs", "2", "--qemu", "off");
-
-        Assert.AreEqual(0, result.ExitCode, result.StdOut + result.StdErr);
+        CliProcess.Result result = RunQuickUnixBench("256M", "idle", "--idle-runs", "2", "--qemu", "off");
         StringAssert.Matches(result.StdOut, new System.Text.RegularExpressions.Regex(@"unix\s+idle, filled\s+completed"), result.StdOut);
         StringAssert.Matches(result.StdOut, new System.Text.RegularExpressions.Regex(@"run 2: completed, [0-9.]+ s, downtime [0-9]+ ms, [0-9.]+ GB/s, [0-9]+ % of the plain socket just before \([0-9.]+ GB/s\)"), result.StdOut);
         StringAssert.Matches(result.StdOut, new System.Text.RegularExpressions.Regex(@"2 completed runs: total [0-9.]+-[0-9.]+ s \(median [0-9.]+ s\); [0-9]+ % of the plain socket measured just before each \(median; [0-9]+-[0-9]+ %\); downtime [0-9]+-[0-9]+ ms"), result.StdOut);
+    }
+
+    /// <summary>Runs <c>modular bench --quick</c> over unix with guests of <paramref name="memory"/> and the one row <paramref name="scenario"/> (then <paramref name="more"/>), and asserts that it exits 0. Needs KVM.</summary>
+    private static CliProcess.Result RunQuickUnixBench(string memory, string scenario, params string[] more)
+    {
+        Machine.MachineTesting.RequireKvm();
+        CliProcess.Result result = CliProcess.Run(TimeSpan.FromMinutes(3),
+            ["bench", "--quick", "--memory", memory, "--transports", "unix", "--scenarios", scenario, .. more]);
+        Assert.AreEqual(0, result.ExitCode, result.StdOut + result.StdErr);
+        return result;
     }
 }

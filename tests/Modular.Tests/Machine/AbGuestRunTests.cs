@@ -100,10 +100,7 @@ public sealed class AbGuestRunTests : MachineTestBase
         machine.RehearseStop(() =>
         {
             // What the rehearsal runs sees a stopped guest: the RAM stays put while it looks.
-            whileStopped = AssertAbRam(machine);
-            Thread.Sleep(30);
-            AbRamCheckResult later = AssertAbRam(machine);
-            Assert.AreEqual((whileStopped.FirstByte, whileStopped.StepAddress), (later.FirstByte, later.StepAddress), "no guest code runs during the rehearsal's work");
+            whileStopped = AssertGuestStaysPut(machine, "no guest code runs during the rehearsal's work");
             Assert.IsFalse(machine.Accelerator.IsRunning);
         });
         Assert.IsNotNull(whileStopped, "the rehearsal ran its work");
@@ -144,16 +141,25 @@ public sealed class AbGuestRunTests : MachineTestBase
         {
             machine.Resume();
             machine.Stop();
-            // Where the guest's pass is (it writes about 250 pages a millisecond here when it runs).
-            AbRamCheckResult stoppedAt = AssertAbRam(machine);
-            Thread.Sleep(30);
-            AbRamCheckResult later = AssertAbRam(machine);
+            AssertGuestStaysPut(machine, $"round {i}: the guest ran on after stop returned");
             Assert.AreEqual(QmpRunState.Paused, machine.RunState);
-            Assert.AreEqual((stoppedAt.FirstByte, stoppedAt.StepAddress), (later.FirstByte, later.StepAddress), $"round {i}: the guest ran on after stop returned");
             Assert.IsFalse(machine.Accelerator.IsRunning);
         }
 
         AssertAbRam(machine);
+    }
+
+    /// <summary>
+    /// Asserts that the A/B guest's pass stays where it is for 30 ms (running, it writes about 250
+    /// pages a millisecond here), and returns where it is.
+    /// </summary>
+    private static AbRamCheckResult AssertGuestStaysPut(VirtualMachine machine, string message)
+    {
+        AbRamCheckResult before = AssertAbRam(machine);
+        Thread.Sleep(30);
+        AbRamCheckResult after = AssertAbRam(machine);
+        Assert.AreEqual((before.FirstByte, before.StepAddress), (after.FirstByte, after.StepAddress), message);
+        return before;
     }
 
     [TestMethod]

@@ -60,25 +60,5 @@ public sealed class PackageThreadTests
         Assert.AreNotEqual("not run", second);
     }
 
-    // Whether a thread of this process has that name (its kernel comm, cut to 15 bytes).
-    private static bool ThreadNamed(string name)
-    {
-        string comm = name.Length > 15 ? name[..15] : name;
-        foreach (string task in Directory.GetDirectories("/proc/self/task"))
-        {
-            try
-            {
-                if (File.ReadAllText(Path.Combine(task, "comm")).TrimEnd('\n') == comm)
-                {
-                    return true;
-                }
-            }
-            catch (IOException)
-            {
-                // The thread ended meanwhile.
-            }
-        }
-
-        return false;
-    }
+    private static bool ThreadNamed(string name) => Machine.MachineTesting.ThreadNames().Contains(name);
 }
