@@ -61,10 +61,11 @@ public sealed partial class VirtualMachine
     /// Runs the vCPUs' part of <see cref="StopAs"/> and <see cref="Resume"/> once, ahead of a
     /// migration's switch, without changing the run state or emitting events: the vCPUs are kicked,
     /// park, <paramref name="whileStopped"/> runs, and they run on (a pause of a fraction of a
-    /// millisecond, as when the host preempts their threads). A process's first stop binds the call sites and stubs on its way (ReadyToRun
-    /// code resolves each on its first call): measured at the postcopy switch, the kick went out
-    /// 0.14-0.30 ms after the stop began, which a switch otherwise pays inside its downtime. Does
-    /// nothing unless the guest runs. Any thread but a vCPU thread.
+    /// millisecond, as when the host preempts their threads). A process's first stop binds the call
+    /// sites and stubs on its way (ReadyToRun code resolves each on its first call): measured at the
+    /// postcopy switch, the kick went out 0.14-0.30 ms after the stop began, which a switch
+    /// otherwise pays inside its downtime. Does nothing unless the guest runs. Any thread but a vCPU
+    /// thread.
     /// </summary>
     /// <param name="whileStopped">Runs while the vCPUs are parked (the switch's own work, say, on scratch output), or null.</param>
     public void RehearseStop(Action? whileStopped = null)

@@ -57,6 +57,7 @@ internal sealed class PackageThread : IDisposable
     {
         _ = LatencyThreads.RaiseCurrentThread();
         _go.Wait();
+        _go.Dispose(); // set once, by RunAsync or Dispose, and never touched again
         if (Volatile.Read(ref _state) != Given || _work is not { } work)
         {
             return;
