@@ -255,9 +255,9 @@ internal static partial class MigrationBench
                         }
                     }
 
-                    if (scenario.Key == "idle" && options.IdleRuns > 1 && outcome.Status == "completed")
+                    if (scenario.Key is "idle" or "multifd" && options.IdleRuns > 1 && outcome.Status == "completed")
                     {
-                        // Further runs of the idle row, each against the plain socket measured just before it.
+                        // Further runs of an idle row (plain or multifd), each against the plain socket measured just before it.
                         var runs = new List<BenchTargets.PrecopyRun> { new(outcome.TotalMs, outcome.DowntimeMs, throughput / socketRate) };
                         for (int run = 2; run <= options.IdleRuns; run++)
                         {
