@@ -60,6 +60,7 @@ internal static partial class MigrationBench
 
                 figures["placement"] = Incoming["x-modular-postcopy-placement"]?.DeepClone();
                 figures["run-after-package-ms"] = Incoming["x-modular-run-after-package-ms"]?.DeepClone();
+                figures["vcpus-ran-after-package-ms"] = Incoming["x-modular-vcpus-ran-after-package-ms"]?.DeepClone();
                 return figures;
             }
         }
@@ -233,7 +234,7 @@ internal static partial class MigrationBench
                         await output.WriteLineAsync(string.Create(c,
                             $"    postcopy: {outcome.Requests} page requests; fault to placement (destination, pages {(l?["placement"]?.ToString() == "map" ? "mapped from shared memory" : "copied")}): count {l?["count"]}, median {l?["median-us"]} us, p99 {l?["p99-us"]} us, max {l?["max-us"]} us, first {l?["first-us"]} us"));
                         await output.WriteLineAsync(string.Create(c,
-                            $"    destination's vCPUs started {l?["run-after-package-ms"]} ms after it had read the package (the guest runs nowhere for the downtime, the package's transfer and this)"));
+                            $"    destination's vCPUs started {l?["run-after-package-ms"]} ms after it had read the package and ran again {l?["vcpus-ran-after-package-ms"]?.ToString() ?? "?"} ms after it (the guest runs nowhere for the downtime, the package's transfer and this)"));
                         await output.WriteLineAsync("    the downtime at the source: " + outcome.SwitchText);
                     }
 
@@ -287,7 +288,7 @@ internal static partial class MigrationBench
                             allCompleted &= again.Status == "completed";
                             JsonNode? l = again.FaultLatency;
                             await output.WriteLineAsync(string.Create(c,
-                                $"    run {run}: {again.Status}, {again.TotalMs / 1000:F2} s, downtime {again.DowntimeMs:F0} ms ({again.Switch?["stop-vcpus-ms"]} ms of it stopping the vCPUs), {again.Requests} page requests: median {l?["median-us"]} us, p99 {l?["p99-us"]} us, first {l?["first-us"]} us{(again.Error is null ? "" : "; " + again.Error)}"));
+                                $"    run {run}: {again.Status}, {again.TotalMs / 1000:F2} s, downtime {again.DowntimeMs:F0} ms ({again.Switch?["stop-vcpus-ms"]} ms of it stopping the vCPUs; the destination's vCPUs ran again {l?["vcpus-ran-after-package-ms"]?.ToString() ?? "?"} ms after it read the package), {again.Requests} page requests: median {l?["median-us"]} us, p99 {l?["p99-us"]} us, first {l?["first-us"]} us{(again.Error is null ? "" : "; " + again.Error)}"));
                             if (again.Status == "completed")
                             {
                                 runs.Add(BenchTargets.Run.Of(again.TotalMs, again.DowntimeMs, again.FaultLatency));

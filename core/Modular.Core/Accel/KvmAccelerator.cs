@@ -67,6 +67,18 @@ internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
     public int[] VcpuThreadIds() => _threads.Select(t => t.KernelThreadId).ToArray();
 
     /// <summary>How many times each vCPU has parked for a pause, by vCPU index (<see cref="VcpuThread.Parks"/>). Any thread.</summary>
+    /// <summary>Every vCPU thread notes when it next leaves its park (<see cref="VcpuThread.WatchNextResume"/>).</summary>
+    internal void WatchVcpuResumes()
+    {
+        foreach (VcpuThread thread in _threads)
+        {
+            thread.WatchNextResume();
+        }
+    }
+
+    /// <summary>When each vCPU thread left its park since <see cref="WatchVcpuResumes"/> (Stopwatch timestamps; 0: not yet).</summary>
+    internal long[] VcpuResumedAt() => _threads.Select(t => t.NextResumedAt).ToArray();
+
     internal int[] VcpuParks() => _threads.Select(t => t.Parks).ToArray();
 
     /// <summary>Sets vCPU 0 up for a Multiboot entry, as QEMU's -kernel does.</summary>

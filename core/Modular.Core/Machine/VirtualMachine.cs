@@ -101,6 +101,16 @@ public sealed partial class VirtualMachine : IQmpMachine, IDisposable
     /// <summary>The kernel thread id of each vCPU's thread (0 before it started); see <see cref="IAccelerator.VcpuThreadIds"/>.</summary>
     internal int[] VcpuThreadIds() => Accelerator.VcpuThreadIds();
 
+    /// <summary>Before a resume: every vCPU thread notes when it leaves its park (KVM only; see <see cref="LastVcpuResumedAt"/>).</summary>
+    internal void WatchVcpuResumes() => (Accelerator as KvmAccelerator)?.WatchVcpuResumes();
+
+    /// <summary>
+    /// The Stopwatch timestamp at which the last vCPU thread left its park since <see cref="WatchVcpuResumes"/>:
+    /// when the guest really ran again. Null until every vCPU thread has, or without KVM.
+    /// </summary>
+    internal long? LastVcpuResumedAt() =>
+        (Accelerator as KvmAccelerator)?.VcpuResumedAt() is { Length: > 0 } resumed && !resumed.Contains(0) ? resumed.Max() : null;
+
     /// <summary>
     /// The savevm sections of the machine's state besides RAM: every device (in config order), then
     /// the vCPU sections. Throws when a device declared itself unmigratable.

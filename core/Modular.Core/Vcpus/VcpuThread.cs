@@ -36,6 +36,8 @@ public sealed class VcpuThread : IDisposable
     private int _threadId;
     private long _throttledUntil;
     private int _parks;
+    private int _watchResume;
+    private long _resumedAt;
 
     /// <summary>Creates the thread (not started) for <paramref name="vcpu"/>.</summary>
     public VcpuThread(KvmVcpu vcpu, IVcpuExitHandler handler)
@@ -65,6 +67,20 @@ public sealed class VcpuThread : IDisposable
 
     /// <summary>How many times the vCPU has parked for a pause (<see cref="Pause"/>, or a start paused). Any thread.</summary>
     public int Parks => Volatile.Read(ref _parks);
+
+    /// <summary>
+    /// Notes the moment the thread next leaves a park to run the guest (<see cref="NextResumedAt"/>):
+    /// a resume marks the vCPU Running at once, but its thread may wait for a core before it runs.
+    /// Any thread; call it before the resume.
+    /// </summary>
+    public void WatchNextResume()
+    {
+        Volatile.Write(ref _resumedAt, 0);
+        Volatile.Write(ref _watchResume, 1);
+    }
+
+    /// <summary>The Stopwatch timestamp at which the thread left its park after <see cref="WatchNextResume"/>, or 0 before it has. Any thread.</summary>
+    public long NextResumedAt => Volatile.Read(ref _resumedAt);
 
     /// <summary>Why the thread ended (null while it runs): "stopped", or the shutdown/failure reason.</summary>
     public string? ExitReason { get; private set; }
@@ -378,6 +394,11 @@ public sealed class VcpuThread : IDisposable
                 if (_stopRequested)
                 {
                     return false;
+                }
+
+                if (Volatile.Read(ref _watchResume) == 1 && Interlocked.Exchange(ref _watchResume, 0) == 1)
+                {
+                    Volatile.Write(ref _resumedAt, System.Diagnostics.Stopwatch.GetTimestamp());
                 }
 
                 _state = VcpuRunState.Running;

@@ -120,6 +120,8 @@ public sealed class PostcopyEndToEndTests
         Assert.AreEqual(privateMemory || !MinorFaultsOnSharedMemory() ? "copy" : "map", destination["x-modular-postcopy-placement"]?.GetValue<string>(), "a destination maps pages of shared memory (where the kernel can) and copies into private or huge-page memory: " + destination.ToJsonString());
         double runAfterPackage = destination["x-modular-run-after-package-ms"]?.GetValue<double>() ?? -1;
         Assert.IsTrue(runAfterPackage is >= 0 and < 5000, "the destination says how long after the package its vCPUs started: " + destination.ToJsonString());
+        double ranAfterPackage = destination["x-modular-vcpus-ran-after-package-ms"]?.GetValue<double>() ?? -1;
+        Assert.IsTrue(ranAfterPackage >= runAfterPackage && ranAfterPackage < 5000, "the destination says when its vCPU threads ran again, no earlier than RUN woke them: " + destination.ToJsonString());
         long requests = source["ram"]!["postcopy-requests"]!.GetValue<long>();
         if (precopyPasses == 0)
         {

@@ -126,6 +126,41 @@ public sealed class AbGuestRunTests : MachineTestBase
     }
 
     [TestMethod]
+    public void AWatchedResume_NotesWhenTheVcpuThreadLeftItsPark_OnceAndOnlyAfterTheResume()
+    {
+        // What x-modular-vcpus-ran-after-package-ms reads: a resume marks the vCPU Running at once,
+        // but the guest runs again only when its thread has left the park.
+        RequireKvm();
+        string serial = Path.Combine(Dir, "serial.log");
+        using VirtualMachine machine = VirtualMachine.Create(ConfigFor(GuestPath("ab-guest.elf"), "64M", serial), Plugins, MachineStartMode.Boot);
+        machine.Start();
+        WaitForBs(serial, 1, Patience);
+        machine.Stop();
+        Assert.IsNull(machine.LastVcpuResumedAt(), "nothing was watched yet");
+
+        machine.WatchVcpuResumes();
+        Thread.Sleep(50);
+        Assert.IsNull(machine.LastVcpuResumedAt(), "a stopped guest's thread stays parked");
+        long before = System.Diagnostics.Stopwatch.GetTimestamp();
+        machine.Resume();
+        long? resumed = null;
+        for (var wait = System.Diagnostics.Stopwatch.StartNew(); resumed is null && wait.Elapsed < Patience; Thread.Sleep(1))
+        {
+            resumed = machine.LastVcpuResumedAt();
+        }
+
+        Assert.IsNotNull(resumed, "the resumed vCPU thread left its park");
+        Assert.IsGreaterThanOrEqualTo(before, resumed.Value, "noted after the resume, not before");
+        int bs = ReadSerial(serial).Count(c => c == 'B');
+        WaitForBs(serial, bs + 1, Patience);
+
+        machine.Stop();
+        machine.Resume();
+        Thread.Sleep(50);
+        Assert.AreEqual(resumed, machine.LastVcpuResumedAt(), "a later resume, unwatched, leaves the noted moment alone");
+    }
+
+    [TestMethod]
     public void AStopRightAfterACont_StopsTheGuest_EvenBeforeItsVcpuThreadWokeUp()
     {
         // cont wakes the parked vCPU thread, which takes a moment to run; a stop in that moment

@@ -210,6 +210,7 @@ public sealed partial class IncomingMigration
     /// </summary>
     // From the package read in full to POSTCOPY_RUN (the vCPUs start then); null before RUN.
     private TimeSpan? _runAfterPackage;
+    private long _packageReadAt;
 
     private async ValueTask LoadPackageAsync(PackagedCommand packaged, IMigrationConnection connection, MigrationStreamReader outer, long at)
     {
@@ -253,6 +254,7 @@ public sealed partial class IncomingMigration
                             // The guest runs nowhere from the source's stop until the vCPUs start here:
                             // how much of that is this side's (parked vCPU threads wake in about 0.1 ms).
                             _runAfterPackage = System.Diagnostics.Stopwatch.GetElapsedTime(read, loaded);
+                            _packageReadAt = read;
                             _logger.LogDebug(
                                 "POSTCOPY_RUN {Ms:F1} ms after the package was read (LISTEN done at {Listen:F1} ms); the vCPUs start now",
                                 System.Diagnostics.Stopwatch.GetElapsedTime(read, loaded).TotalMilliseconds,
@@ -352,6 +354,7 @@ public sealed partial class IncomingMigration
         }
 
         PostcopyState.MoveTo(State.PostcopyState.Running);
+        _machine.WatchVcpuResumes();
         _machine.CompleteIncoming();
         _runReached.TrySetResult();
     }
@@ -562,6 +565,11 @@ public sealed partial class IncomingMigration
             // This side's share of the time the guest runs nowhere, which QEMU's downtime (the
             // source's, until the package is sent) does not include.
             reply["x-modular-run-after-package-ms"] = Math.Round(run.TotalMilliseconds, 1);
+            if (_machine.LastVcpuResumedAt() is { } resumed && resumed >= _packageReadAt)
+            {
+                // RUN wakes the vCPU threads; each may still wait for a core before the guest runs.
+                reply["x-modular-vcpus-ran-after-package-ms"] = Math.Round(System.Diagnostics.Stopwatch.GetElapsedTime(_packageReadAt, resumed).TotalMilliseconds, 1);
+            }
         }
         reply["x-modular-page-channel-reads"] = _pageChannel?.Reads ?? 0;
         if (_pageChannel is { Failures: > 0 } failing)
