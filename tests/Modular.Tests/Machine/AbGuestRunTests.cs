@@ -130,11 +130,7 @@ public sealed class AbGuestRunTests : MachineTestBase
     {
         // What x-modular-vcpus-ran-after-package-ms reads: a resume marks the vCPU Running at once,
         // but the guest runs again only when its thread has left the park.
-        RequireKvm();
-        string serial = Path.Combine(Dir, "serial.log");
-        using VirtualMachine machine = VirtualMachine.Create(ConfigFor(GuestPath("ab-guest.elf"), "64M", serial), Plugins, MachineStartMode.Boot);
-        machine.Start();
-        WaitForBs(serial, 1, Patience);
+        using VirtualMachine machine = BootAbGuest(out string serial);
         machine.Stop();
         Assert.IsNull(machine.LastVcpuResumedAt(), "nothing was watched yet");
 
@@ -166,11 +162,7 @@ public sealed class AbGuestRunTests : MachineTestBase
         // cont wakes the parked vCPU thread, which takes a moment to run; a stop in that moment
         // must still stop it (it once returned at once and let the guest run on: a postcopy switch
         // right after a rehearsed stop then saved a running vCPU's state, and waited for it).
-        RequireKvm();
-        string serial = Path.Combine(Dir, "serial.log");
-        using VirtualMachine machine = VirtualMachine.Create(ConfigFor(GuestPath("ab-guest.elf"), "64M", serial), Plugins, MachineStartMode.Boot);
-        machine.Start();
-        WaitForBs(serial, 1, Patience);
+        using VirtualMachine machine = BootAbGuest(out string serial);
         machine.Stop();
         for (int i = 0; i < 20; i++)
         {
@@ -182,6 +174,25 @@ public sealed class AbGuestRunTests : MachineTestBase
         }
 
         AssertAbRam(machine);
+    }
+
+    /// <summary>Boots the 64 MiB A/B guest on KVM (Inconclusive without it) and waits for its first 'B' on <paramref name="serial"/>.</summary>
+    private VirtualMachine BootAbGuest(out string serial)
+    {
+        RequireKvm();
+        serial = Path.Combine(Dir, "serial.log");
+        VirtualMachine machine = VirtualMachine.Create(ConfigFor(GuestPath("ab-guest.elf"), "64M", serial), Plugins, MachineStartMode.Boot);
+        try
+        {
+            machine.Start();
+            WaitForBs(serial, 1, Patience);
+            return machine;
+        }
+        catch
+        {
+            machine.Dispose();
+            throw;
+        }
     }
 
     /// <summary>
