@@ -25,9 +25,9 @@ internal sealed record BenchOptions(ulong MemoryBytes, IReadOnlyList<string> Tra
 
     /// <summary>
     /// How many times each idle row (plain and multifd) runs (the first with QEMU's comparison and
-    /// the memory-to-memory socket), each run against a plain socket measured just before it: on this host one run's
-    /// time and the socket's figure each vary by a third within minutes, so issue 4's targets read
-    /// the runs' median.
+    /// the memory-to-memory socket), each run against a plain socket measured just before it: on
+    /// this host one run's time and the socket's figure each vary by a third within minutes, so
+    /// issue 4's targets read the runs' median.
     /// </summary>
     public int IdleRuns { get; init; } = 3;
 

@@ -66,7 +66,6 @@ internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
     /// <inheritdoc />
     public int[] VcpuThreadIds() => _threads.Select(t => t.KernelThreadId).ToArray();
 
-    /// <summary>How many times each vCPU has parked for a pause, by vCPU index (<see cref="VcpuThread.Parks"/>). Any thread.</summary>
     /// <summary>Every vCPU thread notes when it next leaves its park (<see cref="VcpuThread.WatchNextResume"/>).</summary>
     internal void WatchVcpuResumes()
     {
@@ -79,6 +78,7 @@ internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
     /// <summary>When each vCPU thread left its park since <see cref="WatchVcpuResumes"/> (Stopwatch timestamps; 0: not yet).</summary>
     internal long[] VcpuResumedAt() => _threads.Select(t => t.NextResumedAt).ToArray();
 
+    /// <summary>How many times each vCPU has parked for a pause, by vCPU index (<see cref="VcpuThread.Parks"/>). Any thread.</summary>
     internal int[] VcpuParks() => _threads.Select(t => t.Parks).ToArray();
 
     /// <summary>Sets vCPU 0 up for a Multiboot entry, as QEMU's -kernel does.</summary>
