@@ -83,6 +83,19 @@ internal static class BenchTargets
             new(totalMs, downtimeMs, faultLatency?["samples-us"] is JsonArray samples ? samples.Select(Number).ToArray() : []);
     }
 
+    /// <summary>The requests a pooled p99 needs: with fewer it is simply the largest (with 61, the p99 is the largest of 61).</summary>
+    internal const int RequestsForP99 = 100;
+
+    /// <summary>
+    /// Whether the repeated postcopy row runs again after <paramref name="runsSoFar"/> runs: until it
+    /// has run <paramref name="minimumRuns"/> times; then, where its requests are judged
+    /// (<paramref name="judged"/>: 1 GiB guests), on while its completed runs hold fewer than
+    /// <see cref="RequestsForP99"/> requests, up to twice <paramref name="minimumRuns"/>.
+    /// </summary>
+    internal static bool RunsAgain(int runsSoFar, int minimumRuns, IReadOnlyList<Run> completed, bool judged) =>
+        runsSoFar < minimumRuns
+        || (judged && runsSoFar < 2 * minimumRuns && completed.Sum(r => r.LatenciesUs.Count) < RequestsForP99);
+
     /// <summary>The requests of every run, pooled: count, median, p90, p99, max (µs), as the destination computes its own.</summary>
     internal static (int Count, double Median, double P90, double P99, double Max) Pool(IReadOnlyList<Run> runs)
     {

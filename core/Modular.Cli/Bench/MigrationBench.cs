@@ -282,8 +282,15 @@ internal static partial class MigrationBench
                     {
                         // Further runs of the same row, so that the targets read enough page requests.
                         var runs = new List<BenchTargets.Run> { BenchTargets.Run.Of(outcome.TotalMs, outcome.DowntimeMs, outcome.FaultLatency) };
-                        for (int run = 2; run <= options.PostcopyRuns; run++)
+                        bool judgedSize = options.MemoryBytes == BenchTargets.TargetMemory;
+                        for (int run = 2; BenchTargets.RunsAgain(run - 1, options.PostcopyRuns, runs, judgedSize); run++)
                         {
+                            if (run == options.PostcopyRuns + 1)
+                            {
+                                await output.WriteLineAsync(string.Create(c,
+                                    $"    {options.PostcopyRuns} runs made {runs.Sum(r => r.LatenciesUs.Count)} page requests, fewer than the {BenchTargets.RequestsForP99} a p99 needs: up to {options.PostcopyRuns} more runs"));
+                            }
+
                             Outcome again = await MigrateAsync(transport, scenario, options, directory, n++, suffix: $"-run{run}");
                             allCompleted &= again.Status == "completed";
                             JsonNode? l = again.FaultLatency;
