@@ -267,7 +267,7 @@ internal static partial class MigrationBench
                             allCompleted &= again.Status == "completed";
                             double rate = again.Transferred / Math.Max(again.TotalMs, 1) * 1000;
                             await output.WriteLineAsync(string.Create(c,
-                                $"    run {run}: {again.Status}, {again.TotalMs / 1000:F2} s, downtime {again.DowntimeMs:F0} ms, {rate / 1e9:F2} GB/s, {rate / socketAgain * 100:F0} % of the plain socket just before ({socketAgain / 1e9:F2} GB/s){(again.Error is null ? "" : "; " + again.Error)}"));
+                                $"    run {run}: {again.Status}, {again.TotalMs / 1000:F2} s, downtime {again.DowntimeMs:F0} ms, {rate / 1e9:F2} GB/s, {rate / socketAgain * 100:F0} % of the plain socket just before ({socketAgain / 1e9:F2} GB/s); CPU: source {again.SourceCpu.TotalSeconds:F2} s, destination {again.DestinationCpu.TotalSeconds:F2} s{(again.Error is null ? "" : "; " + again.Error)}"));
                             if (again.Status == "completed")
                             {
                                 runs.Add(new BenchTargets.PrecopyRun(again.TotalMs, again.DowntimeMs, rate / socketAgain));

@@ -103,7 +103,7 @@ public sealed class BenchCommandTests
         StringAssert.Matches(result.StdOut, new System.Text.RegularExpressions.Regex(@"unix\s+idle, multifd\s+completed"), result.StdOut);
 
         // Both idle rows, the plain one and the multifd one, run twice.
-        Assert.HasCount(2, System.Text.RegularExpressions.Regex.Matches(result.StdOut, @"run 2: completed, [0-9.]+ s, downtime [0-9]+ ms, [0-9.]+ GB/s, [0-9]+ % of the plain socket just before \([0-9.]+ GB/s\)"), result.StdOut);
+        Assert.HasCount(2, System.Text.RegularExpressions.Regex.Matches(result.StdOut, @"run 2: completed, [0-9.]+ s, downtime [0-9]+ ms, [0-9.]+ GB/s, [0-9]+ % of the plain socket just before \([0-9.]+ GB/s\); CPU: source [0-9.]+ s, destination [0-9.]+ s"), result.StdOut);
         Assert.HasCount(2, System.Text.RegularExpressions.Regex.Matches(result.StdOut, @"2 completed runs: total [0-9.]+-[0-9.]+ s \(median [0-9.]+ s\); [0-9]+ % of the plain socket measured just before each \(median; [0-9]+-[0-9]+ %\); downtime [0-9]+-[0-9]+ ms"), result.StdOut);
     }
 
