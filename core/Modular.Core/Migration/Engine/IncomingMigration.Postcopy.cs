@@ -208,9 +208,11 @@ public sealed partial class IncomingMigration
     /// PACKAGED: read the whole blob (freeing the stream for the listen thread), then parse it as a
     /// nested stream: LISTEN, device and vCPU sections, RUN. Main incoming task.
     /// </summary>
-    // From the package read in full to POSTCOPY_RUN (the vCPUs start then); null before RUN.
-    private TimeSpan? _runAfterPackage;
-    private long _packageReadAt;
+    // When the package was read in full and when POSTCOPY_RUN started the vCPUs (Stopwatch
+    // timestamps, published together by the package thread for query-migrate); null before RUN.
+    private PackageTimes? _packageTimes;
+
+    private sealed record PackageTimes(long ReadAt, long RunAt);
 
     private async ValueTask LoadPackageAsync(PackagedCommand packaged, IMigrationConnection connection, MigrationStreamReader outer, long at)
     {
@@ -253,8 +255,7 @@ public sealed partial class IncomingMigration
                             loaded = System.Diagnostics.Stopwatch.GetTimestamp();
                             // The guest runs nowhere from the source's stop until the vCPUs start here:
                             // how much of that is this side's (parked vCPU threads wake in about 0.1 ms).
-                            _runAfterPackage = System.Diagnostics.Stopwatch.GetElapsedTime(read, loaded);
-                            _packageReadAt = read;
+                            Volatile.Write(ref _packageTimes, new PackageTimes(read, loaded));
                             _logger.LogDebug(
                                 "POSTCOPY_RUN {Ms:F1} ms after the package was read (LISTEN done at {Listen:F1} ms); the vCPUs start now",
                                 System.Diagnostics.Stopwatch.GetElapsedTime(read, loaded).TotalMilliseconds,
@@ -560,15 +561,15 @@ public sealed partial class IncomingMigration
         }
 
         reply["x-modular-postcopy-placement"] = ram.MapsEveryBlockShared ? "map" : "copy";
-        if (_runAfterPackage is { } run)
+        if (Volatile.Read(ref _packageTimes) is { } times)
         {
             // This side's share of the time the guest runs nowhere, which QEMU's downtime (the
             // source's, until the package is sent) does not include.
-            reply["x-modular-run-after-package-ms"] = Math.Round(run.TotalMilliseconds, 1);
-            if (_machine.LastVcpuResumedAt() is { } resumed && resumed >= _packageReadAt)
+            reply["x-modular-run-after-package-ms"] = Math.Round(System.Diagnostics.Stopwatch.GetElapsedTime(times.ReadAt, times.RunAt).TotalMilliseconds, 1);
+            if (_machine.LastVcpuResumedAt() is { } resumed && resumed >= times.ReadAt)
             {
                 // RUN wakes the vCPU threads; each may still wait for a core before the guest runs.
-                reply["x-modular-vcpus-ran-after-package-ms"] = Math.Round(System.Diagnostics.Stopwatch.GetElapsedTime(_packageReadAt, resumed).TotalMilliseconds, 1);
+                reply["x-modular-vcpus-ran-after-package-ms"] = Math.Round(System.Diagnostics.Stopwatch.GetElapsedTime(times.ReadAt, resumed).TotalMilliseconds, 1);
             }
         }
         reply["x-modular-page-channel-reads"] = _pageChannel?.Reads ?? 0;
