@@ -4,6 +4,7 @@ using System.Runtime.CompilerServices;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Modular.Core.Interop;
 
 namespace Modular.Core.Qmp;
 
@@ -42,6 +43,35 @@ public sealed class QmpClient : IAsyncDisposable
     /// <summary>Cancelled when the connection ends (server closed it, or this client was disposed).</summary>
     public CancellationToken Closed => _closed.Token;
 
+    /// <summary>
+    /// What a failed connect means for a QMP path: .NET reports a missing socket file as "Cannot
+    /// assign requested address" (ENOENT maps to AddressNotAvailable), which names the wrong thing.
+    /// </summary>
+    private static string WhyNotConnected(string socketPath, SocketException e)
+    {
+        FileKind kind;
+        try
+        {
+            kind = FileStatusInterop.GetKind(socketPath, out _);
+        }
+        catch (IOException)
+        {
+            return e.Message;
+        }
+
+        return kind switch
+        {
+            FileKind.Missing => "there is no such file",
+            FileKind.Other => "the file there is not a socket",
+            _ => e.SocketErrorCode switch
+            {
+                SocketError.ConnectionRefused => "nothing listens on it (a socket file left behind by a VM that has ended?)",
+                SocketError.AccessDenied => "permission denied (run as a user who may open it)",
+                _ => e.Message,
+            },
+        };
+    }
+
     /// <summary>Connects, reads the greeting and runs <c>qmp_capabilities</c>.</summary>
     /// <param name="socketPath">The server's unix socket.</param>
     /// <param name="cancellationToken">Cancels connecting and the handshake.</param>
@@ -57,7 +87,7 @@ public sealed class QmpClient : IAsyncDisposable
         {
             socket.Dispose();
             throw new QmpConnectionException(socketPath,
-                $"Cannot connect to the QMP socket '{socketPath}': {e.Message}. Is the VM running with this QMP path?", e);
+                $"Cannot connect to the QMP socket '{socketPath}': {WhyNotConnected(socketPath, e)}. Is the VM running with this QMP path?", e);
         }
 
         var client = new QmpClient(socketPath, socket);

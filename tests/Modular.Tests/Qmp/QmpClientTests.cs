@@ -1,3 +1,4 @@
+using System.Net.Sockets;
 using System.Text.Json.Nodes;
 using Modular.Core.Qmp;
 
@@ -116,7 +117,28 @@ public sealed class QmpClientTests
     {
         string path = _directory.SocketPath("nobody.sock");
         var error = await Assert.ThrowsAsync<QmpConnectionException>(() => QmpClient.ConnectAsync(path));
-        StringAssert.StartsWith(error.Message, $"Cannot connect to the QMP socket '{path}': ");
-        StringAssert.EndsWith(error.Message, "Is the VM running with this QMP path?");
+        Assert.AreEqual($"Cannot connect to the QMP socket '{path}': there is no such file. Is the VM running with this QMP path?", error.Message);
+    }
+
+    [TestMethod]
+    public async Task ConnectToASocketFileNobodyListensOn_SaysSo()
+    {
+        string path = _directory.SocketPath("stale.sock");
+        // Bound but never listening: the socket file is there and connecting is refused, as with a
+        // file left by a VM that ended (.NET removes the files it bound when it disposes the socket).
+        using var bound = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        bound.Bind(new UnixDomainSocketEndPoint(path));
+        var error = await Assert.ThrowsAsync<QmpConnectionException>(() => QmpClient.ConnectAsync(path));
+        StringAssert.Contains(error.Message, $"'{path}': nothing listens on it (a socket file left behind by a VM that has ended?).");
+    }
+
+    [TestMethod]
+    public async Task ConnectToARegularFile_SaysItIsNotASocket()
+    {
+        string path = _directory.SocketPath("plain.txt");
+        await File.WriteAllTextAsync(path, "not a socket");
+        var error = await Assert.ThrowsAsync<QmpConnectionException>(() => QmpClient.ConnectAsync(path));
+        StringAssert.Contains(error.Message, $"'{path}': the file there is not a socket.");
+        Assert.AreEqual("not a socket", await File.ReadAllTextAsync(path), "the file is left alone");
     }
 }
