@@ -1,4 +1,5 @@
 using Modular.Abstractions.Devices;
+using Modular.Core.Vcpus;
 
 namespace Modular.Core.Accel;
 
@@ -28,7 +29,8 @@ internal interface IAccelerator : IDisposable
     void PrepareToStart();
 
     /// <summary>Stops every vCPU and returns once none runs guest code. Any thread except a vCPU thread.</summary>
-    void Pause();
+    /// <param name="wait">How to wait for each vCPU to park (<see cref="ParkWait"/>).</param>
+    void Pause(ParkWait wait = ParkWait.Spin);
 
     /// <summary>Lets the vCPUs run again after <see cref="Pause"/>. Any thread except a vCPU thread.</summary>
     void Resume();

@@ -79,6 +79,9 @@ internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
     internal long[] VcpuResumedAt() => _threads.Select(t => t.NextResumedAt).ToArray();
 
     /// <summary>How many times each vCPU has parked for a pause, by vCPU index (<see cref="VcpuThread.Parks"/>). Any thread.</summary>
+    internal int[] VcpuCpuLends() => _threads.Select(t => t.CpuLends).ToArray();
+
+    /// <summary>How many times each vCPU thread parked (for tests).</summary>
     internal int[] VcpuParks() => _threads.Select(t => t.Parks).ToArray();
 
     /// <summary>Sets vCPU 0 up for a Multiboot entry, as QEMU's -kernel does.</summary>
@@ -124,7 +127,7 @@ internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
         }
     }
 
-    public void Pause()
+    public void Pause(ParkWait wait = ParkWait.Spin)
     {
         Volatile.Write(ref _running, false);
         if (!_started)
@@ -134,7 +137,7 @@ internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
 
         foreach (VcpuThread thread in _threads.Where(t => t.State is VcpuRunState.Running))
         {
-            thread.Pause();
+            thread.Pause(wait);
         }
     }
 

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Modular.Abstractions.Devices;
 using Modular.Abstractions.Memory;
+using Modular.Core.Vcpus;
 
 namespace Modular.Core.Accel;
 
@@ -95,7 +96,7 @@ internal sealed class SyntheticWorkload : IAccelerator, ISaveVmSection
         }
     }
 
-    public void Pause()
+    public void Pause(ParkWait wait = ParkWait.Spin)
     {
         lock (_gate)
         {

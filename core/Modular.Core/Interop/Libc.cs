@@ -130,6 +130,26 @@ internal static unsafe partial class Libc
 
     internal const int PRIO_PROCESS = 0;
 
+    /// <summary>sched_getcpu(3): the CPU the calling thread runs on, or -1.</summary>
+    [LibraryImport(Library, EntryPoint = "sched_getcpu")]
+    internal static partial int SchedGetcpu();
+
+    /// <summary>sched_getaffinity(2) of thread <paramref name="threadId"/>: its CPU mask, <paramref name="size"/> bytes at <paramref name="mask"/>.</summary>
+    [LibraryImport(Library, EntryPoint = "sched_getaffinity", SetLastError = true)]
+    internal static partial int SchedGetaffinity(int threadId, nuint size, ulong* mask);
+
+    /// <summary>sched_setaffinity(2) of thread <paramref name="threadId"/>; a queued thread moves to an allowed CPU at once.</summary>
+    [LibraryImport(Library, EntryPoint = "sched_setaffinity", SetLastError = true)]
+    internal static partial int SchedSetaffinity(int threadId, nuint size, ulong* mask);
+
+    /// <summary>sched_setscheduler(2); <paramref name="threadId"/> 0 is the calling thread; its sched_param is one int.</summary>
+    [LibraryImport(Library, EntryPoint = "sched_setscheduler", SetLastError = true)]
+    internal static partial int SchedSetscheduler(int threadId, int policy, ref int priority);
+
+    internal const int SCHED_OTHER = 0;
+    internal const int SCHED_FIFO = 1;
+    internal const int SCHED_RESET_ON_FORK = 0x40000000;
+
     [LibraryImport(Library, EntryPoint = "tgkill", SetLastError = true)]
     internal static partial int Tgkill(int processId, int threadId, int signal);
 

@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using Microsoft.Extensions.Logging;
 using Modular.Core.Qmp;
+using Modular.Core.Vcpus;
 
 namespace Modular.Core.Machine;
 
@@ -32,7 +33,8 @@ public sealed partial class VirtualMachine
     /// they were running. Returns when no vCPU runs guest code. Any thread but a vCPU thread.
     /// </summary>
     /// <param name="state">The run state to enter.</param>
-    public void StopAs(QmpRunState state)
+    /// <param name="wait">How to wait for each vCPU to park (<see cref="ParkWait"/>).</param>
+    public void StopAs(QmpRunState state, ParkWait wait = ParkWait.Spin)
     {
         bool wasRunning;
         lock (_stateGate)
@@ -44,7 +46,7 @@ public sealed partial class VirtualMachine
             }
 
             wasRunning = _runState == QmpRunState.Running;
-            Accelerator.Pause();
+            Accelerator.Pause(wait);
             if (_runState is QmpRunState.Running or QmpRunState.Paused or QmpRunState.Prelaunch or QmpRunState.FinishMigrate or QmpRunState.PostMigrate)
             {
                 _runState = state;
@@ -68,7 +70,8 @@ public sealed partial class VirtualMachine
     /// thread.
     /// </summary>
     /// <param name="whileStopped">Runs while the vCPUs are parked (the switch's own work, say, on scratch output), or null.</param>
-    public void RehearseStop(Action? whileStopped = null)
+    /// <param name="wait">How the switch will wait for the vCPUs to park, so that the same code is bound (<see cref="ParkWait"/>).</param>
+    public void RehearseStop(Action? whileStopped = null, ParkWait wait = ParkWait.Spin)
     {
         lock (_stateGate)
         {
@@ -77,7 +80,7 @@ public sealed partial class VirtualMachine
                 return;
             }
 
-            Accelerator.Pause();
+            Accelerator.Pause(wait);
             try
             {
                 whileStopped?.Invoke();

@@ -1,7 +1,10 @@
+using Modular.Core.Accel;
 using Modular.Core.Config;
+using Modular.Core.Interop;
 using Modular.Core.Machine;
 using Modular.Core.Plugins;
 using Modular.Core.Qmp;
+using Modular.Core.Vcpus;
 using Modular.Core.Verification;
 using Modular.Tests.Support;
 using static Modular.Tests.Machine.MachineTesting;
@@ -173,6 +176,66 @@ public sealed class AbGuestRunTests : MachineTestBase
             Assert.IsFalse(machine.Accelerator.IsRunning);
         }
 
+        AssertAbRam(machine);
+    }
+
+    [TestMethod]
+    public unsafe void ALendingPause_MovesAVcpuThatWaitsForACore_ToThePausersCpu_AndGivesItsMaskBack()
+    {
+        // ParkWait.LendCpu, as the postcopy switch pauses: this thread on CPU 0, a spinning thread
+        // holding CPU 1, and the vCPU allowed on both, so that at a kick it is often waiting for a
+        // core. Then it must be moved to CPU 0, park, and get both CPUs back.
+        if (Environment.ProcessorCount < 2)
+        {
+            Assert.Inconclusive($"needs two CPUs; this host has {Environment.ProcessorCount}");
+        }
+
+        using VirtualMachine machine = BootAbGuest(out string serial);
+        var kvm = (KvmAccelerator)machine.Accelerator;
+        int vcpu = kvm.VcpuThreadIds()[0];
+        ulong both = 0b11;
+        Assert.AreEqual(0, Libc.SchedSetaffinity(vcpu, sizeof(ulong), &both));
+        using var stopSpinning = new CancellationTokenSource();
+        var spinner = new Thread(() =>
+        {
+            ulong cpu1 = 0b10;
+            _ = Libc.SchedSetaffinity(0, sizeof(ulong), &cpu1);
+            while (!stopSpinning.IsCancellationRequested)
+            {
+                Thread.SpinWait(1000);
+            }
+        }) { IsBackground = true };
+        ulong cpu0 = 0b01;
+        ulong mine = 0;
+        Assert.AreEqual(0, Libc.SchedGetaffinity(0, sizeof(ulong), &mine));
+        Assert.AreEqual(0, Libc.SchedSetaffinity(0, sizeof(ulong), &cpu0));
+        spinner.Start();
+        try
+        {
+            for (int round = 0; round < 40 && kvm.VcpuCpuLends()[0] == 0; round++)
+            {
+                machine.StopAs(QmpRunState.Paused, ParkWait.LendCpu);
+                Assert.IsFalse(machine.Accelerator.IsRunning, $"round {round}: paused");
+                ulong mask = 0;
+                Assert.AreEqual(0, Libc.SchedGetaffinity(vcpu, sizeof(ulong), &mask));
+                Assert.AreEqual(both, mask & 0b11, $"round {round}: the vCPU thread has both CPUs again");
+                AssertGuestStaysPut(machine, $"round {round}: the guest ran on after the pause returned");
+                machine.Resume();
+                Thread.Sleep(3);
+            }
+
+            Assert.IsGreaterThan(0, kvm.VcpuCpuLends()[0], "in 40 pauses the vCPU never waited for a core: the lending path was not taken");
+        }
+        finally
+        {
+            stopSpinning.Cancel();
+            spinner.Join();
+            _ = Libc.SchedSetaffinity(0, sizeof(ulong), &mine);
+        }
+
+        int bs = ReadSerial(serial).Count(c => c == 'B');
+        WaitForBs(serial, bs + 1, Patience);
+        machine.Stop();
         AssertAbRam(machine);
     }
 

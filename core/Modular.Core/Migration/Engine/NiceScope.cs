@@ -6,12 +6,8 @@ namespace Modular.Core.Migration.Engine;
 /// <summary>
 /// Sets the calling thread's nice value (still SCHED_OTHER) and restores it on dispose.
 /// <list type="bullet">
-/// <item><see cref="RaiseCurrentThread"/> (nice -20), for the few threads a migration's latency
-/// rides on: the postcopy switch, from stopping the vCPUs to handing the package to the transport
-/// (measured on this 2-core host: the switch thread, runnable, waited 2.5-3.9 ms for a core, half
-/// the downtime), and the destination's fault thread (each missing page's request starts there).
-/// They block most of the time, so raising them takes little from anything else. Needs
-/// CAP_SYS_NICE; without it nothing changes.</item>
+/// <item>nice -20 (<see cref="Raised"/>), the fallback for the postcopy switch thread where it may not
+/// run real-time (<see cref="SwitchPriority"/>).</item>
 /// <item><see cref="LowerCurrentThread"/> (nice 19), for work that may take the leftovers: compiling
 /// the migration code ahead on a source whose guest is running.</item>
 /// <item><see cref="SetCurrentThread"/>, any value: the postcopy listen thread
@@ -39,9 +35,6 @@ internal readonly struct NiceScope : IDisposable
 
     /// <summary>True when the thread's nice value was changed (false: not permitted, or already there).</summary>
     internal bool IsChanged => _threadId != 0;
-
-    /// <summary>Raises the current thread to nice -20; returns what restores it (a no-op when refused).</summary>
-    internal static NiceScope RaiseCurrentThread() => SetCurrentThread(Raised);
 
     /// <summary>Lowers the current thread to nice 19; returns what restores it.</summary>
     internal static NiceScope LowerCurrentThread() => SetCurrentThread(Lowered);

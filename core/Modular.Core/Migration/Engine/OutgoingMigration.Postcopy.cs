@@ -9,6 +9,7 @@ using Modular.Core.Migration.Postcopy;
 using Modular.Core.Migration.State;
 using Modular.Core.Migration.Stream;
 using Modular.Core.Qmp;
+using Modular.Core.Vcpus;
 
 namespace Modular.Core.Migration.Engine;
 
@@ -128,15 +129,22 @@ public sealed partial class OutgoingMigration
         // which sends requested pages); entering may collect once, while the guest still runs here.
         using GcQuietRegion gcQuiet = GcQuietRegion.Enter(_logger, "postcopy source");
 
+        // Raised before the downtime starts: whatever the raise costs (a lost core until the next
+        // tick, measured up to 5 ms) is then paid while the guest still runs.
+        // Never real-time across an await that may leave this thread to the pool: with
+        // pause-before-switchover the switch waits for migrate-continue.
+        SwitchPriority priority = SwitchPriority.RaiseCurrentThread(Settings.Has("pause-before-switchover")
+            ? Abstractions.Threading.LatencyThreadPolicy.Nice
+            : Abstractions.Threading.LatencyThreads.Policy);
+
         // Switch: stop the guest, take the last dirty bits, tell the destination what to drop.
         long downtimeStart = Stopwatch.GetTimestamp();
         long stopped, discarded, built, flushed;
         int packageBytes;
         var description = new VmDescriptionBuilder();
-        NiceScope priority = NiceScope.RaiseCurrentThread();
         try
         {
-            _machine.StopAs(QmpRunState.FinishMigrate);
+            _machine.StopAs(QmpRunState.FinishMigrate, priority.Kind == SwitchPriorityKind.RealTime ? ParkWait.LendCpu : ParkWait.Spin);
             await MaybePauseBeforeSwitchoverAsync(next: null).ConfigureAwait(false);
             stopped = Stopwatch.GetTimestamp();
             if (ram.SentMap.Any(m => m.NextSet(0) >= 0))
@@ -165,6 +173,11 @@ public sealed partial class OutgoingMigration
             built = Stopwatch.GetTimestamp();
             packageBytes = package.WrittenCount;
             PackagedCommand.WriteWithPackage(writer, package.WrittenSpan);
+            if (priority.Kind == SwitchPriorityKind.RealTime)
+            {
+                priority.Dispose(); // the flush may complete on another thread and leave this one to the pool
+            }
+
             await FlushAsync(output).ConfigureAwait(false);
             flushed = Stopwatch.GetTimestamp();
             Stats.SetDowntime((long)Stopwatch.GetElapsedTime(downtimeStart, flushed).TotalMilliseconds);

@@ -224,7 +224,9 @@ public sealed partial class OutgoingMigration
             Stats.SetSetupDone();
             _logger.LogDebug("Migration to {Endpoint}: setup done in {Ms} ms", _endpoint, Stats.ElapsedMs);
             // So that the stop and the device saves at the switch run warm code (scratch output).
-            _machine.RehearseStop(() => WriteDeviceSections(new MigrationStreamWriter(new ArrayBufferWriter<byte>(64 * 1024)), sections, firstSectionId: 1, description: null));
+            _machine.RehearseStop(
+                () => WriteDeviceSections(new MigrationStreamWriter(new ArrayBufferWriter<byte>(64 * 1024)), sections, firstSectionId: 1, description: null),
+                Settings.Has("postcopy-ram") ? Vcpus.ParkWait.LendCpu : Vcpus.ParkWait.Spin);
             Status.MoveTo(MigrationStatus.Active);
 
             var bandwidth = new BandwidthEstimator();

@@ -1,3 +1,4 @@
+using Modular.Abstractions.Threading;
 using Modular.Core.Migration.Engine;
 using Modular.Tests.Support;
 
@@ -176,7 +177,7 @@ public sealed class WarmUpTests
         static void Check()
         {
             int before = Nice();
-            NiceScope raised = NiceScope.RaiseCurrentThread();
+            NiceScope raised = NiceScope.SetCurrentThread(NiceScope.Raised);
             bool mayRaise = raised.IsChanged;
             Assert.AreEqual(mayRaise ? NiceScope.Raised : before, Nice(), "raised, or (without CAP_SYS_NICE) unchanged");
             raised.Dispose();
@@ -191,6 +192,55 @@ public sealed class WarmUpTests
             Assert.AreEqual(mayRaise ? before : NiceScope.Lowered, Nice(), "dispose restores the previous nice value where permitted");
         }
     }
+
+    [TestMethod]
+    public void SwitchPriority_RaisesRealTimeOrNiceAsThePolicySays_AndDisposeGivesTheThreadItsSchedulingBack()
+    {
+        Exception? failure = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                Check();
+            }
+            catch (Exception ex)
+            {
+                failure = ex;
+            }
+        });
+        thread.Start();
+        thread.Join();
+        if (failure is not null)
+        {
+            throw failure;
+        }
+
+        static void Check()
+        {
+            int before = Nice();
+            SwitchPriority realTime = SwitchPriority.RaiseCurrentThread(LatencyThreadPolicy.RealTime);
+            if (realTime.Kind == SwitchPriorityKind.Unchanged)
+            {
+                Assert.Inconclusive("this host permits neither SCHED_FIFO nor nice -20 (CAP_SYS_NICE)");
+            }
+
+            Assert.AreEqual(realTime.Kind == SwitchPriorityKind.RealTime ? 1 : 0, SchedGetscheduler(0) & 0xff, "SCHED_FIFO while raised, where permitted");
+            realTime.Dispose();
+            Assert.AreEqual(0, SchedGetscheduler(0), "SCHED_OTHER again");
+            Assert.AreEqual(before, Nice(), "at the nice value it had");
+
+            SwitchPriority nice = SwitchPriority.RaiseCurrentThread(LatencyThreadPolicy.Nice);
+            Assert.AreEqual(SwitchPriorityKind.Nice, nice.Kind);
+            Assert.AreEqual(0, SchedGetscheduler(0), "the nice policy stays SCHED_OTHER");
+            Assert.AreEqual(NiceScope.Raised, Nice());
+            nice.Dispose();
+            nice.Dispose(); // harmless twice
+            Assert.AreEqual(before, Nice());
+        }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "sched_getscheduler")]
+    private static extern int SchedGetscheduler(int threadId);
 
     private static int Nice() => ThreadNice.OfCurrentThread();
 }
