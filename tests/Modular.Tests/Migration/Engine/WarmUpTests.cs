@@ -155,24 +155,7 @@ public sealed class WarmUpTests
     [TestMethod]
     public void NiceScopeChangesTheCurrentThreadAndRestoresIt()
     {
-        Exception? failure = null;
-        var thread = new Thread(() =>
-        {
-            try
-            {
-                Check();
-            }
-            catch (Exception ex)
-            {
-                failure = ex;
-            }
-        });
-        thread.Start();
-        thread.Join();
-        if (failure is not null)
-        {
-            throw failure;
-        }
+        OnThreadOfItsOwn(Check);
 
         static void Check()
         {
@@ -196,24 +179,7 @@ public sealed class WarmUpTests
     [TestMethod]
     public void SwitchPriority_RaisesRealTimeOrNiceAsThePolicySays_AndDisposeGivesTheThreadItsSchedulingBack()
     {
-        Exception? failure = null;
-        var thread = new Thread(() =>
-        {
-            try
-            {
-                Check();
-            }
-            catch (Exception ex)
-            {
-                failure = ex;
-            }
-        });
-        thread.Start();
-        thread.Join();
-        if (failure is not null)
-        {
-            throw failure;
-        }
+        OnThreadOfItsOwn(Check);
 
         static void Check()
         {
@@ -236,6 +202,29 @@ public sealed class WarmUpTests
             nice.Dispose();
             nice.Dispose(); // harmless twice
             Assert.AreEqual(before, Nice());
+        }
+    }
+
+    /// <summary>Runs <paramref name="check"/> on a new thread (its scheduling changes die with it) and rethrows its failure.</summary>
+    private static void OnThreadOfItsOwn(Action check)
+    {
+        Exception? failure = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                check();
+            }
+            catch (Exception ex)
+            {
+                failure = ex;
+            }
+        });
+        thread.Start();
+        thread.Join();
+        if (failure is not null)
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
         }
     }
 
