@@ -441,9 +441,18 @@ public sealed partial class OutgoingMigration
             : $"Migration to {_endpoint} failed: {cause}{end}The guest keeps running on this host.";
     }
 
-    private async ValueTask FlushAsync(PipeWriter output)
+    /// <summary>Flushes the stream's pipe; a peer that closed the connection is an <see cref="IOException"/>.</summary>
+    /// <param name="output">The stream's pipe.</param>
+    /// <param name="beforeWaiting">Runs when the flush cannot complete at once, before the wait (whose continuation may run on another thread).</param>
+    private async ValueTask FlushAsync(PipeWriter output, Action? beforeWaiting = null)
     {
-        FlushResult result = await output.FlushAsync(_cancel.Token).ConfigureAwait(false);
+        ValueTask<FlushResult> flush = output.FlushAsync(_cancel.Token);
+        if (!flush.IsCompleted)
+        {
+            beforeWaiting?.Invoke();
+        }
+
+        FlushResult result = await flush.ConfigureAwait(false);
         if (result.IsCanceled || result.IsCompleted)
         {
             throw new IOException("the destination closed the connection");
