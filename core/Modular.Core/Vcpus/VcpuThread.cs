@@ -247,6 +247,12 @@ public sealed class VcpuThread : IDisposable
             spin.SpinOnce(sleep1Threshold: -1);
         }
 
+        BlockWhileRunning();
+    }
+
+    /// <summary>Blocks until the vCPU has parked (its park pulses the gate).</summary>
+    private void BlockWhileRunning()
+    {
         lock (_gate)
         {
             while (_state == VcpuRunState.Running)
@@ -288,13 +294,7 @@ public sealed class VcpuThread : IDisposable
 
         try
         {
-            lock (_gate)
-            {
-                while (_state == VcpuRunState.Running)
-                {
-                    Monitor.Wait(_gate);
-                }
-            }
+            BlockWhileRunning();
         }
         finally
         {
