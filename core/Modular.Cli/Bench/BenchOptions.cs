@@ -27,9 +27,10 @@ internal sealed record BenchOptions(ulong MemoryBytes, IReadOnlyList<string> Tra
     /// How many times each idle row (plain and multifd) runs (the first with QEMU's comparison and
     /// the memory-to-memory socket), each run against a plain socket measured just before it: on
     /// this host one run's time and the socket's figure each vary by a third within minutes, so
-    /// issue 4's targets read the runs' median.
+    /// issue 4's targets read the runs' median. Five, not three: a median of three moves with two
+    /// slow runs, which one busy half-minute of the host makes (session 21: 47, 48 and 98 %).
     /// </summary>
-    public int IdleRuns { get; init; } = 3;
+    public int IdleRuns { get; init; } = 5;
 
     /// <summary>Why no QEMU runs, when <see cref="QemuPath"/> is null.</summary>
     public string QemuNote { get; init; } = "--qemu off";

@@ -15,7 +15,7 @@ internal static class BenchCommand
     private static readonly Option<string[]> SetOption = new("--set") { Description = "A config override KEY=VALUE for every migrated guest's process, both sides (repeatable), e.g. machine.memory-backend=anonymous.", AllowMultipleArgumentsPerToken = false, Arity = ArgumentArity.ZeroOrMore };
     private static readonly Option<string?> KeepLogsOption = new("--keep-logs") { Description = "Keep each process's Debug log in this directory (created if missing)." };
     private static readonly Option<int?> PostcopyRunsOption = new("--postcopy-runs") { Description = "How many times the postcopy row runs, its page requests pooled for the targets (default 5; 2 with --quick; 1 to 50). With 1 GiB guests it runs on, up to twice as often, while the pool holds fewer than the 100 requests a p99 needs." };
-    private static readonly Option<int?> IdleRunsOption = new("--idle-runs") { Description = "How many times each idle row (plain and multifd) runs, each against a plain socket measured just before it; the targets read the runs' median (default 3; 1 with --quick; 1 to 50)." };
+    private static readonly Option<int?> IdleRunsOption = new("--idle-runs") { Description = "How many times each idle row (plain and multifd) runs, each against a plain socket measured just before it; the targets read the runs' median (default 5; 1 with --quick; 1 to 50)." };
     private static readonly Option<string> QemuOption = new("--qemu") { Description = "Run each row again between two QEMUs for comparison: auto (qemu-system-x86_64 from PATH, if there and /dev/kvm exists), off, or the path of a qemu-system-x86_64.", DefaultValueFactory = _ => "auto" };
 
     internal static Command Create()
