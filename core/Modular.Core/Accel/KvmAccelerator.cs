@@ -78,7 +78,21 @@ internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
     /// <summary>When each vCPU thread left its park since <see cref="WatchVcpuResumes"/> (Stopwatch timestamps; 0: not yet).</summary>
     internal long[] VcpuResumedAt() => _threads.Select(t => t.NextResumedAt).ToArray();
 
-    /// <summary>How many times each vCPU has parked for a pause, by vCPU index (<see cref="VcpuThread.Parks"/>). Any thread.</summary>
+    /// <summary>True once any vCPU thread has left its park since <see cref="WatchVcpuResumes"/>. Any thread; no allocation.</summary>
+    internal bool AnyVcpuResumed()
+    {
+        foreach (VcpuThread thread in _threads)
+        {
+            if (thread.NextResumedAt != 0)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>How many pauses moved each vCPU's thread to the pausing thread's CPU, by vCPU index (<see cref="VcpuThread.CpuLends"/>). Any thread.</summary>
     internal int[] VcpuCpuLends() => _threads.Select(t => t.CpuLends).ToArray();
 
     /// <summary>How many times each vCPU thread parked (for tests).</summary>

@@ -34,7 +34,7 @@ public sealed record MachineConfig(string Accelerator, ulong MemoryBytes, int Vc
 /// <param name="MaxBandwidth">max-bandwidth in bytes per second (0 = unlimited).</param>
 /// <param name="MultifdChannels">multifd-channels (1 to 255).</param>
 /// <param name="FaultBackend">The fault backend name for postcopy.</param>
-/// <param name="PostcopyListenNice">The postcopy destination's listen thread's nice value while postcopy runs (0: unchanged).</param>
+/// <param name="PostcopyListenNice">The postcopy destination's listen thread's nice value from the guest's first run after POSTCOPY_RUN until postcopy ends (0: unchanged).</param>
 /// <param name="Incoming">The incoming URI, or null.</param>
 public sealed record MigrationConfig(IReadOnlyDictionary<string, bool> Capabilities, long DowntimeLimitMs, ulong MaxBandwidth, int MultifdChannels, string FaultBackend, int PostcopyListenNice, string? Incoming)
 {

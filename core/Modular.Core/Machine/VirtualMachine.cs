@@ -105,6 +105,14 @@ public sealed partial class VirtualMachine : IQmpMachine, IDisposable
     internal void WatchVcpuResumes() => (Accelerator as KvmAccelerator)?.WatchVcpuResumes();
 
     /// <summary>
+    /// True once a vCPU thread has left its park since <see cref="WatchVcpuResumes"/> (KVM); always
+    /// true without KVM, which has no such moment to watch. Takes no lock (the postcopy listen thread
+    /// asks: a lock a vCPU holds while it waits for a missing page would deadlock them); any thread.
+    /// </summary>
+    internal bool GuestRanSinceResumeWatch() =>
+        _accelerator is not KvmAccelerator kvm || kvm.AnyVcpuResumed();
+
+    /// <summary>
     /// The Stopwatch timestamp at which the last vCPU thread left its park since <see cref="WatchVcpuResumes"/>:
     /// when the guest really ran again. Null until every vCPU thread has, or without KVM.
     /// </summary>

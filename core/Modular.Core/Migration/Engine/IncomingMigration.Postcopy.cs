@@ -354,8 +354,8 @@ public sealed partial class IncomingMigration
             throw inner.ErrorAt(at, "POSTCOPY_RUN after the listen thread failed; the guest is not started");
         }
 
+        _machine.WatchVcpuResumes(); // before Running: the listen thread's priority waits for a resume after it
         PostcopyState.MoveTo(State.PostcopyState.Running);
-        _machine.WatchVcpuResumes();
         _machine.CompleteIncoming();
         _runReached.TrySetResult();
     }

@@ -62,7 +62,9 @@ public sealed partial class IncomingMigration
         _transport = transport;
         _endpoint = endpoint;
         _settings = settings;
-        _listenPriority = new ListenThreadPriority(settings.PostcopyListenNice);
+        _listenPriority = new ListenThreadPriority(
+            settings.PostcopyListenNice,
+            () => PostcopyState.Current >= State.PostcopyState.Running && machine.GuestRanSinceResumeWatch());
         _logger = logger;
     }
 

@@ -71,6 +71,41 @@ public sealed class ListenThreadPriorityTests
     }
 
     [TestMethod]
+    public void NothingChangesUntilTheGateOpens_AndTheOpenGateIsNotAskedAgain()
+    {
+        using var parked = new ParkedThread();
+        int before = ThreadNice.Of(parked.ThreadId);
+        bool guestRuns = false;
+        int asked = 0;
+        var priority = new ListenThreadPriority(7, () =>
+        {
+            asked++;
+            return guestRuns;
+        });
+
+        parked.Run(() => Assert.IsFalse(priority.OnCurrentThread()));
+        parked.Run(() => Assert.IsFalse(priority.OnCurrentThread()));
+        Assert.AreEqual(before, ThreadNice.Of(parked.ThreadId), "the guest does not run yet: the thread keeps its priority");
+        Assert.AreEqual(2, asked, "a closed gate is asked on every pass, so the thread is raised on the pass after it opens");
+        Assert.AreEqual(0, priority.ChangedThreads);
+
+        guestRuns = true;
+        parked.Run(() => Assert.IsTrue(priority.OnCurrentThread()));
+        Assert.AreEqual(7, ThreadNice.Of(parked.ThreadId));
+        Assert.AreEqual(3, asked);
+
+        guestRuns = false; // a pause later does not matter: the thread stays raised until Restore
+        using var next = new ParkedThread();
+        next.Run(() => Assert.IsTrue(priority.OnCurrentThread()));
+        Assert.AreEqual(7, ThreadNice.Of(next.ThreadId), "a recovery's new listen thread is raised at once");
+        Assert.AreEqual(3, asked, "an opened gate is not asked again");
+        Assert.AreEqual(2, priority.ChangedThreads);
+
+        priority.Restore();
+        Assert.AreEqual(before, ThreadNice.Of(parked.ThreadId));
+    }
+
+    [TestMethod]
     public void LoweringNeedsNoPrivilege()
     {
         using var parked = new ParkedThread();
