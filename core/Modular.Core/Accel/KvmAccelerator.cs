@@ -75,8 +75,12 @@ internal sealed class KvmAccelerator : IAccelerator, IVcpuExitHandler
         }
     }
 
-    /// <summary>When each vCPU thread left its park since <see cref="WatchVcpuResumes"/> (Stopwatch timestamps; 0: not yet).</summary>
-    internal long[] VcpuResumedAt() => _threads.Select(t => t.NextResumedAt).ToArray();
+    /// <summary>
+    /// When each started vCPU thread left its park since <see cref="WatchVcpuResumes"/> (Stopwatch
+    /// timestamps; 0: not yet). Threads never started (application processors: only vCPU 0 runs, see
+    /// the class) are left out: they never leave a park.
+    /// </summary>
+    internal long[] VcpuResumedAt() => _threads.Where(t => t.State != VcpuRunState.Created).Select(t => t.NextResumedAt).ToArray();
 
     /// <summary>True once any vCPU thread has left its park since <see cref="WatchVcpuResumes"/>. Any thread; no allocation.</summary>
     internal bool AnyVcpuResumed()

@@ -114,7 +114,7 @@ public sealed partial class VirtualMachine : IQmpMachine, IDisposable
 
     /// <summary>
     /// The Stopwatch timestamp at which the last vCPU thread left its park since <see cref="WatchVcpuResumes"/>:
-    /// when the guest really ran again. Null until every vCPU thread has, or without KVM.
+    /// when the guest really ran again. Null until every started vCPU thread has, or without KVM.
     /// </summary>
     internal long? LastVcpuResumedAt() =>
         (Accelerator as KvmAccelerator)?.VcpuResumedAt() is { Length: > 0 } resumed && !resumed.Contains(0) ? resumed.Max() : null;

@@ -133,13 +133,17 @@ public sealed class AbGuestRunTests : MachineTestBase
     {
         // What x-modular-vcpus-ran-after-package-ms reads: a resume marks the vCPU Running at once,
         // but the guest runs again only when its thread has left the park.
-        using VirtualMachine machine = BootAbGuest(out string serial);
+        // Two vCPUs: vCPU 1 (an application processor) never starts, and must not keep the moment
+        // from being known. GuestRanSinceResumeWatch (the postcopy listen thread's priority waits
+        // for it) turns true at the same moment.
+        using VirtualMachine machine = BootAbGuest(out string serial, vcpus: 2);
         machine.Stop();
         Assert.IsNull(machine.LastVcpuResumedAt(), "nothing was watched yet");
 
         machine.WatchVcpuResumes();
         Thread.Sleep(50);
         Assert.IsNull(machine.LastVcpuResumedAt(), "a stopped guest's thread stays parked");
+        Assert.IsFalse(machine.GuestRanSinceResumeWatch(), "a stopped guest's thread stays parked");
         long before = System.Diagnostics.Stopwatch.GetTimestamp();
         machine.Resume();
         long? resumed = null;
@@ -148,7 +152,8 @@ public sealed class AbGuestRunTests : MachineTestBase
             resumed = machine.LastVcpuResumedAt();
         }
 
-        Assert.IsNotNull(resumed, "the resumed vCPU thread left its park");
+        Assert.IsNotNull(resumed, "the resumed vCPU thread left its park (the never-started vCPU 1 left out)");
+        Assert.IsTrue(machine.GuestRanSinceResumeWatch());
         Assert.IsGreaterThanOrEqualTo(before, resumed.Value, "noted after the resume, not before");
         int bs = ReadSerial(serial).Count(c => c == 'B');
         WaitForBs(serial, bs + 1, Patience);
@@ -240,11 +245,14 @@ public sealed class AbGuestRunTests : MachineTestBase
     }
 
     /// <summary>Boots the 64 MiB A/B guest on KVM (Inconclusive without it) and waits for its first 'B' on <paramref name="serial"/>.</summary>
-    private VirtualMachine BootAbGuest(out string serial)
+    private VirtualMachine BootAbGuest(out string serial, int vcpus = 1)
     {
         RequireKvm();
         serial = Path.Combine(Dir, "serial.log");
-        VirtualMachine machine = VirtualMachine.Create(ConfigFor(GuestPath("ab-guest.elf"), "64M", serial), Plugins, MachineStartMode.Boot);
+        VirtualMachine machine = VirtualMachine.Create(
+            ConfigFor(GuestPath("ab-guest.elf"), "64M", serial, ("machine.vcpus", vcpus.ToString(System.Globalization.CultureInfo.InvariantCulture))),
+            Plugins,
+            MachineStartMode.Boot);
         try
         {
             machine.Start();
