@@ -1,5 +1,6 @@
 extern alias tcp;
 
+using RecyclingMemoryPool = tcp::Modular.Transports.Shared.RecyclingMemoryPool;
 using SocketWarmUp = tcp::Modular.Transports.Shared.SocketWarmUp;
 
 namespace Modular.Transports.Tests;
@@ -19,5 +20,27 @@ public sealed class SocketWarmUpTests
         int before = TransportTestKit.OpenFileDescriptors();
         Assert.IsTrue(await SocketWarmUp.ExerciseAsync(), "a second run works as well (the warm-up may be asked for more than once)");
         Assert.AreEqual(before, TransportTestKit.OpenFileDescriptors(), "the listener and both channel sockets must be closed");
+    }
+
+    [TestMethod]
+    public void TheWarmUpFillsTheSegmentPoolANewPipeTakes()
+    {
+        RecyclingMemoryPool pool = RecyclingMemoryPool.Segments;
+        var taken = new List<IDisposable>();
+        while (pool.FreeCount > 0)
+        {
+            taken.Add(pool.Rent());
+        }
+
+        try
+        {
+            SocketWarmUp.Prepare();
+            Assert.IsTrue(pool.FreeCount >= RecyclingMemoryPool.SegmentsPerPipe,
+                $"after the warm-up a new connection's pipe must find its {RecyclingMemoryPool.SegmentsPerPipe} blocks free, not allocate them inside a migration (free: {pool.FreeCount})");
+        }
+        finally
+        {
+            taken.ForEach(block => block.Dispose());
+        }
     }
 }
