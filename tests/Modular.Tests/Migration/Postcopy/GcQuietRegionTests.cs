@@ -1,4 +1,5 @@
 using System.Runtime;
+using System.Runtime.CompilerServices;
 using Microsoft.Extensions.Logging.Abstractions;
 using Modular.Core.Migration.Postcopy;
 
@@ -63,5 +64,50 @@ public sealed class GcQuietRegionTests
         Assert.IsFalse(region.IsActive, "a collection ended the region");
         region.Dispose();
         Assert.AreNotEqual(GCLatencyMode.NoGCRegion, GCSettings.LatencyMode);
+    }
+
+    [TestMethod]
+    public async Task SettlingWaitsForTheFinalizersACollectionQueued()
+    {
+        var finalized = new StrongBox<int>();
+        MakeFinalizableGarbage(finalized, count: 8, busy: TimeSpan.FromMilliseconds(5));
+        GC.Collect(); // queues their finalizers, as the region's own collection would
+        Assert.IsTrue(await GcQuietRegion.SettleFinalizersAsync(TimeSpan.FromSeconds(10)), "the finalizer thread finishes within the limit");
+        Assert.AreEqual(8, Volatile.Read(ref finalized.Value), "every queued finalizer has run when settling returns true");
+    }
+
+    [TestMethod]
+    public async Task SettlingGivesUpAtTheLimitWhileAFinalizerBlocks()
+    {
+        var finalized = new StrongBox<int>();
+        var release = new ManualResetEventSlim(); // not disposed: the finalizer may still wait on it when an assertion fails
+        MakeFinalizableGarbage(finalized, count: 1, busy: TimeSpan.Zero, blockUntil: release);
+        GC.Collect();
+        Task<bool> settling = GcQuietRegion.SettleFinalizersAsync(TimeSpan.FromMilliseconds(100));
+        bool returned = await Task.WhenAny(settling, Task.Delay(TimeSpan.FromSeconds(5))) == settling;
+        release.Set();
+        Assert.IsTrue(await GcQuietRegion.SettleFinalizersAsync(TimeSpan.FromSeconds(10)), "released, the finalizer ends");
+        Assert.IsTrue(returned, "settling gives up near its limit instead of waiting for the blocked finalizer");
+        Assert.IsFalse(await settling, "and says the finalizer thread was still busy");
+        Assert.AreEqual(1, Volatile.Read(ref finalized.Value));
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void MakeFinalizableGarbage(StrongBox<int> finalized, int count, TimeSpan busy, ManualResetEventSlim? blockUntil = null)
+    {
+        for (int i = 0; i < count; i++)
+        {
+            _ = new Finalizable(finalized, busy, blockUntil);
+        }
+    }
+
+    private sealed class Finalizable(StrongBox<int> finalized, TimeSpan busy, ManualResetEventSlim? blockUntil)
+    {
+        ~Finalizable()
+        {
+            Thread.Sleep(busy);
+            blockUntil?.Wait();
+            Interlocked.Increment(ref finalized.Value);
+        }
     }
 }
