@@ -228,6 +228,7 @@ public sealed partial class IncomingMigration
                 if (_postcopyRam is { } placed && _logger.IsEnabled(LogLevel.Debug))
                 {
                     _logger.LogDebug("Postcopy fault-to-placement latencies in microseconds, in placement order: {Samples}", placed.Latency.Samples());
+                    _logger.LogDebug("Pages mapped ahead of the run they were written into: {OnFault} on their fault, {OnCopy} when their requested copy came", placed.MappedAheadOnFault, placed.MappedAheadOnCopy);
                 }
 
                 return;

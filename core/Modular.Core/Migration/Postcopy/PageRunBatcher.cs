@@ -17,8 +17,11 @@ namespace Modular.Core.Migration.Postcopy;
 /// has taken is left out, which ends the run.
 /// A page waits in the run only while its loader is still taking records it already holds: the
 /// loader calls <see cref="Flush"/> before it waits for more data, so nothing is held back across a
-/// wait. Until then the page is still missing; a fault on it is requested as usual, and whichever
-/// copy comes second finds the page present and leaves it. One batcher per loader (per channel),
+/// wait. Until then the page is still missing. On shared memory a page already written into the run
+/// is mapped by whoever needs it first (a fault on it, or its requested copy from the preempt
+/// channel: <see cref="PostcopyRam"/>'s TryMapWritten), and the run's map later leaves it. A page
+/// copied into the run's buffer is requested as usual on a fault, and whichever copy comes second
+/// finds the page present and leaves it. One batcher per loader (per channel),
 /// used only on that loader's thread; the buffer is pinned, allocated once, and is not guest RAM.
 /// </remarks>
 internal sealed class PageRunBatcher

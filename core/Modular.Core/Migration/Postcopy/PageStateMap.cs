@@ -43,7 +43,8 @@ public enum FaultOutcome
 /// Calls that find a page already in the state they would move it to change nothing and say so in
 /// their result. A move outside this list throws <see cref="PageStateTransitionException"/>, which
 /// names the page and both states. All members may be called from any thread concurrently: the
-/// fault thread calls <see cref="TryRequest"/>, the listen thread <see cref="MarkReceived"/>, the
+/// fault thread calls <see cref="TryRequest"/> (and <see cref="MarkReceived"/> for a page that was
+/// written into shared memory but not mapped yet, which it maps itself), the listen thread <see cref="MarkReceived"/>, the
 /// main incoming thread <see cref="Discard"/> and <see cref="BeginRunning"/>.
 /// </summary>
 public sealed class PageStateMap

@@ -74,6 +74,46 @@ public sealed class SharedRamPostcopyTests
     }
 
     [TestMethod]
+    public void TheRequestedCopyOfAPageWrittenIntoAnUnmappedRun_MapsItAtOnce_AndTheRunDoesNotOverwriteTheGuest()
+    {
+        using var scope = new Scope();
+        (PostcopyRam postcopy, RamBlock block) = scope.Listen();
+        var assembler = new HostPageAssembler(postcopy);
+        for (int page = 14; page < 18; page++)
+        {
+            assembler.Add(block, (ulong)page * Page, Pattern(page), isZero: false); // the stream's run, written, not mapped yet
+        }
+
+        byte[] seen = new byte[Page];
+        var reader = new Thread(() => block.CopyOut(15 * Page, seen)) { IsBackground = true };
+        reader.Start();
+        Assert.IsFalse(reader.Join(Blocked), "written into the run but not mapped: the reader waits");
+        Assert.AreEqual(FaultOutcome.AlreadyReceived, postcopy.OnFault(block.HostAddress + (15 * Page), 0, out _, out _),
+            "the fault finds the page written: it is mapped then, and nothing is asked of the source");
+        Assert.IsTrue(reader.Join(Released), "mapping at the fault wakes the reader before the run is mapped");
+        CollectionAssert.AreEqual(Pattern(15), seen);
+
+        // Page 16 was asked for before its run came (the request is on its way); its copy from the
+        // preempt channel finds the page taken and written, and maps it without waiting for the run.
+        postcopy.Map(0).TryRequest(16);
+        postcopy.Place(block, 16 * Page, Pattern(16), isZero: false);
+        Assert.AreEqual(PageState.Received, postcopy.Map(0).GetState(16), "the preempt copy mapped the written page");
+        Assert.AreEqual(PageState.Missing, postcopy.Map(0).GetState(17), "the rest of the run waits for the run");
+
+        block.CopyIn(16 * Page + 8, [0x11, 0x22]); // the guest runs and changes it
+        assembler.Flush();                          // the listen thread maps its run at last
+        byte[] expected = Pattern(16);
+        expected[8] = 0x11;
+        expected[9] = 0x22;
+        CollectionAssert.AreEqual(expected, Read(block, 16), "mapping the run later leaves the guest's write");
+        CollectionAssert.AreEqual(Pattern(17), Read(block, 17));
+        Assert.AreEqual(4UL, postcopy.Map(0).ReceivedCount);
+        Assert.AreEqual(1L, postcopy.Latency.Count, "only the page that had been requested has a latency (once)");
+        Assert.AreEqual(1L, postcopy.MappedAheadOnFault);
+        Assert.AreEqual(1L, postcopy.MappedAheadOnCopy);
+    }
+
+    [TestMethod]
     public void AZeroPage_OverwritesWhatTheMemoryHeldBefore()
     {
         using var scope = new Scope();
