@@ -402,18 +402,18 @@ internal sealed class PostcopyRam : IDisposable
                     Volatile.Write(ref _requestedAt[i][first], Stopwatch.GetTimestamp());
                 }
 
-                // The target pages of a host page share one state (a host page is discarded and
-                // placed whole), so the first one decides; the others follow it to requested. The
-                // listen thread may be marking them received meanwhile: TryRequest leaves those be.
+                // Here already if the listen thread has written it into a run it has not mapped yet:
+                // mapped now, it goes missing -> received (or requested -> received, if an earlier
+                // fault asked for it), and nothing is asked of the source.
                 if (_shared[i] is not null && TryMapWritten(i, candidate, offset))
                 {
                     Interlocked.Increment(ref _mappedAheadOnFault);
-                    // Here already: written by the listen thread into a run it has not mapped yet.
-                    // Mapped now, it goes missing -> received (or requested -> received, if an earlier
-                    // fault asked for it), and nothing is asked of the source.
                     return FaultOutcome.AlreadyReceived;
                 }
 
+                // The target pages of a host page share one state (a host page is discarded and
+                // placed whole), so the first one decides; the others follow it to requested. The
+                // listen thread may be marking them received meanwhile: TryRequest leaves those be.
                 FaultOutcome outcome = _maps[i].TryRequest(first);
                 if (outcome == FaultOutcome.NeedsRequest)
                 {
