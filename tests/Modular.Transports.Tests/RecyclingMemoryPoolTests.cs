@@ -93,6 +93,36 @@ public sealed class RecyclingMemoryPoolTests
         Assert.AreEqual(3, pool.FreeCount, "never beyond maxFree");
     }
 
+    [TestMethod]
+    public unsafe void EnsureFreeHandsOutBlocksWhoseMemoryIsAlreadyThere()
+    {
+        const int Large = 4 << 20; // large-object heap: fresh memory from the kernel, not yet touched
+        var pool = new RecyclingMemoryPool(Large, maxFree: 2);
+        pool.EnsureFree(2);
+        using IMemoryOwner<byte> first = pool.Rent(Large);
+        using IMemoryOwner<byte> second = pool.Rent(Large);
+        foreach (byte[] array in new[] { ArrayOf(first), ArrayOf(second) })
+        {
+            fixed (byte* start = array)
+            {
+                nint page = Environment.SystemPageSize;
+                nint from = (nint)start & ~(page - 1);
+                nint to = ((nint)start + array.Length + page - 1) & ~(page - 1);
+                byte[] resident = new byte[(to - from) / page];
+                fixed (byte* vector = resident)
+                {
+                    Assert.AreEqual(0, Mincore(from, (nuint)(to - from), vector), "mincore(2) on the block");
+                }
+
+                int missing = resident.Count(b => (b & 1) == 0);
+                Assert.AreEqual(0, missing, $"{missing} of {resident.Length} pages of a block from EnsureFree are not in memory: a receive into it would fault them in");
+            }
+        }
+    }
+
+    [DllImport("libc", EntryPoint = "mincore", SetLastError = true)]
+    private static extern unsafe int Mincore(nint address, nuint length, byte* vector);
+
     private static byte[] ArrayOf(IMemoryOwner<byte> owner)
     {
         Assert.IsTrue(MemoryMarshal.TryGetArray<byte>(owner.Memory, out ArraySegment<byte> segment));
