@@ -64,9 +64,13 @@ internal sealed class PostcopyRam : IDisposable
             ? "the fault backend cannot map shared memory (no ISharedRamFaultBackend)"
             : shared.SharedRamUnavailableReason;
         _shared = _blocks.Select(b => b.IsShared && b.HostPageSize == RamBlock.TargetPageSize && SharedRamUnavailableReason is null ? shared : null).ToArray();
-        _claimed = _blocks.Select((b, i) => _shared[i] is null ? [] : new ulong[(b.PageCount + 63) / 64]).ToArray();
-        _written = _blocks.Select((b, i) => _shared[i] is null ? [] : new ulong[(b.PageCount + 63) / 64]).ToArray();
+        _claimed = SharedPageBits();
+        _written = SharedPageBits();
     }
+
+    /// <summary>One bit per target page of each block on shared memory (none for the others).</summary>
+    private ulong[][] SharedPageBits() =>
+        _blocks.Select((b, i) => _shared[i] is null ? [] : new ulong[(b.PageCount + 63) / 64]).ToArray();
 
     /// <summary>Pages a fault mapped itself, written into a run whose thread had not mapped it yet (see TryMapWritten). Any thread.</summary>
     internal long MappedAheadOnFault => Interlocked.Read(ref _mappedAheadOnFault);
