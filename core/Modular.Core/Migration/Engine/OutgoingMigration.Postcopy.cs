@@ -445,18 +445,36 @@ public sealed partial class OutgoingMigration
     }
 
     /// <param name="Sent">True when the preempt channel already sent the pages.</param>
-    private readonly record struct PageRequest(int Block, long Page, int Count, bool Sent);
+    internal readonly record struct PageRequest(int Block, long Page, int Count, bool Sent);
 
     /// <summary>
-    /// Runs the request queue's enqueue and dequeue once on a scratch queue. ConcurrentQueue over
-    /// this struct has no precompiled code, so the first page request compiled Enqueue on the
-    /// return-path reader (measured: 0.64-0.82 ms of CPU in the first request, 35-150 us in later
-    /// ones). Warm-up thread.
+    /// How many requests <see cref="WarmUpRequestQueue"/> puts through its scratch queue: more than a
+    /// ConcurrentQueue's first segment holds (32 items), so that its growth is compiled as well.
+    /// </summary>
+    internal const int RequestQueueWarmUpCount = 100;
+
+    /// <summary>
+    /// Runs the request queue's enqueue and dequeue on a scratch queue, past its first segment.
+    /// ConcurrentQueue over this struct has no precompiled code, so the first page request compiled
+    /// Enqueue on the return-path reader (measured: 0.64-0.82 ms of CPU in the first request, 35-150
+    /// us in later ones). And the queue grows: with postcopy-preempt every request is queued for the
+    /// migration task only to move its scan, and that task drains the queue between background
+    /// batches, so while it waits on a full main connection the requests pile up. The 33rd then
+    /// needed a new segment, and the return-path reader compiled EnqueueSlow before it could send
+    /// the page (session 23: 0.7-1.2 ms at the 33rd to 40th request in about half of the bench's
+    /// unix postcopy runs, which set the pooled p99 whenever a run's first request did not).
+    /// Warm-up thread.
     /// </summary>
     internal static void WarmUpRequestQueue()
     {
         var scratch = new ConcurrentQueue<PageRequest>();
-        scratch.Enqueue(new PageRequest(0, 0, 1, Sent: false));
-        _ = scratch.TryDequeue(out _);
+        for (int i = 0; i < RequestQueueWarmUpCount; i++)
+        {
+            scratch.Enqueue(new PageRequest(0, i, 1, Sent: false));
+        }
+
+        while (scratch.TryDequeue(out _))
+        {
+        }
     }
 }

@@ -32,6 +32,39 @@ public sealed class WarmUpTests
     }
 
     [TestMethod]
+    public void TheRequestQueueWarmUpCompilesItsGrowth_SoAPileOfRequestsCompilesNothing()
+    {
+        // The source queues every page request for its migration task; while that task waits on a
+        // full connection they pile up, and the 33rd outgrows the queue's first segment. After the
+        // warm-up, three segments' worth going in and out compiles nothing more on this thread (with
+        // one request through the warm-up, EnqueueSlow, the new segments and TryDequeueSlow were
+        // compiled here, as they were on the return-path reader inside a request).
+        OutgoingMigration.WarmUpRequestQueue();
+        var queue = new System.Collections.Concurrent.ConcurrentQueue<OutgoingMigration.PageRequest>();
+        long before = System.Runtime.JitInfo.GetCompiledMethodCount(currentThread: true);
+        for (int i = 0; i < OutgoingMigration.RequestQueueWarmUpCount; i++)
+        {
+            queue.Enqueue(new OutgoingMigration.PageRequest(0, i, 1, Sent: true));
+        }
+
+        var drained = new OutgoingMigration.PageRequest[OutgoingMigration.RequestQueueWarmUpCount + 1];
+        int dequeued = 0;
+        while (dequeued < drained.Length && queue.TryDequeue(out drained[dequeued]))
+        {
+            dequeued++;
+        }
+
+        long compiled = System.Runtime.JitInfo.GetCompiledMethodCount(currentThread: true) - before;
+        Assert.AreEqual(OutgoingMigration.RequestQueueWarmUpCount, dequeued);
+        for (int i = 0; i < dequeued; i++)
+        {
+            Assert.AreEqual(i, drained[i].Page, "the queue keeps the requests' order");
+        }
+
+        Assert.AreEqual(0, compiled, $"{compiled} methods compiled while requests piled up and drained after the warm-up");
+    }
+
+    [TestMethod]
     public async Task AnAsyncMethodsMachineryIsCompiledAheadOfItsFirstRun()
     {
         // Two async methods alike, neither run before, each with a result type of its own (so that no
