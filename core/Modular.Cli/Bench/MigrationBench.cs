@@ -46,7 +46,7 @@ internal static partial class MigrationBench
         /// <summary>The switch's parts for a line: where a postcopy downtime went.</summary>
         public string SwitchText => Switch is null
             ? "the source did not report its switch"
-            : string.Create(CultureInfo.InvariantCulture, $"vCPUs stopped in {Switch["stop-vcpus-ms"]} ms, sync and discards {Switch["sync-discards-ms"]} ms, package built in {Switch["package-ms"]} ms, sent in {Switch["send-ms"]} ms");
+            : string.Create(CultureInfo.InvariantCulture, $"vCPUs stopped in {Switch["stop-vcpus-ms"]} ms, sync and discards {Switch["sync-discards-ms"]} ms, package built in {Switch["package-ms"]} ms, sent in {Switch["send-ms"]} ms{(Switch["pong-after-package-ms"] is { } pong ? $"; the destination answered the PING after the package {pong} ms later" : "")}");
 
         /// <summary>Modular's fault-to-placement figures (x-modular-fault-latency) with the placement and the package-to-RUN time, from a postcopy destination.</summary>
         public JsonNode? FaultLatency

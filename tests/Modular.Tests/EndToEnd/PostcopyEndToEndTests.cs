@@ -108,6 +108,12 @@ public sealed class PostcopyEndToEndTests
         double downtime = source["downtime"]!.GetValue<long>();
         Assert.IsTrue(sum >= downtime - 0.3 && sum < downtime + 1.3, $"the switch's parts ({sum:F1} ms) make the downtime ({downtime} ms): {parts.ToJsonString()}");
 
+        // The PING that follows the package (QEMU 7.2's ping 4) was answered by the destination's
+        // listen thread, and the source's return-path reader took the PONG (which, with
+        // postcopy-preempt, also sends an empty batch on channel 1; a failure there fails the migration).
+        double pong = parts["pong-after-package-ms"]?.GetValue<double>() ?? throw new AssertFailedException("the source reports when the destination answered the PING after the package: " + parts.ToJsonString());
+        Assert.IsTrue(pong is >= 0 and < 30_000, $"PONG 4 came {pong} ms after the package");
+
         // The source keeps the stopped guest (postmigrate); the destination runs it.
         Assert.AreEqual("postmigrate", (await pair.SourceQmp.ExecuteAsync("query-status"))!["status"]!.ToString());
         Assert.AreEqual("running", (await pair.DestinationQmp.ExecuteAsync("query-status"))!["status"]!.ToString());

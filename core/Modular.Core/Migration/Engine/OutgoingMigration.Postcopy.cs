@@ -59,6 +59,12 @@ public sealed partial class OutgoingMigration
 
     private bool PostcopyEnabled => Settings.Has("postcopy-ram");
 
+    /// <summary>The PING sent right after the postcopy package (QEMU 7.2's postcopy_start sends 4 there too).</summary>
+    internal const uint PostcopyPackageSentPing = 4;
+
+    // When the postcopy package was flushed (Stopwatch ticks), for the PONG to the PING after it.
+    private long _packageFlushedAt;
+
     /// <summary>
     /// A page request from the destination (REQ_PAGES_ID names the block, REQ_PAGES reuses the last
     /// one): with a preempt channel, sent at once on it (the migration task only moves its scan
@@ -186,12 +192,23 @@ public sealed partial class OutgoingMigration
             // may resume on another thread and leave this one to the pool: not real-time.
             await FlushAsync(output, beforeWaiting: priority.Kind == SwitchPriorityKind.RealTime ? priority.Dispose : null).ConfigureAwait(false);
             flushed = Stopwatch.GetTimestamp();
+            Volatile.Write(ref _packageFlushedAt, flushed);
             Stats.SetDowntime((long)Stopwatch.GetElapsedTime(downtimeStart, flushed).TotalMilliseconds);
         }
         finally
         {
             priority.Dispose();
         }
+
+        // QEMU 7.2's postcopy_start sends "ping 4" right after the package ("it could potentially be
+        // used for getting a better measurement of downtime at the source"). Here it also warms the
+        // request path: the destination's listen thread reads it first and answers while the package
+        // thread loads the devices; that PONG is the first message on the return path since the
+        // setup, and the return-path reader answers it with an empty batch on the preempt channel
+        // (ReadReturnPathAsync). So the request path's code runs in both processes just before the
+        // first page request, which otherwise paid for all of it cold.
+        new PingCommand(PostcopyPackageSentPing).WriteTo(writer);
+        await FlushAsync(output).ConfigureAwait(false);
 
         double stopMs = Stopwatch.GetElapsedTime(downtimeStart, stopped).TotalMilliseconds;
         double discardMs = Stopwatch.GetElapsedTime(stopped, discarded).TotalMilliseconds;

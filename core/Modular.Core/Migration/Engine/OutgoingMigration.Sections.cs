@@ -86,6 +86,19 @@ public sealed partial class OutgoingMigration
                         _shutReceived.TrySetResult(message.Value);
                         return;
                     case ReturnPathMessageType.Pong:
+                        if (message.Value == PostcopyPackageSentPing && Volatile.Read(ref _packageFlushedAt) is > 0 and long flushedAt)
+                        {
+                            Stats.SetPostcopyPong(System.Diagnostics.Stopwatch.GetElapsedTime(flushedAt).TotalMilliseconds);
+                        }
+
+                        if (message.Value == PostcopyPackageSentPing && _preempt is { } preempt)
+                        {
+                            // The PING that follows the postcopy package: run the preempt channel's
+                            // send path (here, where requested pages are sent) and the destination's
+                            // receive path once more before the first request (RunPostcopyAsync).
+                            await preempt.SendAsync(0, 0, 0, _cancel.Token).ConfigureAwait(false);
+                        }
+
                         break;
                     case ReturnPathMessageType.ReqPages or ReturnPathMessageType.ReqPagesId:
                         await OnPageRequestAsync(message).ConfigureAwait(false);

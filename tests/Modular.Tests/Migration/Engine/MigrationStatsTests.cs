@@ -24,6 +24,15 @@ public sealed class MigrationStatsTests
         Assert.AreEqual(2.1, parts["send-ms"]!.GetValue<double>());
         Assert.AreEqual(3L, reply["downtime"]!.GetValue<long>());
 
+        Assert.IsNull(parts["pong-after-package-ms"], "no PONG to the PING after the package yet");
+
+        // The destination's answer to the PING that follows the package joins the parts (rounded),
+        // and is not one of the downtime's parts.
+        stats.SetPostcopyPong(1.26);
+        parts = stats.ToQmp(MigrationStatus.PostcopyActive, error: null, outgoing: true)["x-modular-postcopy-switch"]!;
+        Assert.AreEqual(1.3, parts["pong-after-package-ms"]!.GetValue<double>(), 1e-9);
+        Assert.AreEqual(0.4, parts["stop-vcpus-ms"]!.GetValue<double>());
+
         // Each reply has its own copy: one reply's changes never show in the next.
         parts["stop-vcpus-ms"] = 99.0;
         Assert.AreEqual(0.4, stats.ToQmp(MigrationStatus.Completed, error: null, outgoing: true)["x-modular-postcopy-switch"]!["stop-vcpus-ms"]!.GetValue<double>());
