@@ -88,15 +88,15 @@ public sealed partial class OutgoingMigration
                     case ReturnPathMessageType.Pong:
                         if (message.Value == PostcopyPackageSentPing && Volatile.Read(ref _packageFlushedAt) is > 0 and long flushedAt)
                         {
+                            // The answer to the PING that follows the postcopy package (RunPostcopyAsync):
+                            // noted, and the preempt channel's send path (here, where requested pages
+                            // are sent) and the destination's receive path run once more before the
+                            // first request.
                             Stats.SetPostcopyPong(System.Diagnostics.Stopwatch.GetElapsedTime(flushedAt).TotalMilliseconds);
-                        }
-
-                        if (message.Value == PostcopyPackageSentPing && _preempt is { } preempt)
-                        {
-                            // The PING that follows the postcopy package: run the preempt channel's
-                            // send path (here, where requested pages are sent) and the destination's
-                            // receive path once more before the first request (RunPostcopyAsync).
-                            await preempt.SendAsync(0, 0, 0, _cancel.Token).ConfigureAwait(false);
+                            if (_preempt is { } preempt)
+                            {
+                                await preempt.SendAsync(0, 0, 0, _cancel.Token).ConfigureAwait(false);
+                            }
                         }
 
                         break;
