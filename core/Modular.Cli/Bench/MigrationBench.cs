@@ -288,7 +288,7 @@ internal static partial class MigrationBench
                             if (run == options.PostcopyRuns + 1)
                             {
                                 await output.WriteLineAsync(string.Create(c,
-                                    $"    {options.PostcopyRuns} runs made {runs.Sum(r => r.LatenciesUs.Count)} page requests, fewer than the {BenchTargets.RequestsForP99} a p99 needs: up to {options.PostcopyRuns} more runs"));
+                                    $"    {options.PostcopyRuns} runs made {runs.Sum(r => r.LatenciesUs.Count)} page requests, fewer than the {BenchTargets.RequestsForP99} a p99 needs: up to {(BenchTargets.MaxRunsFactor - 1) * options.PostcopyRuns} more runs"));
                             }
 
                             Outcome again = await MigrateAsync(transport, scenario, options, directory, n++, suffix: $"-run{run}");
